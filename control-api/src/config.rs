@@ -1,0 +1,85 @@
+//! Configuration: flags with `EDGEMESH_` environment variables; secrets come from files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "edgemesh-control-api", version, about = "EdgeMesh control API")]
+pub struct Config {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "EDGEMESH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:54329/edgemesh",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Enrollment, administration and the CA bundle (HTTPS, no client certificate).
+    #[arg(long, env = "EDGEMESH_API_LISTEN", default_value = "127.0.0.1:8444")]
+    pub api_listen: SocketAddr,
+
+    /// Device endpoints: renewal and health (HTTPS, client certificate required).
+    #[arg(long, env = "EDGEMESH_DEVICE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub device_listen: SocketAddr,
+
+    /// Directory for generated state (CA, admin token) when their paths are not given.
+    #[arg(long, env = "EDGEMESH_STATE_DIR", default_value = ".edgemesh")]
+    pub state_dir: PathBuf,
+
+    /// CA certificate (PEM). Created with the key on first start if neither exists.
+    #[arg(long, env = "EDGEMESH_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// CA private key (PEM, mode 0600).
+    #[arg(long, env = "EDGEMESH_CA_KEY")]
+    pub ca_key: Option<PathBuf>,
+
+    /// File holding the admin bearer token; generated (mode 0600) if it does not exist.
+    #[arg(long, env = "EDGEMESH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// SPIFFE trust domain of device identities.
+    #[arg(long, env = "EDGEMESH_TRUST_DOMAIN", default_value = "edgemesh.local")]
+    pub trust_domain: String,
+
+    /// Validity of issued device certificates, in seconds.
+    #[arg(long, env = "EDGEMESH_CERT_VALIDITY_SECS", default_value_t = 30 * 24 * 3600,
+          value_parser = clap::value_parser!(u32).range(60..=(398 * 24 * 3600)))]
+    pub cert_validity_secs: u32,
+
+    /// DNS names and IP addresses the control API's server certificate is valid for.
+    #[arg(
+        long,
+        env = "EDGEMESH_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub server_names: Vec<String>,
+
+    /// Apply database migrations at start-up.
+    #[arg(long, env = "EDGEMESH_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+}
+
+impl Config {
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.ca_cert
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ca.pem"))
+    }
+
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.ca_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("ca-key.pem"))
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("admin-token"))
+    }
+}

@@ -1,0 +1,455 @@
+//! `/api/v1/admin/*`: users, enrollment tokens, devices and revocation, for holders of the admin token.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use base64::Engine;
+use edgemesh_core::id::{DeviceId, UserId};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::unique_violation;
+use super::extract::{Json, Path, Query, bearer};
+use super::{ApiError, AppState, bounded_text};
+
+const MAX_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
+const MAX_TOKEN_USES: i32 = 100_000;
+const MAX_PAGE: i64 = 1000;
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/users", post(create_user).get(list_users))
+        .route("/tokens", post(create_token).get(list_tokens))
+        .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/devices", get(list_devices))
+        .route("/devices/{id}", get(get_device))
+        .route("/devices/{id}/revoke", post(revoke_device))
+        .route("/certificates/{serial}/revoke", post(revoke_certificate))
+        .route_layer(middleware::from_fn_with_state(state, require_admin))
+}
+
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(request.headers()).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_token",
+            "send the admin token as 'Authorization: Bearer <token>'",
+        )
+    })?;
+    // Comparing digests keeps the comparison constant-time whatever the presented token's length.
+    let presented = Sha256::digest(token.as_bytes());
+    if !bool::from(presented[..].ct_eq(&state.admin_token_sha256)) {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "the admin token is not valid",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+// ---- users
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Developer,
+    Analyst,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Developer => "developer",
+            Self::Analyst => "analyst",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateUser {
+    id: UserId,
+    email: String,
+    role: Role,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct User {
+    id: String,
+    email: String,
+    role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Json(body): Json<CreateUser>,
+) -> Result<(StatusCode, axum::Json<User>), ApiError> {
+    let email = body.email.trim();
+    if email.len() > 254
+        || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        || !email.contains('@')
+    {
+        return Err(ApiError::bad_request(
+            "invalid_email",
+            "email must look like name@domain",
+        ));
+    }
+    let user = sqlx::query_as::<_, User>(
+        "INSERT INTO users (id, email, role) VALUES ($1, $2, $3) RETURNING id, email, role, created_at",
+    )
+    .bind(body.id.as_str())
+    .bind(email)
+    .bind(body.role.as_str())
+    .fetch_one(&state.db)
+    .await
+    .map_err(|e| match unique_violation(&e) {
+        Some("users_pkey") => ApiError::conflict("user_exists", format!("user {} already exists", body.id)),
+        Some("users_email_key") => ApiError::conflict("email_taken", "another user has this email"),
+        _ => e.into(),
+    })?;
+    tracing::info!(user = %user.id, role = %user.role, "user created");
+    Ok((StatusCode::CREATED, axum::Json(user)))
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let users =
+        sqlx::query_as::<_, User>("SELECT id, email, role, created_at FROM users ORDER BY id")
+            .fetch_all(&state.db)
+            .await?;
+    Ok(axum::Json(serde_json::json!({ "users": users })))
+}
+
+// ---- enrollment tokens
+
+#[derive(Debug, Deserialize)]
+struct CreateToken {
+    owner: UserId,
+    ttl_seconds: i64,
+    max_uses: i32,
+}
+
+#[derive(Debug, Serialize)]
+struct CreatedToken {
+    id: Uuid,
+    /// Shown once: only its hash is stored.
+    token: String,
+    owner: String,
+    ca_fingerprint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    max_uses: i32,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct TokenRecord {
+    id: Uuid,
+    #[sqlx(rename = "owner_id")]
+    owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    max_uses: i32,
+    uses: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Json(body): Json<CreateToken>,
+) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+    if !(60..=MAX_TOKEN_TTL_SECS).contains(&body.ttl_seconds) {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_seconds must be between 60 and {MAX_TOKEN_TTL_SECS}"),
+        ));
+    }
+    if !(1..=MAX_TOKEN_USES).contains(&body.max_uses) {
+        return Err(ApiError::bad_request(
+            "invalid_max_uses",
+            format!("max_uses must be between 1 and {MAX_TOKEN_USES}"),
+        ));
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let token = format!(
+        "emt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let id = Uuid::new_v4();
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(body.ttl_seconds);
+    sqlx::query(
+        "INSERT INTO enrollment_tokens (id, token_hash, owner_id, expires_at, max_uses)
+         SELECT $1, $2, id, $4, $5 FROM users WHERE id = $3",
+    )
+    .bind(id)
+    .bind(Sha256::digest(token.as_bytes()).to_vec())
+    .bind(body.owner.as_str())
+    .bind(expires_at)
+    .bind(body.max_uses)
+    .execute(&state.db)
+    .await
+    .and_then(|done| {
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(sqlx::Error::RowNotFound)
+        }
+    })
+    .map_err(|e| match e {
+        sqlx::Error::RowNotFound => {
+            ApiError::bad_request("unknown_owner", format!("no user {}", body.owner))
+        }
+        e => e.into(),
+    })?;
+    tracing::info!(token_id = %id, owner = %body.owner, max_uses = body.max_uses, "enrollment token created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedToken {
+            id,
+            token,
+            owner: body.owner.to_string(),
+            ca_fingerprint: state.ca.fingerprint().to_owned(),
+            expires_at,
+            max_uses: body.max_uses,
+        }),
+    ))
+}
+
+const TOKEN_COLUMNS: &str = "id, owner_id, expires_at, max_uses, uses, created_at, revoked_at";
+
+async fn list_tokens(
+    State(state): State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let tokens = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
+        "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC"
+    )))
+    .fetch_all(&state.db)
+    .await?;
+    Ok(axum::Json(serde_json::json!({ "tokens": tokens })))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<TokenRecord>, ApiError> {
+    let token = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
+        "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+         RETURNING {TOKEN_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("unknown_token", format!("no enrollment token {id}")))?;
+    tracing::info!(token_id = %id, "enrollment token revoked");
+    Ok(axum::Json(token))
+}
+
+// ---- devices and certificates
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Device {
+    id: String,
+    #[sqlx(rename = "owner_id")]
+    owner: String,
+    device_type: String,
+    os: String,
+    os_version: String,
+    status: String,
+    #[serde(with = "time::serde::rfc3339")]
+    enrolled_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_seen_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, owner_id, device_type, os, os_version, status, enrolled_at, last_seen_at, revoked_at";
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Certificate {
+    serial: String,
+    fingerprint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    issued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+    revocation_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DeviceStatus {
+    Active,
+    Revoked,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceListQuery {
+    status: Option<DeviceStatus>,
+    limit: Option<i64>,
+    /// Keyset cursor: the last device id of the previous page.
+    after: Option<DeviceId>,
+}
+
+async fn list_devices(
+    State(state): State<AppState>,
+    Query(query): Query<DeviceListQuery>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let status = query.status.map(|s| match s {
+        DeviceStatus::Active => "active",
+        DeviceStatus::Revoked => "revoked",
+    });
+    let devices = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR id > $2)
+         ORDER BY id LIMIT $3"
+    )))
+    .bind(status)
+    .bind(query.after.as_ref().map(DeviceId::as_str))
+    .bind(limit)
+    .fetch_all(&state.db)
+    .await?;
+    let next_after = (devices.len() as i64 == limit)
+        .then(|| devices.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(axum::Json(
+        serde_json::json!({ "devices": devices, "next_after": next_after }),
+    ))
+}
+
+async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Value, ApiError> {
+    let device = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+    )))
+    .bind(id.as_str())
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?;
+    let certificates = sqlx::query_as::<_, Certificate>(
+        "SELECT serial, fingerprint, not_before, not_after, issued_at, revoked_at, revocation_reason
+         FROM certificates WHERE device_id = $1 ORDER BY issued_at DESC",
+    )
+    .bind(id.as_str())
+    .fetch_all(&state.db)
+    .await?;
+    let mut value = serde_json::to_value(device).map_err(anyhow::Error::from)?;
+    value["certificates"] = serde_json::to_value(certificates).map_err(anyhow::Error::from)?;
+    Ok(value)
+}
+
+async fn get_device(
+    State(state): State<AppState>,
+    Path(id): Path<DeviceId>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(device_detail(&state, &id).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    reason: Option<String>,
+}
+
+/// The revocation reason from an optional JSON body `{ "reason": … }`.
+fn revocation_reason(body: &Bytes) -> Result<String, ApiError> {
+    let request: RevokeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeRequest::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "revoked by administrator".to_owned());
+    bounded_text("reason", &reason, 256)?;
+    Ok(reason)
+}
+
+/// Revokes the device and every certificate it holds, in one transaction.
+async fn revoke_device(
+    State(state): State<AppState>,
+    Path(id): Path<DeviceId>,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let reason = revocation_reason(&body)?;
+    let mut tx = state.db.begin().await?;
+    let found: Option<(String,)> = sqlx::query_as(
+        "UPDATE devices SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
+         WHERE id = $1 RETURNING id",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Err(ApiError::not_found(
+            "unknown_device",
+            format!("no device {id}"),
+        ));
+    }
+    let revoked = sqlx::query(
+        "UPDATE certificates SET revoked_at = now(), revocation_reason = $2
+         WHERE device_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id.as_str())
+    .bind(&reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    tracing::info!(device = %id, certificates = revoked, "device revoked");
+    Ok(axum::Json(device_detail(&state, &id).await?))
+}
+
+async fn revoke_certificate(
+    State(state): State<AppState>,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> Result<axum::Json<Certificate>, ApiError> {
+    let reason = revocation_reason(&body)?;
+    let serial = serial.to_ascii_lowercase();
+    let certificate = sqlx::query_as::<_, Certificate>(
+        "UPDATE certificates
+         SET revocation_reason = CASE WHEN revoked_at IS NULL THEN $2 ELSE revocation_reason END,
+             revoked_at = coalesce(revoked_at, now())
+         WHERE serial = $1
+         RETURNING serial, fingerprint, not_before, not_after, issued_at, revoked_at, revocation_reason",
+    )
+    .bind(&serial)
+    .bind(&reason)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("unknown_certificate", format!("no certificate with serial {serial}")))?;
+    tracing::info!(%serial, "certificate revoked");
+    Ok(axum::Json(certificate))
+}

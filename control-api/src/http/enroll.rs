@@ -1,0 +1,126 @@
+//! `POST /api/v1/enroll`: a device presents a one-time enrollment token and a CSR for a key it generated;
+//! it gets a certificate for its identity. The token's use, the device and the certificate are recorded
+//! in one transaction, so a refusal writes nothing.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
+use edgemesh_core::id::DeviceId;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::extract::{Json, bearer};
+use super::{ApiError, AppState, bounded_text};
+use crate::csr::Csr;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/enroll", post(enroll))
+}
+
+#[tracing::instrument(skip_all, fields(device_id = %body.device_id))]
+async fn enroll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<EnrollRequest>,
+) -> Result<(StatusCode, axum::Json<IssuedCertificate>), ApiError> {
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_token",
+            "send the enrollment token as 'Authorization: Bearer <token>'",
+        )
+    })?;
+    let device = DeviceId::parse(&body.device_id)
+        .map_err(|e| ApiError::bad_request("invalid_device_id", format!("device_id {e}")))?;
+    bounded_text("device_type", &body.device_type, 64)?;
+    bounded_text("os", &body.os, 64)?;
+    bounded_text("os_version", &body.os_version, 64)?;
+    let csr = Csr::from_pem(&body.csr_pem)
+        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
+    let token_hash = Sha256::digest(token.as_bytes()).to_vec();
+
+    let mut tx = state.db.begin().await?;
+    // Consuming a use is one conditional UPDATE: concurrent enrollments with a one-use token serialise
+    // on the row lock and exactly one of them sees `uses < max_uses`.
+    let consumed: Option<(uuid::Uuid, String)> = sqlx::query_as(
+        "UPDATE enrollment_tokens SET uses = uses + 1
+         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND uses < max_uses
+         RETURNING id, owner_id",
+    )
+    .bind(&token_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((token_id, owner)) = consumed else {
+        tx.rollback().await?;
+        return Err(why_unusable(&state, &token_hash).await);
+    };
+
+    // A new device, or a revoked one enrolling again; an active device keeps its identity (409).
+    let admitted: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO devices (id, owner_id, device_type, os, os_version)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET
+             owner_id = excluded.owner_id, device_type = excluded.device_type, os = excluded.os,
+             os_version = excluded.os_version, status = 'active', enrolled_at = now(),
+             last_seen_at = NULL, revoked_at = NULL
+         WHERE devices.status = 'revoked'
+         RETURNING id",
+    )
+    .bind(device.as_str())
+    .bind(&owner)
+    .bind(&body.device_type)
+    .bind(&body.os)
+    .bind(&body.os_version)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if admitted.is_none() {
+        tx.rollback().await?;
+        return Err(ApiError::conflict(
+            "device_exists",
+            format!(
+                "device {device} is already enrolled and active; revoke it first to enroll it again"
+            ),
+        ));
+    }
+
+    let issued = state
+        .ca
+        .issue_device(&device, &state.trust_domain, &csr, state.cert_validity)?;
+    super::device::record_certificate(&mut tx, &device, &issued).await?;
+    tx.commit().await?;
+
+    tracing::info!(%device, %owner, %token_id, serial = %issued.info.serial, "device enrolled");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(IssuedCertificate {
+            device_id: device.to_string(),
+            certificate_pem: issued.pem,
+            ca_pem: state.ca.cert_pem().to_owned(),
+            not_after: issued.info.not_after,
+        }),
+    ))
+}
+
+/// Why a token could not be used, for a refusal the device operator can act on.
+async fn why_unusable(state: &AppState, token_hash: &[u8]) -> ApiError {
+    let row: Result<Option<(OffsetDateTime, Option<OffsetDateTime>, i32, i32)>, _> = sqlx::query_as(
+        "SELECT expires_at, revoked_at, uses, max_uses FROM enrollment_tokens WHERE token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(&state.db)
+    .await;
+    match row {
+        Err(e) => e.into(),
+        Ok(None) => ApiError::unauthorized("invalid_token", "the enrollment token is not known"),
+        Ok(Some((_, Some(_), _, _))) => {
+            ApiError::forbidden("token_revoked", "the enrollment token was revoked")
+        }
+        Ok(Some((expires_at, None, _, _))) if expires_at <= OffsetDateTime::now_utc() => {
+            ApiError::forbidden("token_expired", "the enrollment token has expired")
+        }
+        Ok(Some(_)) => {
+            ApiError::forbidden("token_used_up", "the enrollment token has no uses left")
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Building the application (database, CA, admin token, TLS, listeners) and running it until stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, ensure};
+use rand::RngCore;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::ca::{CertificateAuthority, write_new_file};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::server::{local_addr, serve_tls};
+
+/// Validity of the control API's own TLS certificate, issued afresh at every start.
+const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
+
+pub struct Application {
+    api_listener: TcpListener,
+    device_listener: TcpListener,
+    api_tls: Arc<ServerConfig>,
+    device_tls: Arc<ServerConfig>,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to the database (applying migrations if configured) and builds.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let db = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&config.database_url)
+            .await
+            .context("failed to connect to PostgreSQL")?;
+        if config.migrate {
+            sqlx::migrate!("../migrations")
+                .run(&db)
+                .await
+                .context("failed to apply migrations")?;
+        }
+        Self::build_with_pool(config, db).await
+    }
+
+    /// Builds on an existing pool whose schema is already migrated (tests use this).
+    pub async fn build_with_pool(config: &Config, db: PgPool) -> anyhow::Result<Self> {
+        edgemesh_core::tls::install_crypto_provider();
+        ensure!(
+            !config.trust_domain.is_empty()
+                && config
+                    .trust_domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')),
+            "trust domain {:?} must be a DNS-like name",
+            config.trust_domain
+        );
+        let ca =
+            CertificateAuthority::load_or_create(&config.ca_cert_path(), &config.ca_key_path())
+                .context("failed to load or create the CA")?;
+        let admin_token = load_or_create_admin_token(&config.admin_token_path())?;
+
+        let (server_cert, server_key) =
+            ca.issue_server(&config.server_names, SERVER_CERT_VALIDITY)?;
+        let certs = edgemesh_core::tls::certs_from_pem(&server_cert)?;
+        let key = edgemesh_core::tls::key_from_pem(&server_key)?;
+        let api_tls = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs.clone(), key.clone_key())?;
+        let verifier =
+            WebPkiClientVerifier::builder(Arc::new(edgemesh_core::tls::root_store(ca.cert_pem())?))
+                .build()
+                .context("failed to build the client certificate verifier")?;
+        let device_tls = ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?;
+
+        let api_listener = TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.api_listen))?;
+        let device_listener = TcpListener::bind(config.device_listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.device_listen))?;
+
+        let state = AppState {
+            db,
+            ca: Arc::new(ca),
+            admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            trust_domain: config.trust_domain.as_str().into(),
+            cert_validity: time::Duration::seconds(i64::from(config.cert_validity_secs)),
+        };
+        Ok(Self {
+            api_listener,
+            device_listener,
+            api_tls: Arc::new(api_tls),
+            device_tls: Arc::new(device_tls),
+            state,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        local_addr(&self.api_listener)
+    }
+
+    pub fn device_addr(&self) -> SocketAddr {
+        local_addr(&self.device_listener)
+    }
+
+    pub fn ca_fingerprint(&self) -> &str {
+        self.state.ca.fingerprint()
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.state.db
+    }
+
+    /// Serves both listeners until `shutdown` completes, then drains them.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            api = %self.api_addr(),
+            device = %self.device_addr(),
+            ca_fingerprint = %self.state.ca.fingerprint(),
+            "control API listening"
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let api = serve_tls(
+            self.api_listener,
+            self.api_tls,
+            http::api_router(self.state.clone()),
+            stop_rx.clone(),
+        );
+        let device = serve_tls(
+            self.device_listener,
+            self.device_tls,
+            http::device_router(self.state),
+            stop_rx,
+        );
+        let stop = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(api, device, stop);
+    }
+}
+
+/// Reads the admin token from `path`, or generates one into it (mode 0600) if it does not exist.
+fn load_or_create_admin_token(path: &Path) -> anyhow::Result<String> {
+    if path.exists() {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read admin token file {}", path.display()))?;
+        let token = token.trim().to_owned();
+        ensure!(
+            token.len() >= 32,
+            "admin token in {} is shorter than 32 characters",
+            path.display()
+        );
+        return Ok(token);
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let token = hex::encode(secret);
+    write_new_file(path, format!("{token}\n").as_bytes(), 0o600)?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(token)
+}

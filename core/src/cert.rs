@@ -1,0 +1,156 @@
+//! Facts about an X.509 certificate that EdgeMesh relies on: serial, SHA-256 fingerprint, validity and the
+//! device identity carried in the SPIFFE URI SAN `spiffe://<trust-domain>/device/<id>`.
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::id::DeviceId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("not a PEM certificate")]
+    NotPem,
+    #[error("certificate does not parse: {0}")]
+    Malformed(String),
+}
+
+/// The SPIFFE ID of a device in a trust domain.
+pub fn spiffe_id(trust_domain: &str, device: &DeviceId) -> String {
+    format!("spiffe://{trust_domain}/device/{device}")
+}
+
+/// The device named by a SPIFFE ID, if the ID is a device of exactly this trust domain.
+pub fn device_from_spiffe_id(trust_domain: &str, uri: &str) -> Option<DeviceId> {
+    let rest = uri.strip_prefix("spiffe://")?;
+    let (domain, path) = rest.split_once('/')?;
+    if !domain.eq_ignore_ascii_case(trust_domain) {
+        return None;
+    }
+    DeviceId::parse(path.strip_prefix("device/")?).ok()
+}
+
+/// Lowercase hex SHA-256 of DER bytes (a certificate's fingerprint).
+pub fn sha256_hex(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// Normalises a user-supplied SHA-256 fingerprint: accepts upper or lower case, `:` separators and a
+/// `sha256:` prefix; answers 64 lowercase hex digits.
+pub fn normalize_fingerprint(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("sha256:")
+        .or_else(|| s.strip_prefix("SHA256:"))
+        .unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn first_pem_der(pem: &str) -> Result<Vec<u8>, CertError> {
+    let mut reader = pem.as_bytes();
+    match rustls_pemfile::certs(&mut reader).next() {
+        Some(Ok(der)) => Ok(der.to_vec()),
+        _ => Err(CertError::NotPem),
+    }
+}
+
+/// What EdgeMesh reads from a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Lowercase hex of the serial number's DER content bytes.
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub uri_sans: Vec<String>,
+}
+
+impl CertInfo {
+    pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+        let uri_sans = cert
+            .subject_alternative_name()
+            .map_err(|e| CertError::Malformed(e.to_string()))?
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::URI(uri) => Some((*uri).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            serial: hex::encode(cert.raw_serial()),
+            fingerprint: sha256_hex(der),
+            not_before: cert.validity().not_before.to_datetime(),
+            not_after: cert.validity().not_after.to_datetime(),
+            uri_sans,
+        })
+    }
+
+    pub fn from_pem(pem: &str) -> Result<Self, CertError> {
+        Self::from_der(&first_pem_der(pem)?)
+    }
+
+    /// The device this certificate names in the trust domain; `None` unless exactly one URI SAN
+    /// names a device there.
+    pub fn device_id(&self, trust_domain: &str) -> Option<DeviceId> {
+        let mut devices = self
+            .uri_sans
+            .iter()
+            .filter_map(|uri| device_from_spiffe_id(trust_domain, uri));
+        let first = devices.next()?;
+        devices.next().is_none().then_some(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_ids_round_trip_only_in_their_trust_domain() {
+        let id = DeviceId::parse("pi-7").expect("valid id");
+        let uri = spiffe_id("edgemesh.local", &id);
+        assert_eq!(uri, "spiffe://edgemesh.local/device/pi-7");
+        assert_eq!(device_from_spiffe_id("edgemesh.local", &uri), Some(id));
+        let refused = [
+            ("spiffe://other.local/device/pi-7", "another trust domain"),
+            ("spiffe://edgemesh.local/user/pi-7", "not a device path"),
+            ("spiffe://edgemesh.local/device/pi-7/x", "nested path"),
+            ("spiffe://edgemesh.local/device/", "empty id"),
+            ("https://edgemesh.local/device/pi-7", "not spiffe"),
+        ];
+        for (uri, why) in refused {
+            assert_eq!(device_from_spiffe_id("edgemesh.local", uri), None, "{why}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_normalised() {
+        let hex = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        for input in [
+            hex.clone(),
+            colons,
+            format!("sha256:{hex}"),
+            format!(" {hex} "),
+        ] {
+            assert_eq!(
+                normalize_fingerprint(&input).as_deref(),
+                Some(hex.as_str()),
+                "{input}"
+            );
+        }
+        assert_eq!(normalize_fingerprint("abcd"), None, "too short");
+        assert_eq!(normalize_fingerprint(&"zz".repeat(32)), None, "not hex");
+    }
+}

@@ -1,0 +1,148 @@
+//! The device side of enrollment and renewal, shared by the agent and the simulator: a key generated on
+//! the device, a CSR, trust in the control API bootstrapped from a pinned CA fingerprint.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{EnrollRequest, ErrorBody, IssuedCertificate, RenewRequest};
+use crate::cert::{normalize_fingerprint, sha256_hex};
+use crate::id::DeviceId;
+use crate::tls;
+
+/// A device's private key (ECDSA P-256). It is generated here and never sent anywhere.
+pub struct DeviceKey(KeyPair);
+
+impl DeviceKey {
+    pub fn generate() -> anyhow::Result<Self> {
+        Ok(Self(
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("failed to generate key")?,
+        ))
+    }
+
+    pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
+        Ok(Self(
+            KeyPair::from_pem(pem).context("failed to read device key")?,
+        ))
+    }
+
+    /// PKCS#8 PEM; store it readable by the owner only.
+    pub fn to_pem(&self) -> String {
+        self.0.serialize_pem()
+    }
+
+    /// A PKCS#10 request for the device's identity. The control API decides what the certificate says;
+    /// the CN here only helps a human reading the request.
+    pub fn csr_pem(&self, device: &DeviceId) -> anyhow::Result<String> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, device.as_str());
+        Ok(params.serialize_request(&self.0)?.pem()?)
+    }
+}
+
+/// A refusal or failure from the control API.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("control API refused ({status}): {error}: {detail}")]
+    Refused {
+        status: u16,
+        error: String,
+        detail: String,
+    },
+    #[error("control API unreachable or answered badly: {0}")]
+    Transport(#[from] reqwest::Error),
+}
+
+/// Fetches the CA certificate from `server` and accepts it only if its SHA-256 fingerprint is `pin`.
+/// The connection used is unauthenticated; the pin is what makes the answer trustworthy.
+pub async fn fetch_pinned_ca(server: &str, pin: &str) -> anyhow::Result<String> {
+    let pin = normalize_fingerprint(pin).context(
+        "CA fingerprint must be 64 hex digits (SHA-256), optionally with ':' separators",
+    )?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls::unverified_client_config())
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let url = format!("{}/api/v1/ca.pem", server.trim_end_matches('/'));
+    let pem = http
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("failed to fetch {url}"))?
+        .error_for_status()?
+        .text()
+        .await?;
+    let der = crate::cert::first_pem_der(&pem).context("control API served no CA certificate")?;
+    let got = sha256_hex(&der);
+    anyhow::ensure!(
+        got == pin,
+        "CA certificate fingerprint {got} does not match the expected {pin}: refusing to trust it"
+    );
+    Ok(pem)
+}
+
+/// A client of the control API that trusts only the EdgeMesh CA.
+#[derive(Clone)]
+pub struct ControlApi {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ControlApi {
+    /// `identity` is the device's certificate and key PEM, for the device (mTLS) listener.
+    pub fn new(base: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls::client_config(ca_pem, identity)?)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub async fn enroll(
+        &self,
+        token: &str,
+        request: &EnrollRequest,
+    ) -> Result<IssuedCertificate, ClientError> {
+        self.post("/api/v1/enroll", Some(token), request).await
+    }
+
+    pub async fn renew(&self, csr_pem: String) -> Result<IssuedCertificate, ClientError> {
+        self.post("/api/v1/renew", None, &RenewRequest { csr_pem })
+            .await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.json().await?);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let (error, detail) = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => (e.error, e.detail),
+            Err(_) => ("unexpected_response".to_owned(), body),
+        };
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            error,
+            detail,
+        })
+    }
+}

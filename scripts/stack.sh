@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The local EdgeMesh stack without Docker: a throwaway PostgreSQL 15 cluster and the EdgeMesh services,
+# started in the background with their pids, logs and state under .edgemesh/.
+#
+#   scripts/stack.sh db-up | db-down | up | down | status
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE="$ROOT/.edgemesh"
+PG_BIN=${EDGEMESH_PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_PORT=${EDGEMESH_PG_PORT:-54329}
+PIDS="$STATE/pids"
+LOGS="$STATE/logs"
+PROFILE_DIR="$ROOT/target/debug"
+
+export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/edgemesh}
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Postgres refuses to run as root: as root, its commands run as the postgres user.
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# The cluster lives under .edgemesh/pg. If the postgres user cannot reach the checkout (a private
+# temporary directory, say), the cluster lives in /tmp and .edgemesh/pg links to it.
+pg_base() {
+  local base="$STATE/pg"
+  if [ -L "$base" ] || [ -d "$base" ]; then readlink -f "$base"; return; fi
+  mkdir -p "$STATE"
+  if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$STATE"; then
+    local tmp
+    tmp=/tmp/edgemesh-pg-$(printf '%s' "$ROOT" | sha1sum | cut -c1-12)
+    mkdir -p "$tmp"
+    ln -s "$tmp" "$base"
+  else
+    mkdir -p "$base"
+  fi
+  readlink -f "$base"
+}
+
+pg_running() {
+  local base; base=$(pg_base)
+  [ -f "$base/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$base/data" status >/dev/null 2>&1
+}
+
+db_up() {
+  [ -x "$PG_BIN/postgres" ] || die "PostgreSQL 15 binaries not found in $PG_BIN (set EDGEMESH_PG_BIN)"
+  local base; base=$(pg_base)
+  mkdir -p "$base/run"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$base" "$base/run"; fi
+  if [ ! -f "$base/data/PG_VERSION" ]; then
+    log "initialising a PostgreSQL cluster in $base/data"
+    as_pg "$PG_BIN/initdb" -D "$base/data" -U postgres -A trust -E UTF8 --no-locale >"$base/initdb.log" 2>&1 \
+      || { cat "$base/initdb.log" >&2; die "initdb failed"; }
+  fi
+  if ! pg_running; then
+    as_pg "$PG_BIN/pg_ctl" -D "$base/data" -l "$base/postgres.log" -w -t 60 \
+      -o "-p $PG_PORT -k $base/run -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null \
+      || { tail -20 "$base/postgres.log" >&2; die "PostgreSQL did not start"; }
+  fi
+  if ! as_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname = 'edgemesh'" postgres | grep -q 1; then
+    as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edgemesh
+  fi
+  log "postgres       127.0.0.1:$PG_PORT (database edgemesh, data $base/data)"
+}
+
+db_down() {
+  local base; base=$(pg_base)
+  if pg_running; then
+    as_pg "$PG_BIN/pg_ctl" -D "$base/data" -m fast -w stop >/dev/null
+    log "postgres stopped"
+  fi
+}
+
+alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+
+# start NAME READY-CHECK COMMAND...: starts a service in the background unless it already runs, then
+# waits (bounded) until READY-CHECK succeeds.
+start() {
+  local name=$1 ready=$2; shift 2
+  mkdir -p "$PIDS" "$LOGS"
+  if alive "$name"; then
+    log "$name already running (pid $(cat "$PIDS/$name.pid"))"
+  else
+    nohup "$@" >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name.pid"
+  fi
+  for _ in $(seq 1 150); do
+    if eval "$ready" >/dev/null 2>&1; then return 0; fi
+    alive "$name" || { tail -20 "$LOGS/$name.log" >&2; die "$name exited; log: $LOGS/$name.log"; }
+    sleep 0.2
+  done
+  tail -20 "$LOGS/$name.log" >&2
+  die "$name did not become ready within 30 s; log: $LOGS/$name.log"
+}
+
+stop() {
+  local name=$1 pid
+  [ -f "$PIDS/$name.pid" ] || return 0
+  pid=$(cat "$PIDS/$name.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    log "$name stopped"
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+up() {
+  db_up
+  (cd "$ROOT" && cargo build --workspace --bins --quiet)
+  start control-api \
+    "curl -sf --cacert '$STATE/ca.pem' https://127.0.0.1:8444/healthz" \
+    env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api"
+  log "control-api    https://127.0.0.1:8444 (enrollment, admin)  https://127.0.0.1:8443 (devices, mTLS)"
+  log "CA certificate $STATE/ca.pem (fingerprint $(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f))"
+  log "admin token    $STATE/admin-token"
+  log "logs           $LOGS/"
+}
+
+down() {
+  for name in control-api; do stop "$name"; done
+  db_down
+}
+
+status() {
+  for name in control-api; do
+    if alive "$name"; then echo "$name running (pid $(cat "$PIDS/$name.pid"))"; else echo "$name stopped"; fi
+  done
+  if pg_running; then echo "postgres running on 127.0.0.1:$PG_PORT"; else echo "postgres stopped"; fi
+}
+
+case "${1:-}" in
+  db-up) db_up ;;
+  db-down) db_down ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) die "usage: $0 db-up|db-down|up|down|status" ;;
+esac
