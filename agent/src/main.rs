@@ -1,1 +1,257 @@
-fn main() {}
+//! `edgemesh-agent`: the device daemon. It enrolls with a key generated on the device (the key never
+//! leaves it), shows its identity and renews its certificate over mTLS.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
+use edgemesh_core::cert::CertInfo;
+use edgemesh_core::client::{ControlApi, DeviceKey, fetch_pinned_ca};
+use edgemesh_core::files::write_atomic;
+use edgemesh_core::id::DeviceId;
+use time::OffsetDateTime;
+
+mod os_release;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgemesh-agent", version, about = "EdgeMesh device agent")]
+struct Cli {
+    /// Where the device key, certificate and CA are kept.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEMESH_AGENT_STATE_DIR",
+        default_value = "/var/lib/edgemesh-agent"
+    )]
+    state_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a key on this device and enroll it with a one-time token.
+    Enroll {
+        /// The control API's enrollment URL.
+        #[arg(
+            long,
+            env = "EDGEMESH_SERVER",
+            default_value = "https://127.0.0.1:8444"
+        )]
+        server: String,
+        /// The enrollment token (prefer the environment variable or --token-file).
+        #[arg(
+            long,
+            env = "EDGEMESH_ENROLLMENT_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the enrollment token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// SHA-256 fingerprint of the EdgeMesh CA, given with the token; the CA is refused unless it matches.
+        #[arg(long, env = "EDGEMESH_CA_FINGERPRINT")]
+        ca_fingerprint: String,
+        /// This device's id: 1–64 of [A-Za-z0-9._-].
+        #[arg(long, env = "EDGEMESH_DEVICE_ID")]
+        device_id: String,
+        /// Kind of device.
+        #[arg(long, default_value = default_device_type())]
+        device_type: String,
+        /// Operating system; read from /etc/os-release when not given.
+        #[arg(long)]
+        os: Option<String>,
+        /// Operating system version; read from /etc/os-release when not given.
+        #[arg(long)]
+        os_version: Option<String>,
+        /// Replace an existing identity in the state directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this device's identity: device id, serial, validity.
+    Status,
+    /// Renew the certificate over mTLS with a new key.
+    Renew {
+        /// The control API's device (mTLS) URL.
+        #[arg(
+            long,
+            env = "EDGEMESH_DEVICE_SERVER",
+            default_value = "https://127.0.0.1:8443"
+        )]
+        server: String,
+    },
+}
+
+fn default_device_type() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" | "arm" => "linux-arm",
+        _ => "linux",
+    }
+}
+
+/// The files of an agent's identity.
+struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn read(&self, path: &Path) -> anyhow::Result<String> {
+        std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "failed to read {} (is this device enrolled? run 'edgemesh-agent enroll')",
+                path.display()
+            )
+        })
+    }
+
+    /// Stores a new key and the certificate issued for it. The key is written first, readable by the
+    /// owner only.
+    fn store(&self, key: &DeviceKey, issued: &IssuedCertificate) -> anyhow::Result<()> {
+        write_atomic(&self.key(), key.to_pem().as_bytes(), 0o600)?;
+        write_atomic(&self.ca(), issued.ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.cert(), issued.certificate_pem.as_bytes(), 0o644)
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    edgemesh_core::telemetry::init();
+    edgemesh_core::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgemesh-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let state = State { dir: cli.state_dir };
+    match cli.command {
+        Command::Enroll {
+            server,
+            token,
+            token_file,
+            ca_fingerprint,
+            device_id,
+            device_type,
+            os,
+            os_version,
+            force,
+        } => {
+            let device = DeviceId::parse(&device_id)
+                .map_err(|e| anyhow::anyhow!("device id {device_id:?} {e}"))?;
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("failed to read {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+                (None, None) => bail!(
+                    "give the enrollment token with --token-file or EDGEMESH_ENROLLMENT_TOKEN"
+                ),
+            };
+            if state.cert().exists() && !force {
+                bail!(
+                    "{} already holds an identity; use --force to replace it",
+                    state.dir.display()
+                );
+            }
+            let release = os_release::read_host();
+            let os = os
+                .or_else(|| release.as_ref().map(|r| r.id.clone()))
+                .unwrap_or_else(|| "linux".into());
+            let os_version = os_version
+                .or_else(|| release.as_ref().and_then(|r| r.version_id.clone()))
+                .unwrap_or_else(|| "unknown".into());
+
+            let ca_pem = fetch_pinned_ca(&server, &ca_fingerprint).await?;
+            let key = DeviceKey::generate()?;
+            let request = EnrollRequest {
+                device_id: device.to_string(),
+                device_type,
+                os,
+                os_version,
+                csr_pem: key.csr_pem(&device)?,
+            };
+            let issued = ControlApi::new(&server, &ca_pem, None)?
+                .enroll(&token, &request)
+                .await?;
+            state.store(&key, &issued)?;
+            println!(
+                "enrolled {} (certificate valid until {}); identity stored in {}",
+                issued.device_id,
+                format_time(issued.not_after),
+                state.dir.display()
+            );
+        }
+        Command::Status => {
+            let info = CertInfo::from_pem(&state.read(&state.cert())?)?;
+            let ca = CertInfo::from_pem(&state.read(&state.ca())?)?;
+            let remaining = info.not_after - OffsetDateTime::now_utc();
+            let validity = if remaining.is_negative() {
+                "EXPIRED".to_owned()
+            } else {
+                format!("valid for {} more days", remaining.whole_days())
+            };
+            let report = format!(
+                "identity     {}\nserial       {}\nfingerprint  {}\nvalid from   {}\nvalid until  {}\nstatus       {validity}\nCA           {}\n",
+                info.uri_sans.first().map_or("-", String::as_str),
+                info.serial,
+                info.fingerprint,
+                format_time(info.not_before),
+                format_time(info.not_after),
+                ca.fingerprint,
+            );
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(report.as_bytes());
+        }
+        Command::Renew { server } => {
+            let cert_pem = state.read(&state.cert())?;
+            let key_pem = state.read(&state.key())?;
+            let ca_pem = state.read(&state.ca())?;
+            let info = CertInfo::from_pem(&cert_pem)?;
+            let device = info
+                .uri_sans
+                .iter()
+                .find_map(|uri| {
+                    uri.rsplit_once("/device/")
+                        .and_then(|(_, id)| DeviceId::parse(id).ok())
+                })
+                .context("the stored certificate names no device")?;
+            let new_key = DeviceKey::generate()?;
+            let api = ControlApi::new(&server, &ca_pem, Some((&cert_pem, &key_pem)))?;
+            let issued = api.renew(new_key.csr_pem(&device)?).await?;
+            state.store(&new_key, &issued)?;
+            let new = CertInfo::from_pem(&issued.certificate_pem)?;
+            println!(
+                "renewed {device}: serial {} valid until {}",
+                new.serial,
+                format_time(new.not_after)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn format_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}

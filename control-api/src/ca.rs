@@ -1,12 +1,12 @@
 //! The EdgeMesh certificate authority: an ECDSA P-256 key that signs device and server certificates.
 //! It is created on first start and persisted (key file mode 0600), or loaded from configured paths.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
 use edgemesh_core::cert::{CertInfo, first_pem_der, sha256_hex, spiffe_id};
+use edgemesh_core::files::write_atomic;
 use edgemesh_core::id::DeviceId;
 use rand::RngCore;
 use rcgen::{
@@ -117,12 +117,12 @@ impl CertificateAuthority {
     }
 
     fn persist(&self, cert_path: &Path, key_path: &Path) -> anyhow::Result<()> {
-        write_new_file(
+        write_atomic(
             key_path,
             self.issuer.key().serialize_pem().as_bytes(),
             0o600,
         )?;
-        write_new_file(cert_path, self.cert_pem.as_bytes(), 0o644)
+        write_atomic(cert_path, self.cert_pem.as_bytes(), 0o644)
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -203,26 +203,6 @@ fn random_serial() -> SerialNumber {
     rand::rng().fill_bytes(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
-}
-
-/// Writes a file that must not exist yet, with `mode`, atomically (temporary file then rename).
-pub fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("failed to create {}", tmp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub async fn serve_tls(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = stopped(&mut shutdown) => break,
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
@@ -90,6 +90,11 @@ pub async fn serve_tls(
     {
         tracing::warn!("connections still open after the drain period; closing them");
     }
+}
+
+/// Completes once the shutdown flag is set (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The local address a listener is bound to, for logs and tests that bind port 0.

@@ -15,7 +15,9 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::ca::{CertificateAuthority, write_new_file};
+use edgemesh_core::files::write_atomic;
+
+use crate::ca::CertificateAuthority;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::server::{local_addr, serve_tls};
@@ -166,7 +168,7 @@ fn load_or_create_admin_token(path: &Path) -> anyhow::Result<String> {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let token = hex::encode(secret);
-    write_new_file(path, format!("{token}\n").as_bytes(), 0o600)?;
+    write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
     tracing::info!(path = %path.display(), "generated an admin token");
     Ok(token)
 }

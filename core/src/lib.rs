@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cert;
 pub mod client;
+pub mod files;
 pub mod id;
 pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,7 @@
+//! Integration tests of the control API: the real HTTPS listeners on port 0, a fresh PostgreSQL
+//! database per test (`#[sqlx::test]`), real certificates.
+
+mod admin;
+mod enroll;
+mod helpers;
+mod renew;
