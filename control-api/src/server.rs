@@ -47,6 +47,10 @@ pub async fn serve_tls(
             },
             () = stopped(&mut shutdown) => break,
         };
+        // Small request/response exchanges otherwise wait on Nagle's algorithm and delayed ACKs.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "failed to set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();

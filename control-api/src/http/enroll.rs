@@ -40,22 +40,23 @@ async fn enroll(
         .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
     let token_hash = Sha256::digest(token.as_bytes()).to_vec();
 
-    let mut tx = state.db.begin().await?;
-    // Consuming a use is one conditional UPDATE: concurrent enrollments with a one-use token serialise
-    // on the row lock and exactly one of them sees `uses < max_uses`.
-    let consumed: Option<(uuid::Uuid, String)> = sqlx::query_as(
-        "UPDATE enrollment_tokens SET uses = uses + 1
-         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND uses < max_uses
-         RETURNING id, owner_id",
+    // Refuse an unusable token before doing anything else, without taking a lock.
+    let owner: Option<(String,)> = sqlx::query_as(
+        "SELECT owner_id FROM enrollment_tokens
+         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND uses < max_uses",
     )
     .bind(&token_hash)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&state.db)
     .await?;
-    let Some((token_id, owner)) = consumed else {
-        tx.rollback().await?;
+    let Some((owner,)) = owner else {
         return Err(why_unusable(&state, &token_hash).await);
     };
+    // Signing is pure CPU: do it before the transaction so the token's row lock is held briefly.
+    let issued = state
+        .ca
+        .issue_device(&device, &state.trust_domain, &csr, state.cert_validity)?;
 
+    let mut tx = state.db.begin().await?;
     // A new device, or a revoked one enrolling again; an active device keeps its identity (409).
     let admitted: Option<(String,)> = sqlx::query_as(
         "INSERT INTO devices (id, owner_id, device_type, os, os_version)
@@ -83,11 +84,24 @@ async fn enroll(
             ),
         ));
     }
-
-    let issued = state
-        .ca
-        .issue_device(&device, &state.trust_domain, &csr, state.cert_validity)?;
     super::device::record_certificate(&mut tx, &device, &issued).await?;
+    // Consuming a use is one conditional UPDATE, last before commit: concurrent enrollments with a
+    // one-use token serialise on its row lock and exactly one of them sees `uses < max_uses`; the
+    // others roll back their device and certificate.
+    let consumed: Option<(uuid::Uuid,)> = sqlx::query_as(
+        "UPDATE enrollment_tokens SET uses = uses + 1
+         WHERE token_hash = $1 AND owner_id = $2 AND revoked_at IS NULL AND expires_at > now()
+           AND uses < max_uses
+         RETURNING id",
+    )
+    .bind(&token_hash)
+    .bind(&owner)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((token_id,)) = consumed else {
+        tx.rollback().await?;
+        return Err(why_unusable(&state, &token_hash).await);
+    };
     tx.commit().await?;
 
     tracing::info!(%device, %owner, %token_id, serial = %issued.info.serial, "device enrolled");

@@ -1,0 +1,29 @@
+# The interface of the local stack. See README.md.
+.PHONY: up down demo test bench status lint
+
+# Start PostgreSQL and the EdgeMesh services in the background (state, logs and pids in .edgemesh/).
+up:
+	@scripts/stack.sh up
+
+# Stop everything `make up` started.
+down:
+	@scripts/stack.sh down
+
+status:
+	@scripts/stack.sh status
+
+# Bring the stack up and show EdgeMesh at work.
+demo: up
+	@scripts/demo.sh
+
+# Every test: unit, integration (real PostgreSQL, real TLS) and end-to-end (real binaries).
+test:
+	@scripts/test.sh
+
+# Benchmarks; results go to BENCHMARKS.md by hand, with the command that produced them.
+bench: up
+	@scripts/bench.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

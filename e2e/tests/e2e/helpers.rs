@@ -1,0 +1,181 @@
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use tokio::process::{Child, Command};
+
+/// A workspace binary, built next to this test's own executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The URL of the database `#[sqlx::test]` created for this test.
+pub fn database_url(options: &PgConnectOptions) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').expect("DATABASE_URL has a database");
+    format!(
+        "{server}/{}",
+        options.get_database().expect("test database")
+    )
+}
+
+/// A running `edgemesh-control-api` process.
+pub struct ControlApi {
+    child: Child,
+    pub api: String,
+    pub device_api: String,
+    pub http: reqwest::Client,
+    pub admin_token: String,
+}
+
+impl ControlApi {
+    pub async fn start(database_url: &str, state_dir: &Path) -> Self {
+        let (api_port, device_port) = (free_port(), free_port());
+        let child = Command::new(bin("edgemesh-control-api"))
+            .env("EDGEMESH_DATABASE_URL", database_url)
+            .env("EDGEMESH_STATE_DIR", state_dir)
+            .env("EDGEMESH_API_LISTEN", format!("127.0.0.1:{api_port}"))
+            .env("EDGEMESH_DEVICE_LISTEN", format!("127.0.0.1:{device_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start control-api");
+        let api = format!("https://127.0.0.1:{api_port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ca_path = state_dir.join("ca.pem");
+        let http = loop {
+            assert!(
+                Instant::now() < deadline,
+                "control-api did not become ready within 30 s"
+            );
+            if let Ok(ca) = std::fs::read_to_string(&ca_path) {
+                let http = client(&ca);
+                if http
+                    .get(format!("{api}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    break http;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let admin_token = std::fs::read_to_string(state_dir.join("admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            api,
+            device_api: format!("https://127.0.0.1:{device_port}"),
+            http,
+            admin_token,
+        }
+    }
+
+    /// Sends SIGTERM and answers whether the process exited successfully (a graceful shutdown).
+    pub async fn stop(mut self) -> bool {
+        let pid = self.child.id().expect("running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/admin{path}", self.api))
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            response.status().is_success(),
+            "POST {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("json")
+    }
+
+    /// Creates an owner and a one-use token; answers (token, CA fingerprint).
+    pub async fn token_for(&self, owner: &str) -> (String, String) {
+        self.admin_post(
+            "/users",
+            json!({"id": owner, "email": format!("{owner}@example.com"), "role": "developer"}),
+        )
+        .await;
+        let created = self
+            .admin_post(
+                "/tokens",
+                json!({"owner": owner, "ttl_seconds": 600, "max_uses": 1}),
+            )
+            .await;
+        (
+            created["token"].as_str().expect("token").to_owned(),
+            created["ca_fingerprint"]
+                .as_str()
+                .expect("fingerprint")
+                .to_owned(),
+        )
+    }
+}
+
+pub fn client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(edgemesh_core::tls::client_config(ca_pem, None).expect("tls"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Output of one `edgemesh-agent` run.
+pub struct Run {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the agent with `args` against `state_dir`, with extra environment variables.
+pub async fn agent(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let output = Command::new(bin("edgemesh-agent"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run agent");
+    Run {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

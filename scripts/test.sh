@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test. Starts the throwaway PostgreSQL cluster if it is not running (and stops it again
+# afterwards); each database test creates its own database in it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PG_PORT=${EDGEMESH_PG_PORT:-54329}
+
+started_db=no
+if ! scripts/stack.sh status 2>/dev/null | grep -q '^postgres running'; then
+  scripts/stack.sh db-up
+  started_db=yes
+fi
+cleanup() { if [ "$started_db" = yes ]; then scripts/stack.sh db-down; fi; }
+trap cleanup EXIT
+
+export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+# One build for the binaries the end-to-end tests run and for the tests themselves (same profile).
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
