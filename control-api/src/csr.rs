@@ -174,7 +174,8 @@ mod tests {
                 "-----BEGIN CERTIFICATE REQUEST-----\n{b64}\n-----END CERTIFICATE REQUEST-----\n"
             )
         };
-        let cases: Vec<(String, fn(&CsrError) -> bool, &str)> = vec![
+        type Expected = fn(&CsrError) -> bool;
+        let cases: Vec<(String, Expected, &str)> = vec![
             ("hello".into(), |e| *e == CsrError::NotPem, "not PEM"),
             (
                 good.replace("CERTIFICATE REQUEST", "CERTIFICATE"),

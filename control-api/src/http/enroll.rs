@@ -9,7 +9,6 @@ use axum::routing::post;
 use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
 use edgemesh_core::id::DeviceId;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use super::extract::{Json, bearer};
 use super::{ApiError, AppState, bounded_text};
@@ -118,8 +117,8 @@ async fn enroll(
 
 /// Why a token could not be used, for a refusal the device operator can act on.
 async fn why_unusable(state: &AppState, token_hash: &[u8]) -> ApiError {
-    let row: Result<Option<(OffsetDateTime, Option<OffsetDateTime>, i32, i32)>, _> = sqlx::query_as(
-        "SELECT expires_at, revoked_at, uses, max_uses FROM enrollment_tokens WHERE token_hash = $1",
+    let row: Result<Option<(bool, bool)>, _> = sqlx::query_as(
+        "SELECT revoked_at IS NOT NULL, expires_at <= now() FROM enrollment_tokens WHERE token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(&state.db)
@@ -127,10 +126,10 @@ async fn why_unusable(state: &AppState, token_hash: &[u8]) -> ApiError {
     match row {
         Err(e) => e.into(),
         Ok(None) => ApiError::unauthorized("invalid_token", "the enrollment token is not known"),
-        Ok(Some((_, Some(_), _, _))) => {
+        Ok(Some((true, _))) => {
             ApiError::forbidden("token_revoked", "the enrollment token was revoked")
         }
-        Ok(Some((expires_at, None, _, _))) if expires_at <= OffsetDateTime::now_utc() => {
+        Ok(Some((_, true))) => {
             ApiError::forbidden("token_expired", "the enrollment token has expired")
         }
         Ok(Some(_)) => {
