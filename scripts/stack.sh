@@ -112,7 +112,8 @@ stop() {
 
 up() {
   db_up
-  (cd "$ROOT" && cargo build --workspace --bins --quiet)
+  # The same build as `make test` (all targets), so neither rebuilds what the other built.
+  (cd "$ROOT" && cargo build --workspace --all-targets --quiet)
   start control-api \
     "curl -sf --cacert '$STATE/ca.pem' https://127.0.0.1:8444/healthz" \
     env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api"

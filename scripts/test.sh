@@ -15,8 +15,10 @@ cleanup() { if [ "$started_db" = yes ]; then scripts/stack.sh db-down; fi; }
 trap cleanup EXIT
 
 export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
-# One build for the binaries the end-to-end tests run and for the tests themselves (same profile).
-cargo build --workspace --bins
+# One build for the binaries the end-to-end tests run and for the tests themselves: building all targets
+# unifies the dev-dependencies' features, so the test run below reuses every artifact (and so does
+# `make up`, which builds the same way).
+cargo build --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -1,9 +1,110 @@
-//! `edgemesh-ext-authz`: Envoy's external authorization server for EdgeMesh. The enforcement issue
-//! builds it; until then the binary only says so, and `make up` does not start it.
+//! `edgemesh-ext-authz`: Envoy's external authorization server for EdgeMesh. So far it offers the policy
+//! commands operators use to debug and test policies; `serve` (the gRPC Check server) is not built yet.
 
+use std::io::Read;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgemesh_ext_authz::policy::{Files, PolicySet};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgemesh-ext-authz",
+    version,
+    about = "EdgeMesh external authorization for Envoy"
+)]
+struct Cli {
+    /// Directory of the Rego policies.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEMESH_POLICY_DIR",
+        default_value = "policies"
+    )]
+    policy_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Operator commands for the policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Evaluate an input document and print the decision as JSON.
+    Eval {
+        /// The input document (JSON); `-` or absent reads standard input.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Run the Rego unit tests (`test_*` rules of `*_test.rego`).
+    Test,
+}
+
 fn main() -> ExitCode {
-    eprintln!("edgemesh-ext-authz: the enforcement server is not built yet; nothing is enforced");
-    ExitCode::from(69)
+    edgemesh_core::telemetry::init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgemesh-ext-authz: error: {e:#}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy {
+            command: PolicyCommand::Eval { input },
+        } => {
+            let policies = PolicySet::load_dir(&cli.policy_dir, Files::Policies)?;
+            let text = match input.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p.as_os_str() == "-" => read_stdin()?,
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("failed to read {}", p.display()))?,
+            };
+            let input: serde_json::Value =
+                serde_json::from_str(&text).context("the input is not JSON")?;
+            let decision = policies.evaluate(&input);
+            println!("{}", serde_json::to_string_pretty(&decision)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Test,
+        } => {
+            let policies = PolicySet::load_dir(&cli.policy_dir, Files::WithTests)?;
+            let outcomes = policies.run_tests();
+            let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
+            for (rule, ok) in &outcomes {
+                println!("{} {rule}", if *ok { "PASS" } else { "FAIL" });
+            }
+            println!(
+                "{} tests, {failed} failed (policy version {})",
+                outcomes.len(),
+                policies.version()
+            );
+            Ok(if failed == 0 && !outcomes.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn read_stdin() -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("failed to read standard input")?;
+    Ok(text)
 }
