@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use x509_parser::prelude::*;
 
-use crate::helpers::{ControlApi, agent, database_url};
+use crate::helpers::{ControlApi, agent, agent_enroll, database_url};
 
 #[sqlx::test(migrations = false)]
 async fn the_agent_enrolls_with_a_local_key_renews_and_is_refused_once_revoked(
@@ -20,20 +20,7 @@ async fn the_agent_enrolls_with_a_local_key_renews_and_is_refused_once_revoked(
 
     // A wrong CA fingerprint: the agent refuses the CA and writes nothing.
     let wrong = format!("{}00", &fingerprint[..62]);
-    let run = agent(
-        dir,
-        &[
-            "enroll",
-            "--server",
-            &api.api,
-            "--ca-fingerprint",
-            &wrong,
-            "--device-id",
-            "pi-e2e",
-        ],
-        &[("EDGEMESH_ENROLLMENT_TOKEN", &token)],
-    )
-    .await;
+    let run = agent_enroll(dir, &api, &token, &wrong, "pi-e2e").await;
     assert!(
         !run.success,
         "enrollment with a wrong CA fingerprint must fail"
@@ -45,20 +32,7 @@ async fn the_agent_enrolls_with_a_local_key_renews_and_is_refused_once_revoked(
         "nothing written"
     );
 
-    let run = agent(
-        dir,
-        &[
-            "enroll",
-            "--server",
-            &api.api,
-            "--ca-fingerprint",
-            &fingerprint,
-            "--device-id",
-            "pi-e2e",
-        ],
-        &[("EDGEMESH_ENROLLMENT_TOKEN", &token)],
-    )
-    .await;
+    let run = agent_enroll(dir, &api, &token, &fingerprint, "pi-e2e").await;
     assert!(run.success, "enroll failed: {}", run.stderr);
     assert!(run.stdout.contains("enrolled pi-e2e"), "{}", run.stdout);
 
@@ -143,20 +117,7 @@ async fn the_ca_survives_a_restart(_pool: PgPoolOptions, db: PgConnectOptions) {
         .expect("pem");
     let (token, fingerprint) = api.token_for("pat").await;
     let device_state = tempfile::tempdir().expect("tempdir");
-    let run = agent(
-        device_state.path(),
-        &[
-            "enroll",
-            "--server",
-            &api.api,
-            "--ca-fingerprint",
-            &fingerprint,
-            "--device-id",
-            "keeps-1",
-        ],
-        &[("EDGEMESH_ENROLLMENT_TOKEN", &token)],
-    )
-    .await;
+    let run = agent_enroll(device_state.path(), &api, &token, &fingerprint, "keeps-1").await;
     assert!(run.success, "{}", run.stderr);
     assert!(api.stop().await, "graceful stop");
 

@@ -179,3 +179,27 @@ pub async fn agent(state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// `edgemesh-agent enroll` against `api` with the token in the environment, as an operator would run it.
+pub async fn agent_enroll(
+    state_dir: &Path,
+    api: &ControlApi,
+    token: &str,
+    fingerprint: &str,
+    device: &str,
+) -> Run {
+    agent(
+        state_dir,
+        &[
+            "enroll",
+            "--server",
+            &api.api,
+            "--ca-fingerprint",
+            fingerprint,
+            "--device-id",
+            device,
+        ],
+        &[("EDGEMESH_ENROLLMENT_TOKEN", token)],
+    )
+    .await
+}
