@@ -106,15 +106,7 @@ async fn the_ca_survives_a_restart(_pool: PgPoolOptions, db: PgConnectOptions) {
     let server_state = tempfile::tempdir().expect("tempdir");
     let url = database_url(&db);
     let api = ControlApi::start(&url, server_state.path()).await;
-    let first = api
-        .http
-        .get(format!("{}/api/v1/ca.pem", api.api))
-        .send()
-        .await
-        .expect("ca")
-        .text()
-        .await
-        .expect("pem");
+    let first = api.served_ca_fingerprint().await;
     let (token, fingerprint) = api.token_for("pat").await;
     let device_state = tempfile::tempdir().expect("tempdir");
     let run = agent_enroll(device_state.path(), &api, &token, &fingerprint, "keeps-1").await;
@@ -122,20 +114,8 @@ async fn the_ca_survives_a_restart(_pool: PgPoolOptions, db: PgConnectOptions) {
     assert!(api.stop().await, "graceful stop");
 
     let api = ControlApi::start(&url, server_state.path()).await;
-    let second = api
-        .http
-        .get(format!("{}/api/v1/ca.pem", api.api))
-        .send()
-        .await
-        .expect("ca")
-        .text()
-        .await
-        .expect("pem");
-    assert_eq!(
-        edgemesh_core::cert::sha256_hex(&first_pem_der(&first).expect("der")),
-        edgemesh_core::cert::sha256_hex(&first_pem_der(&second).expect("der")),
-        "same CA after restart"
-    );
+    let second = api.served_ca_fingerprint().await;
+    assert_eq!(first, second, "same CA after restart");
     // The device enrolled before the restart still authenticates.
     let renew = agent(
         device_state.path(),

@@ -125,6 +125,22 @@ impl ControlApi {
         response.json().await.expect("json")
     }
 
+    /// SHA-256 of the CA certificate served at `/api/v1/ca.pem`.
+    pub async fn served_ca_fingerprint(&self) -> String {
+        let pem = self
+            .http
+            .get(format!("{}/api/v1/ca.pem", self.api))
+            .send()
+            .await
+            .expect("ca.pem")
+            .text()
+            .await
+            .expect("pem");
+        edgemesh_core::cert::sha256_hex(
+            &edgemesh_core::cert::first_pem_der(&pem).expect("PEM certificate"),
+        )
+    }
+
     /// Creates an owner and a one-use token; answers (token, CA fingerprint).
     pub async fn token_for(&self, owner: &str) -> (String, String) {
         self.admin_post(
