@@ -4,7 +4,20 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{error_code, https_client, spawn_app};
+use crate::helpers::{TestApp, error_code, https_client, spawn_app};
+
+/// Asks the device listener for a renewal of `device`, with a fresh key, as `client`.
+async fn renew(
+    client: &reqwest::Client,
+    app: &TestApp,
+    device: &str,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{}/api/v1/renew", app.device_api))
+        .json(&renew_body(device))
+        .send()
+        .await
+}
 
 fn renew_body(device: &str) -> serde_json::Value {
     let csr = DeviceKey::generate()
@@ -20,14 +33,8 @@ async fn renewal_issues_a_new_certificate_until_the_device_is_revoked(db: PgPool
     let token = app.create_token("frank", 1).await;
     let device = app.enroll(&token, "pi-renew").await;
     let client = https_client(&app.ca_pem, Some((&device.cert_pem, &device.key_pem)));
-    let url = format!("{}/api/v1/renew", app.device_api);
 
-    let response = client
-        .post(&url)
-        .json(&renew_body("pi-renew"))
-        .send()
-        .await
-        .expect("renew");
+    let response = renew(&client, &app, "pi-renew").await.expect("renew");
     assert_eq!(response.status(), StatusCode::OK);
     let body: serde_json::Value = response.json().await.expect("json");
     let renewed =
@@ -52,12 +59,7 @@ async fn renewal_issues_a_new_certificate_until_the_device_is_revoked(db: PgPool
         .await;
     assert_eq!(revoke.status(), StatusCode::OK);
     let before = app.snapshot().await;
-    let response = client
-        .post(&url)
-        .json(&renew_body("pi-renew"))
-        .send()
-        .await
-        .expect("renew");
+    let response = renew(&client, &app, "pi-renew").await.expect("renew");
     assert_eq!(
         error_code(response).await,
         (StatusCode::FORBIDDEN, "certificate_revoked".to_owned())
@@ -83,12 +85,7 @@ async fn renewal_with_a_certificate_revoked_by_serial_is_refused(db: PgPool) {
     assert_eq!(response.status(), StatusCode::OK);
 
     let client = https_client(&app.ca_pem, Some((&device.cert_pem, &device.key_pem)));
-    let response = client
-        .post(format!("{}/api/v1/renew", app.device_api))
-        .json(&renew_body("pi-serial"))
-        .send()
-        .await
-        .expect("renew");
+    let response = renew(&client, &app, "pi-serial").await.expect("renew");
     assert_eq!(
         error_code(response).await,
         (StatusCode::FORBIDDEN, "certificate_revoked".to_owned())
@@ -98,12 +95,7 @@ async fn renewal_with_a_certificate_revoked_by_serial_is_refused(db: PgPool) {
 #[sqlx::test(migrations = "../migrations")]
 async fn the_device_listener_refuses_connections_without_a_client_certificate(db: PgPool) {
     let app = spawn_app(db).await;
-    let result = app
-        .http
-        .post(format!("{}/api/v1/renew", app.device_api))
-        .json(&renew_body("anyone"))
-        .send()
-        .await;
+    let result = renew(&app.http, &app, "anyone").await;
     assert!(
         result.is_err(),
         "the TLS layer refuses a client without a certificate: {result:?}"
@@ -130,11 +122,7 @@ async fn a_certificate_from_another_ca_is_refused(db: PgPool) {
         )
         .expect("issue");
     let client = https_client(&app.ca_pem, Some((&forged.pem, &key.serialize_pem())));
-    let result = client
-        .post(format!("{}/api/v1/renew", app.device_api))
-        .json(&renew_body("pi-forged"))
-        .send()
-        .await;
+    let result = renew(&client, &app, "pi-forged").await;
     assert!(
         result.is_err(),
         "a foreign CA's certificate fails the handshake: {result:?}"
