@@ -15,12 +15,7 @@ allow if {
 	device_active
 	health_reported
 	health_fresh
-	patches_ok
-	antivirus_ok
-	disk_encryption_ok
-	cpu_ok
-	memory_ok
-	os_supported
+	compliant
 	role_permitted
 	time_permitted
 }
@@ -56,18 +51,13 @@ health_reported if is_object(input.health)
 
 health_fresh if {
 	health_reported
+	is_number(input.health.age_seconds)
 	input.health.age_seconds <= max_health_age_seconds
 }
 
-patches_ok if input.health.os_patches_current == true
-
-antivirus_ok if input.health.antivirus_enabled == true
-
-disk_encryption_ok if input.health.disk_encrypted == true
-
-cpu_ok if input.health.cpu_usage < 90
-
-memory_ok if input.health.memory_usage < 90
+# The health values and the operating system are judged by the compliance rules (compliance.rego),
+# the same rules control-api uses for the verdict it stores.
+compliant if data.edgemesh.compliance.compliant
 
 reasons contains "the device has never reported its health" if not health_reported
 
@@ -79,44 +69,9 @@ reasons contains sprintf("the device's health is stale: last report %d s ago, ma
 	not health_fresh
 }
 
-# A device that never reported gets one reason, not one per health check.
-health_reasons contains "OS security patches are not current" if not patches_ok
-
-health_reasons contains "antivirus is not enabled" if not antivirus_ok
-
-health_reasons contains "disk encryption is not enabled" if not disk_encryption_ok
-
-health_reasons contains "CPU usage is 90% or more" if not cpu_ok
-
-health_reasons contains "memory usage is 90% or more" if not memory_ok
-
 reasons contains reason if {
-	health_reported
-	some reason in health_reasons
-}
-
-# ---- operating system
-
-supported_os_versions := {
-	"ubuntu": {"22.04", "24.04"},
-	"debian": {"12", "13"},
-	"raspbian": {"12", "13"},
-	"windows": {"10", "11"},
-}
-
-os_supported if {
-	some version in supported_os_versions[lower(input.device.os)]
-	input.device.os_version == version
-}
-
-os_supported if {
-	lower(input.device.os) == "macos"
-	to_number(split(input.device.os_version, ".")[0]) >= 13
-}
-
-reasons contains sprintf("operating system %s %s is not supported", [input.device.os, input.device.os_version]) if {
 	identity_ok
-	not os_supported
+	some reason in data.edgemesh.compliance.reasons
 }
 
 # ---- role and service

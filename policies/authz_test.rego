@@ -126,3 +126,8 @@ test_missing_identity_is_denied if {
 	not authz.allow with input as inp
 	"no usable device identity in the client certificate" in authz.reasons with input as inp
 }
+
+test_unknown_health_age_is_stale if {
+	inp := with_health("age_seconds", null)
+	not authz.allow with input as inp
+}

@@ -59,6 +59,23 @@ pub struct Config {
     )]
     pub server_names: Vec<String>,
 
+    /// Directory of the Rego policies (compliance of health reports: `policies/compliance.rego`).
+    #[arg(long, env = "EDGEMESH_POLICY_DIR", default_value = "policies")]
+    pub policy_dir: PathBuf,
+
+    /// Health reports a device may send at once before the sustained rate applies.
+    #[arg(long, env = "EDGEMESH_HEALTH_BURST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_burst: u32,
+
+    /// Sustained health reports per second per device; beyond it, 429 with Retry-After.
+    #[arg(long, env = "EDGEMESH_HEALTH_RATE", default_value_t = 1.0)]
+    pub health_rate: f64,
+
+    /// A device whose last health report is older than this is shown as stale.
+    #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
+    pub max_health_age_secs: u64,
+
     /// Apply database migrations at start-up.
     #[arg(long, env = "EDGEMESH_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edgemesh_control_api::{Application, Config, shutdown_signal};
+use edgemesh_control_api::{Application, Config};
+use edgemesh_core::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -16,9 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use edgemesh_core::files::write_atomic;
+use edgemesh_core::policy::PolicyStore;
 
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
+use crate::http::health::RateLimiter;
 use crate::http::{self, AppState};
 use crate::server::{local_addr, serve_tls};
 
@@ -67,6 +69,16 @@ impl Application {
             CertificateAuthority::load_or_create(&config.ca_cert_path(), &config.ca_key_path())
                 .context("failed to load or create the CA")?;
         let admin_token = load_or_create_admin_token(&config.admin_token_path())?;
+        ensure!(
+            config.health_rate.is_finite() && config.health_rate > 0.0,
+            "the health report rate must be a positive number of reports per second"
+        );
+        let policies = Arc::new(PolicyStore::load(&config.policy_dir).with_context(|| {
+            format!(
+                "failed to load the policies in {}",
+                config.policy_dir.display()
+            )
+        })?);
 
         let (server_cert, server_key) =
             ca.issue_server(&config.server_names, SERVER_CERT_VALIDITY)?;
@@ -96,6 +108,11 @@ impl Application {
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             trust_domain: config.trust_domain.as_str().into(),
             cert_validity: time::Duration::seconds(i64::from(config.cert_validity_secs)),
+            policies,
+            health_limiter: Arc::new(RateLimiter::new(config.health_burst, config.health_rate)),
+            max_health_age: time::Duration::seconds(
+                i64::try_from(config.max_health_age_secs).unwrap_or(i64::MAX),
+            ),
         };
         Ok(Self {
             api_listener,
@@ -131,6 +148,8 @@ impl Application {
             "control API listening"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
+        let watcher =
+            tokio::spawn(Arc::clone(&self.state.policies).watch(std::time::Duration::from_secs(1)));
         let api = serve_tls(
             self.api_listener,
             self.api_tls,
@@ -149,6 +168,7 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         tokio::join!(api, device, stop);
+        watcher.abort();
     }
 }
 

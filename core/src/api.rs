@@ -35,3 +35,36 @@ pub struct ErrorBody {
     pub error: String,
     pub detail: String,
 }
+
+/// `POST /api/v1/health`, authenticated by the device's certificate: what the agent measured. A value
+/// the agent could not determine is `null`, never a guess.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthReport {
+    /// Optional; when present it must be the certificate's device (a device reports only for itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub collected_at: OffsetDateTime,
+    pub agent_version: String,
+    /// Percentages, 0 to 100.
+    pub cpu_usage: Option<f64>,
+    pub memory_usage: Option<f64>,
+    /// Of the root filesystem.
+    pub disk_usage: Option<f64>,
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub kernel: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub disk_encrypted: Option<bool>,
+    pub os_patches_current: Option<bool>,
+    pub antivirus_enabled: Option<bool>,
+    pub firewall_enabled: Option<bool>,
+}
+
+/// The compliance verdict on a health report: `healthy`, or `unhealthy` with the reasons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthVerdict {
+    pub status: String,
+    pub reasons: Vec<String>,
+}

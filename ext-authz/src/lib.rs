@@ -1,4 +1,9 @@
-//! EdgeMesh's external authorization server for Envoy. So far: the policy set (Rego, evaluated
-//! in-process by regorus) and its operator commands; the gRPC Check server is the next step.
+//! EdgeMesh's external authorization server for Envoy: device identity from the peer certificate, device
+//! facts from a cache kept fresh by Postgres notifications, decisions by Rego policies in-process.
 
-pub mod policy;
+pub mod check;
+pub mod config;
+pub mod directory;
+pub mod startup;
+
+pub use config::Config;

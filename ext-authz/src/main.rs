@@ -1,13 +1,13 @@
-//! `edgemesh-ext-authz`: Envoy's external authorization server for EdgeMesh. So far it offers the policy
-//! commands operators use to debug and test policies; `serve` (the gRPC Check server) is not built yet.
+//! `edgemesh-ext-authz`: Envoy's external authorization server for EdgeMesh (`serve`), and the policy
+//! commands operators use to debug and test policies (`policy eval`, `policy test`).
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edgemesh_ext_authz::policy::{Files, PolicySet};
+use edgemesh_core::policy::{AUTHZ, Files, PolicySet};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +30,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve Envoy's ext_authz gRPC API (and the gRPC health service) until SIGTERM or SIGINT.
+    Serve(edgemesh_ext_authz::Config),
     /// Operator commands for the policies.
     Policy {
         #[command(subcommand)]
@@ -51,7 +53,12 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     edgemesh_core::telemetry::init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(config) => return serve(config, &cli.policy_dir),
+        Command::Policy { command } => policy(&cli.policy_dir, command),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgemesh-ext-authz: error: {e:#}");
@@ -60,12 +67,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Policy {
-            command: PolicyCommand::Eval { input },
-        } => {
-            let policies = PolicySet::load_dir(&cli.policy_dir, Files::Policies)?;
+fn serve(config: &edgemesh_ext_authz::Config, policy_dir: &Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edgemesh-ext-authz: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(edgemesh_ext_authz::startup::serve(
+        config,
+        policy_dir,
+        edgemesh_core::shutdown_signal(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "failed");
+            eprintln!("edgemesh-ext-authz: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn policy(policy_dir: &Path, command: &PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Eval { input } => {
+            let policies = PolicySet::load_dir(policy_dir, Files::Policies)?;
             let text = match input.as_deref() {
                 None => read_stdin()?,
                 Some(p) if p.as_os_str() == "-" => read_stdin()?,
@@ -74,14 +105,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let input: serde_json::Value =
                 serde_json::from_str(&text).context("the input is not JSON")?;
-            let decision = policies.evaluate(&input);
+            let decision = policies.evaluate(AUTHZ, &input);
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy {
-            command: PolicyCommand::Test,
-        } => {
-            let policies = PolicySet::load_dir(&cli.policy_dir, Files::WithTests)?;
+        PolicyCommand::Test => {
+            let policies = PolicySet::load_dir(policy_dir, Files::WithTests)?;
             let outcomes = policies.run_tests();
             let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
             for (rule, ok) in &outcomes {

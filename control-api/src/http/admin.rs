@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/devices/{id}", get(get_device))
         .route("/devices/{id}/revoke", post(revoke_device))
         .route("/certificates/{serial}/revoke", post(revoke_certificate))
+        .merge(super::health::admin_router())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -279,10 +280,27 @@ struct Device {
     last_seen_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     revoked_at: Option<OffsetDateTime>,
+    /// `unknown` (never reported), `healthy`, `unhealthy`, or `stale` (no report within the maximum
+    /// health age, whatever the last one said).
+    #[serde(rename = "health")]
+    health_status: String,
+    health_reasons: Vec<String>,
+    /// When the latest health values were measured.
+    #[serde(with = "time::serde::rfc3339::option")]
+    last_health_at: Option<OffsetDateTime>,
 }
 
-const DEVICE_COLUMNS: &str =
-    "id, owner_id, device_type, os, os_version, status, enrolled_at, last_seen_at, revoked_at";
+impl Device {
+    fn with_staleness(mut self, now: OffsetDateTime, max_age: time::Duration) -> Self {
+        if self.last_health_at.is_some_and(|at| now - at > max_age) {
+            self.health_status = "stale".to_owned();
+        }
+        self
+    }
+}
+
+const DEVICE_COLUMNS: &str = "id, owner_id, device_type, os, os_version, status, enrolled_at, \
+     last_seen_at, revoked_at, health_status, health_reasons, last_health_at";
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct Certificate {
@@ -340,6 +358,11 @@ async fn list_devices(
     .bind(limit)
     .fetch_all(&state.db)
     .await?;
+    let now = OffsetDateTime::now_utc();
+    let devices: Vec<Device> = devices
+        .into_iter()
+        .map(|d| d.with_staleness(now, state.max_health_age))
+        .collect();
     let next_after = (devices.len() as i64 == limit)
         .then(|| devices.last().map(|d| d.id.clone()))
         .flatten();
@@ -355,7 +378,8 @@ async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Va
     .bind(id.as_str())
     .fetch_optional(&state.db)
     .await?
-    .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?;
+    .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?
+    .with_staleness(OffsetDateTime::now_utc(), state.max_health_age);
     let certificates = sqlx::query_as::<_, Certificate>(
         "SELECT serial, fingerprint, not_before, not_after, issued_at, revoked_at, revocation_reason
          FROM certificates WHERE device_id = $1 ORDER BY issued_at DESC",

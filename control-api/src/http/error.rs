@@ -14,6 +14,8 @@ pub enum ApiError {
         code: &'static str,
         detail: String,
     },
+    /// A 429 with `Retry-After`.
+    TooManyRequests { retry_after: u64, detail: String },
     /// A 500; the cause is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -64,6 +66,21 @@ impl From<anyhow::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, detail) = match self {
+            Self::TooManyRequests {
+                retry_after,
+                detail,
+            } => {
+                let body = ErrorBody {
+                    error: "rate_limited".to_owned(),
+                    detail,
+                };
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, retry_after.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
             Self::Refused {
                 status,
                 code,

@@ -10,6 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use sqlx::PgPool;
 
+use edgemesh_core::policy::PolicyStore;
+
 use crate::ca::CertificateAuthority;
 
 pub mod admin;
@@ -17,6 +19,7 @@ pub mod device;
 pub mod enroll;
 pub mod error;
 pub mod extract;
+pub mod health;
 
 pub use error::ApiError;
 
@@ -32,6 +35,11 @@ pub struct AppState {
     pub admin_token_sha256: [u8; 32],
     pub trust_domain: Arc<str>,
     pub cert_validity: time::Duration,
+    /// The policies; control-api evaluates the compliance rules on every health report.
+    pub policies: Arc<PolicyStore>,
+    pub health_limiter: Arc<health::RateLimiter>,
+    /// A device whose health is older than this is shown as stale.
+    pub max_health_age: time::Duration,
 }
 
 pub fn api_router(state: AppState) -> Router {
@@ -48,6 +56,7 @@ pub fn api_router(state: AppState) -> Router {
 pub fn device_router(state: AppState) -> Router {
     Router::new()
         .merge(device::router())
+        .merge(health::device_router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

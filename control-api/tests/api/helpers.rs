@@ -26,6 +26,8 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
         "127.0.0.1:0",
         "--device-listen",
         "127.0.0.1:0",
+        "--policy-dir",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
     ]);
     let app = Application::build_with_pool(&config, db.clone())
         .await
@@ -166,7 +168,13 @@ impl TestApp {
     /// A digest of every row of every identity table: equal digests mean nothing was written.
     pub async fn snapshot(&self) -> Vec<Option<String>> {
         let mut digests = Vec::new();
-        for table in ["users", "devices", "certificates", "enrollment_tokens"] {
+        for table in [
+            "users",
+            "devices",
+            "certificates",
+            "enrollment_tokens",
+            "health_reports",
+        ] {
             let digest: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t"
             )))

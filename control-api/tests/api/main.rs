@@ -3,5 +3,6 @@
 
 mod admin;
 mod enroll;
+mod health;
 mod helpers;
 mod renew;

@@ -1,0 +1,325 @@
+//! Device health: reports arrive on the device (mTLS) listener from the device their certificate names,
+//! are validated, judged by the compliance policy, stored, and change the device's verdict. ext-authz
+//! hears of it from the database triggers' notifications. Admins read the history.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use edgemesh_core::api::{HealthReport, HealthVerdict};
+use edgemesh_core::id::DeviceId;
+use edgemesh_core::policy::COMPLIANCE;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::device::AuthenticatedDevice;
+use super::extract::{Json, Path, Query};
+use super::{ApiError, AppState, bounded_text};
+
+/// A report may be dated at most this far ahead of the server's clock.
+const MAX_CLOCK_AHEAD: time::Duration = time::Duration::minutes(5);
+const MAX_HISTORY: i64 = 1000;
+
+pub fn device_router() -> Router<AppState> {
+    Router::new().route("/api/v1/health", post(report))
+}
+
+/// Mounted under `/api/v1/admin` (behind the admin token).
+pub fn admin_router() -> Router<AppState> {
+    Router::new().route("/devices/{id}/health", get(history))
+}
+
+/// A token bucket per device: `burst` reports at once, then `rate` per second.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    rate: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(burst: u32, rate: f64) -> Self {
+        Self {
+            burst: f64::from(burst),
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key` at `now`; refused with the whole seconds to wait for the next one.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), u64> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+fn check_percent(field: &str, value: Option<f64>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !(v.is_finite() && (0.0..=100.0).contains(&v)) => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} must be a percentage between 0 and 100"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<(), ApiError> {
+    value.map_or(Ok(()), |v| bounded_text(field, v, max))
+}
+
+/// Everything about a report that can be judged without the database.
+fn validate(report: &HealthReport, caller: &DeviceId, now: OffsetDateTime) -> Result<(), ApiError> {
+    if let Some(claimed) = &report.device_id
+        && claimed != caller.as_str()
+    {
+        return Err(ApiError::forbidden(
+            "device_mismatch",
+            format!("this certificate reports for device {caller} only, not {claimed}"),
+        ));
+    }
+    check_percent("cpu_usage", report.cpu_usage)?;
+    check_percent("memory_usage", report.memory_usage)?;
+    check_percent("disk_usage", report.disk_usage)?;
+    check_text("os", report.os.as_deref(), 64)?;
+    check_text("os_version", report.os_version.as_deref(), 64)?;
+    check_text("kernel", report.kernel.as_deref(), 256)?;
+    bounded_text("agent_version", &report.agent_version, 64)?;
+    if report
+        .uptime_seconds
+        .is_some_and(|u| i64::try_from(u).is_err())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "uptime_seconds is out of range",
+        ));
+    }
+    if report.collected_at > now + MAX_CLOCK_AHEAD {
+        return Err(ApiError::bad_request(
+            "collected_in_future",
+            format!(
+                "collected_at is more than {} minutes ahead of the server's clock",
+                MAX_CLOCK_AHEAD.whole_minutes()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/health`: stores the report and answers the device's verdict.
+#[tracing::instrument(skip_all, fields(device_id = %caller.device))]
+async fn report(
+    State(state): State<AppState>,
+    caller: AuthenticatedDevice,
+    Json(report): Json<HealthReport>,
+) -> Result<axum::Json<HealthVerdict>, ApiError> {
+    if let Err(retry_after) = state
+        .health_limiter
+        .take(caller.device.as_str(), Instant::now())
+    {
+        return Err(ApiError::TooManyRequests {
+            retry_after,
+            detail: format!("health reports are limited per device; retry in {retry_after} s"),
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    validate(&report, &caller.device, now)?;
+
+    let mut tx = state.db.begin().await?;
+    let stored: Option<(String, String)> = sqlx::query_as(
+        "SELECT os, os_version FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
+    )
+    .bind(caller.device.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((stored_os, stored_os_version)) = stored else {
+        return Err(ApiError::forbidden(
+            "device_revoked",
+            "the device is revoked",
+        ));
+    };
+    let input = serde_json::json!({
+        "device": {
+            "os": report.os.as_deref().unwrap_or(&stored_os),
+            "os_version": report.os_version.as_deref().unwrap_or(&stored_os_version),
+        },
+        "health": {
+            "cpu_usage": report.cpu_usage,
+            "memory_usage": report.memory_usage,
+            "disk_usage": report.disk_usage,
+            "os_patches_current": report.os_patches_current,
+            "antivirus_enabled": report.antivirus_enabled,
+            "disk_encrypted": report.disk_encrypted,
+            "firewall_enabled": report.firewall_enabled,
+        },
+    });
+    let decision = state.policies.current().evaluate(COMPLIANCE, &input);
+    let status = if decision.allow {
+        "healthy"
+    } else {
+        "unhealthy"
+    };
+    let reasons = if decision.allow {
+        Vec::new()
+    } else {
+        decision.reasons
+    };
+    sqlx::query(
+        "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage,
+             memory_usage, disk_usage, os, os_version, kernel, uptime_seconds, disk_encrypted,
+             os_patches_current, antivirus_enabled, firewall_enabled, agent_version, status, reasons)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(caller.device.as_str())
+    .bind(&caller.serial)
+    .bind(report.collected_at)
+    .bind(report.cpu_usage)
+    .bind(report.memory_usage)
+    .bind(report.disk_usage)
+    .bind(&report.os)
+    .bind(&report.os_version)
+    .bind(&report.kernel)
+    .bind(report.uptime_seconds.and_then(|u| i64::try_from(u).ok()))
+    .bind(report.disk_encrypted)
+    .bind(report.os_patches_current)
+    .bind(report.antivirus_enabled)
+    .bind(report.firewall_enabled)
+    .bind(&report.agent_version)
+    .bind(status)
+    .bind(&reasons)
+    .execute(&mut *tx)
+    .await?;
+    // The device's health is as old as its measurement: a report collected long ago is not fresh.
+    sqlx::query(
+        "UPDATE devices SET health_status = $2, health_reasons = $3,
+             last_health_at = LEAST($4, now()), last_seen_at = now(),
+             os = COALESCE($5, os), os_version = COALESCE($6, os_version)
+         WHERE id = $1",
+    )
+    .bind(caller.device.as_str())
+    .bind(status)
+    .bind(&reasons)
+    .bind(report.collected_at)
+    .bind(&report.os)
+    .bind(&report.os_version)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(device = %caller.device, status, ?reasons, "health report");
+    Ok(axum::Json(HealthVerdict {
+        status: status.to_owned(),
+        reasons,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct StoredReport {
+    #[serde(with = "time::serde::rfc3339")]
+    received_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    collected_at: OffsetDateTime,
+    certificate_serial: String,
+    cpu_usage: Option<f64>,
+    memory_usage: Option<f64>,
+    disk_usage: Option<f64>,
+    os: Option<String>,
+    os_version: Option<String>,
+    kernel: Option<String>,
+    uptime_seconds: Option<i64>,
+    disk_encrypted: Option<bool>,
+    os_patches_current: Option<bool>,
+    antivirus_enabled: Option<bool>,
+    firewall_enabled: Option<bool>,
+    agent_version: String,
+    status: String,
+    reasons: Vec<String>,
+}
+
+/// `GET /api/v1/admin/devices/{id}/health?limit=N`: the device's latest reports, newest first.
+async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<DeviceId>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_HISTORY).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_HISTORY}"),
+        ));
+    }
+    let known: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&state.db)
+        .await?;
+    if known.is_none() {
+        return Err(ApiError::not_found(
+            "unknown_device",
+            format!("no device {id}"),
+        ));
+    }
+    let reports = sqlx::query_as::<_, StoredReport>(
+        "SELECT received_at, collected_at, certificate_serial, cpu_usage, memory_usage, disk_usage,
+                os, os_version, kernel, uptime_seconds, disk_encrypted, os_patches_current,
+                antivirus_enabled, firewall_enabled, agent_version, status, reasons
+         FROM health_reports WHERE device_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(id.as_str())
+    .bind(limit)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(axum::Json(
+        serde_json::json!({ "device_id": id.as_str(), "reports": reports }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_the_sustained_rate() {
+        let limiter = RateLimiter::new(10, 1.0);
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(limiter.take("a", start).is_ok());
+        }
+        assert_eq!(limiter.take("a", start), Err(1));
+        assert!(limiter.take("b", start).is_ok(), "buckets are per device");
+        assert!(
+            limiter
+                .take("a", start + Duration::from_millis(1000))
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .take("a", start + Duration::from_millis(1500))
+                .is_err()
+        );
+        let slow = RateLimiter::new(1, 0.1);
+        assert!(slow.take("a", start).is_ok());
+        assert_eq!(
+            slow.take("a", start),
+            Err(10),
+            "Retry-After in whole seconds"
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! The policy set: the `.rego` files of a directory parsed once into a regorus engine, evaluated per
+//! decision on a clone of it. A decision never fails: an evaluation error is a deny with a reason.
+//! [`PolicyStore`] holds the set in force and replaces it when the files change, refusing a set that
+//! does not load (the last good one stays).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use regorus::Engine;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A runaway policy is stopped and the request denied.
+const EVALUATION_LIMIT: Duration = Duration::from_millis(50);
+
+/// The two rules a decision reads: a boolean and the set of reasons for a `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub allow: &'static str,
+    pub reasons: &'static str,
+}
+
+/// May this device use this service now? (`policies/authz.rego`, evaluated by ext-authz.)
+pub const AUTHZ: Rules = Rules {
+    allow: "data.edgemesh.authz.allow",
+    reasons: "data.edgemesh.authz.reasons",
+};
+
+/// Is this health report acceptable? (`policies/compliance.rego`, evaluated by control-api.)
+pub const COMPLIANCE: Rules = Rules {
+    allow: "data.edgemesh.compliance.compliant",
+    reasons: "data.edgemesh.compliance.reasons",
+};
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allow: bool,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
+}
+
+#[derive(Clone)]
+pub struct PolicySet {
+    engine: Engine,
+    version: String,
+    test_files: Vec<(String, String)>,
+}
+
+/// Which files of the directory to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// The policies only (what the servers evaluate).
+    Policies,
+    /// The policies and their `*_test.rego` files.
+    WithTests,
+}
+
+/// The policy files of `dir` (not recursive, sorted), tests included or not.
+fn policy_files(dir: &Path, files: Files) -> anyhow::Result<Vec<(String, String)>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("failed to read policy directory {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rego"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.ends_with("_test.rego") && files == Files::Policies {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        out.push((name, source));
+    }
+    Ok(out)
+}
+
+/// The version of a set of policy files: a hash of their names and contents.
+fn version_of(files: &[(String, String)]) -> String {
+    let mut hasher = Sha256::new();
+    for (name, source) in files.iter().filter(|(n, _)| !n.ends_with("_test.rego")) {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(source.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+impl PolicySet {
+    /// Loads every `.rego` file of `dir` (not recursively). The version is a hash of the policy files'
+    /// names and contents, so the same policies always carry the same version.
+    pub fn load_dir(dir: &Path, files: Files) -> anyhow::Result<Self> {
+        Self::from_files(dir, policy_files(dir, files)?)
+    }
+
+    fn from_files(dir: &Path, files: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let mut engine = Engine::new();
+        engine.set_rego_v0(false);
+        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+            limit: EVALUATION_LIMIT,
+            check_interval: std::num::NonZeroU32::MIN.saturating_add(63),
+        });
+        let version = version_of(&files);
+        let mut policies = 0;
+        let mut test_files = Vec::new();
+        for (name, source) in files {
+            engine
+                .add_policy(name.clone(), source.clone())
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            if name.ends_with("_test.rego") {
+                test_files.push((name, source));
+            } else {
+                policies += 1;
+            }
+        }
+        anyhow::ensure!(
+            policies > 0,
+            "no policy files (*.rego) in {}",
+            dir.display()
+        );
+        let set = Self {
+            engine,
+            version,
+            test_files,
+        };
+        // A policy that parses but cannot decide (no `allow` rule, say) is refused at load time.
+        for rules in [AUTHZ, COMPLIANCE] {
+            set.engine
+                .clone()
+                .eval_rule(rules.allow.to_owned())
+                .map_err(|e| anyhow::anyhow!("the policies do not define {}: {e}", rules.allow))?;
+        }
+        Ok(set)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Evaluates `rules` over `input`. Errors and undefined results deny, with a reason.
+    pub fn evaluate(&self, rules: Rules, input: &serde_json::Value) -> Decision {
+        let (allow, reasons) = match self.try_evaluate(rules, input) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(error = %e, "policy evaluation failed; denying");
+                (false, vec![format!("policy evaluation failed: {e}")])
+            }
+        };
+        let mut reasons = reasons;
+        if !allow && reasons.is_empty() {
+            reasons.push("denied by policy".to_owned());
+        }
+        Decision {
+            allow,
+            reasons,
+            policy_version: self.version.clone(),
+        }
+    }
+
+    fn try_evaluate(
+        &self,
+        rules: Rules,
+        input: &serde_json::Value,
+    ) -> anyhow::Result<(bool, Vec<String>)> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let allow = engine.eval_rule(rules.allow.to_owned())?;
+        // Only `true` allows: undefined, false or any other value is a deny.
+        let allow = allow.as_bool().is_ok_and(|b| *b);
+        if allow {
+            return Ok((true, Vec::new()));
+        }
+        // A policy without a `reasons` rule still denies; the caller supplies a generic reason.
+        let reasons = match engine.eval_rule(rules.reasons.to_owned()) {
+            Ok(regorus::Value::Set(set)) => set
+                .iter()
+                .filter_map(|r| r.as_string().ok().map(|s| s.to_string()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok((allow, reasons))
+    }
+
+    /// Runs every `test_*` rule of the loaded `*_test.rego` files; answers (rule, passed) pairs.
+    pub fn run_tests(&self) -> Vec<(String, bool)> {
+        let mut outcomes = Vec::new();
+        for (_, source) in &self.test_files {
+            let Some(package) = source
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("package ").map(str::trim))
+            else {
+                continue;
+            };
+            for line in source.lines() {
+                let Some(rest) = line.strip_prefix("test_") else {
+                    continue;
+                };
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let rule = format!("data.{package}.test_{name}");
+                let passed = self
+                    .engine
+                    .clone()
+                    .eval_rule(rule.clone())
+                    .is_ok_and(|v| v.as_bool().is_ok_and(|b| *b));
+                outcomes.push((rule, passed));
+            }
+        }
+        outcomes
+    }
+}
+
+/// Whether the policy engine knows `timezone` (an IANA name such as `Europe/Berlin`), so a mistyped
+/// zone is refused at start-up instead of denying every request.
+pub fn valid_timezone(timezone: &str) -> bool {
+    let mut engine = Engine::new();
+    engine.set_rego_v0(false);
+    let query = format!("time.clock([0, {}])", serde_json::Value::from(timezone));
+    engine
+        .eval_query(query, false)
+        .is_ok_and(|r| !r.result.is_empty())
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are those in force.
+    Unchanged,
+    /// A new set is in force.
+    Replaced { version: String },
+    /// The files changed but do not load; the set in force stays.
+    Refused { error: String },
+}
+
+/// The policy set in force, replaced only by a set that loads.
+pub struct PolicyStore {
+    dir: PathBuf,
+    current: RwLock<Arc<PolicySet>>,
+    /// The version of files last refused, so a broken file is reported once, not at every poll.
+    refused: Mutex<Option<String>>,
+}
+
+impl PolicyStore {
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let set = PolicySet::load_dir(dir, Files::Policies)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            current: RwLock::new(Arc::new(set)),
+            refused: Mutex::new(None),
+        })
+    }
+
+    pub fn current(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Loads the directory again if its policy files changed.
+    pub fn reload(&self) -> Reload {
+        let files = match policy_files(&self.dir, Files::Policies) {
+            Ok(files) => files,
+            Err(e) => return self.refuse(None, format!("{e:#}")),
+        };
+        let version = version_of(&files);
+        if version == self.current().version() {
+            return Reload::Unchanged;
+        }
+        match PolicySet::from_files(&self.dir, files) {
+            Ok(set) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(policy_version = %version, "policies reloaded");
+                Reload::Replaced { version }
+            }
+            Err(e) => self.refuse(Some(version), format!("{e:#}")),
+        }
+    }
+
+    /// Reloads when the files change (checked every `every`) or on SIGHUP, until the task is dropped.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = hup => tracing::info!("SIGHUP: checking the policy files"),
+            }
+            let store = Arc::clone(&self);
+            // Parsing is CPU work; keep it off the threads answering requests.
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+        }
+    }
+
+    fn refuse(&self, version: Option<String>, error: String) -> Reload {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if version.is_none() || *refused != version {
+            tracing::error!(error = %error, policy_version = %self.current().version(),
+                "policy files do not load; the policies in force stay");
+        }
+        *refused = version;
+        Reload::Refused { error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    }
+
+    #[test]
+    fn the_rego_unit_tests_pass() {
+        let set = PolicySet::load_dir(&policies_dir(), Files::WithTests).expect("policies load");
+        let outcomes = set.run_tests();
+        assert!(
+            outcomes.len() >= 10,
+            "the test rules were found: {outcomes:?}"
+        );
+        let failed: Vec<_> = outcomes.iter().filter(|(_, ok)| !ok).collect();
+        assert!(failed.is_empty(), "failing Rego tests: {failed:?}");
+    }
+
+    /// Every example input document decides as its `expect` field says.
+    #[test]
+    fn the_examples_decide_as_documented() {
+        let set = PolicySet::load_dir(&policies_dir(), Files::Policies).expect("policies load");
+        let mut paths: Vec<_> = std::fs::read_dir(policies_dir().join("examples"))
+            .expect("examples")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        paths.sort();
+        assert!(paths.len() >= 6, "an allow and each kind of deny");
+        for path in paths {
+            let example: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+            let decision = set.evaluate(AUTHZ, &example["input"]);
+            let expect = &example["expect"];
+            assert_eq!(
+                decision.allow,
+                expect["allow"] == true,
+                "{}: {decision:?}",
+                path.display()
+            );
+            for reason in expect["reasons"].as_array().expect("reasons") {
+                assert!(
+                    decision
+                        .reasons
+                        .iter()
+                        .any(|r| r == reason.as_str().expect("string")),
+                    "{}: missing reason {reason}: {decision:?}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    const GOOD: &str = "package edgemesh.authz\nimport rego.v1\ndefault allow := false\nallow if input.ok == true\n";
+    const COMPLIANCE_STUB: &str =
+        "package edgemesh.compliance\nimport rego.v1\ndefault compliant := false\n";
+
+    fn policy_dir_with(authz: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.rego"), authz).expect("write");
+        std::fs::write(dir.path().join("compliance.rego"), COMPLIANCE_STUB).expect("write");
+        dir
+    }
+
+    #[test]
+    fn a_broken_policy_is_refused_and_the_version_follows_the_content() {
+        let good = GOOD;
+        let dir = policy_dir_with(good);
+        let first = PolicySet::load_dir(dir.path(), Files::Policies).expect("loads");
+        assert!(
+            first
+                .evaluate(AUTHZ, &serde_json::json!({"ok": true}))
+                .allow
+        );
+        let denied = first.evaluate(AUTHZ, &serde_json::json!({"ok": "yes"}));
+        assert_eq!(
+            denied.reasons,
+            ["denied by policy"],
+            "a deny always carries a reason"
+        );
+
+        std::fs::write(
+            dir.path().join("a.rego"),
+            format!("{good}allow if {{ input.x ==\n"),
+        )
+        .expect("write");
+        assert!(
+            PolicySet::load_dir(dir.path(), Files::Policies).is_err(),
+            "syntax error refused"
+        );
+
+        std::fs::write(
+            dir.path().join("a.rego"),
+            good.replace("input.ok", "input.fine"),
+        )
+        .expect("write");
+        let second = PolicySet::load_dir(dir.path(), Files::Policies).expect("loads");
+        assert_ne!(
+            first.version(),
+            second.version(),
+            "a new content, a new version"
+        );
+    }
+
+    #[test]
+    fn time_zones_are_checked() {
+        assert!(valid_timezone("UTC"));
+        assert!(valid_timezone("Europe/Berlin"));
+        assert!(!valid_timezone("Mars/Olympus"));
+    }
+
+    #[test]
+    fn v0_syntax_is_not_silently_accepted() {
+        // Rego v0: no `if`. Parsed as v1 this is an error, never a silently different policy.
+        let dir =
+            policy_dir_with("package edgemesh.authz\ndefault allow = false\nallow { input.ok }\n");
+        assert!(PolicySet::load_dir(dir.path(), Files::Policies).is_err());
+    }
+
+    #[test]
+    fn a_policy_without_the_compliance_rules_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.rego"), GOOD).expect("write");
+        let error = PolicySet::load_dir(dir.path(), Files::Policies)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains(COMPLIANCE.allow), "{error}");
+    }
+
+    #[test]
+    fn the_store_keeps_the_last_good_policies_until_the_files_load_again() {
+        let dir = policy_dir_with(GOOD);
+        let store = PolicyStore::load(dir.path()).expect("loads");
+        let first = store.current().version().to_owned();
+        assert_eq!(store.reload(), Reload::Unchanged);
+
+        std::fs::write(dir.path().join("a.rego"), format!("{GOOD}allow if {{\n")).expect("write");
+        assert!(matches!(store.reload(), Reload::Refused { .. }));
+        assert_eq!(store.current().version(), first, "the good set stays");
+        let still = store
+            .current()
+            .evaluate(AUTHZ, &serde_json::json!({"ok": true}));
+        assert!(still.allow, "and keeps deciding");
+
+        std::fs::write(
+            dir.path().join("a.rego"),
+            GOOD.replace("input.ok", "input.fine"),
+        )
+        .expect("write");
+        let Reload::Replaced { version } = store.reload() else {
+            panic!("the fixed files load");
+        };
+        assert_ne!(version, first);
+        assert_eq!(store.current().version(), version);
+        assert!(
+            !store
+                .current()
+                .evaluate(AUTHZ, &serde_json::json!({"ok": true}))
+                .allow
+        );
+    }
+}

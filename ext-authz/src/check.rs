@@ -1,0 +1,329 @@
+//! The Check handler: Envoy asks, EdgeMesh decides. The identity comes from the peer certificate Envoy
+//! verified, the facts about the device from the directory, the decision from the policies. Every path,
+//! including internal errors, ends in an answer: an allow with identity headers or a 403 with reasons.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgemesh_core::cert::CertInfo;
+use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tonic::{Request, Response, Status};
+
+use crate::directory::{DeviceRecord, Directory};
+
+/// The headers EdgeMesh sets for the upstream; a client-sent copy is overwritten, never appended to.
+pub const DEVICE_HEADER: &str = "x-edgemesh-device-id";
+pub const USER_HEADER: &str = "x-edgemesh-user-id";
+pub const ROLE_HEADER: &str = "x-edgemesh-role";
+pub const DECISION_HEADER: &str = "x-edgemesh-decision-id";
+
+/// Request headers handed to the policy (the rest are not its business).
+const POLICY_HEADERS: [&str; 3] = ["user-agent", "content-type", "x-request-id"];
+
+/// What "now" is for decisions.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    System,
+    /// A fixed instant, for deterministic tests of time-of-day rules and what-if questions.
+    Fixed(OffsetDateTime),
+}
+
+impl Clock {
+    pub fn now(&self) -> OffsetDateTime {
+        match self {
+            Clock::System => OffsetDateTime::now_utc(),
+            Clock::Fixed(at) => *at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub trust_domain: String,
+    pub max_health_age_seconds: u64,
+    pub timezone: String,
+    pub clock: Clock,
+}
+
+/// One decision, as logged (and, later, audited).
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub decision_id: uuid::Uuid,
+    pub decision: Decision,
+    pub device: Option<String>,
+    pub user: Option<String>,
+    pub role: Option<String>,
+    pub service: Option<String>,
+}
+
+pub struct Authorizer {
+    pub policies: Arc<PolicyStore>,
+    pub directory: Arc<Directory>,
+    pub settings: Settings,
+}
+
+/// The identity a peer certificate proves, or why it proves none.
+#[derive(Debug)]
+struct Peer {
+    device: String,
+    cert: CertInfo,
+}
+
+impl Authorizer {
+    /// Decides one request. Never fails: anything unexpected is a deny with a reason.
+    pub async fn decide(&self, request: &CheckRequest) -> Verdict {
+        let decision_id = uuid::Uuid::new_v4();
+        let policies = self.policies.current();
+        let service = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.context_extensions.get("service"))
+            .cloned();
+        let deny = |reason: String, device: Option<String>| Verdict {
+            decision_id,
+            decision: Decision {
+                allow: false,
+                reasons: vec![reason],
+                policy_version: policies.version().to_owned(),
+            },
+            device,
+            user: None,
+            role: None,
+            service: service.clone(),
+        };
+        let peer = match self.peer(request) {
+            Ok(peer) => peer,
+            Err(reason) => return deny(reason, None),
+        };
+        let record = match self.directory.lookup(&peer.device).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return deny(
+                    format!("device {} is not enrolled", peer.device),
+                    Some(peer.device),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, device = %peer.device, "device directory unavailable");
+                return deny(
+                    "the device directory is unavailable".to_owned(),
+                    Some(peer.device),
+                );
+            }
+        };
+        let Some(certificate) = record
+            .certificates
+            .iter()
+            .find(|c| c.serial == peer.cert.serial && c.fingerprint == peer.cert.fingerprint)
+        else {
+            return deny(
+                format!(
+                    "the client certificate (serial {}) is not on record for device {}",
+                    peer.cert.serial, peer.device
+                ),
+                Some(peer.device),
+            );
+        };
+        let input = self.input(
+            request,
+            &peer,
+            &record,
+            certificate.revoked,
+            service.as_deref(),
+        );
+        Verdict {
+            decision_id,
+            decision: policies.evaluate(AUTHZ, &input),
+            device: Some(record.id.clone()),
+            user: Some(record.owner_id.clone()),
+            role: Some(record.role.clone()),
+            service,
+        }
+    }
+
+    fn peer(&self, request: &CheckRequest) -> Result<Peer, String> {
+        let encoded = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .map(|s| s.certificate.as_str())
+            .unwrap_or_default();
+        if encoded.is_empty() {
+            return Err("no client certificate was presented".to_owned());
+        }
+        // Envoy sends the peer certificate as URL-encoded PEM.
+        let pem = percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .map_err(|_| "the client certificate is not valid PEM".to_owned())?;
+        let cert = CertInfo::from_pem(&pem)
+            .map_err(|e| format!("the client certificate does not parse: {e}"))?;
+        let device = cert.device_id(&self.settings.trust_domain).ok_or_else(|| {
+            format!(
+                "the client certificate names no device of trust domain {}",
+                self.settings.trust_domain
+            )
+        })?;
+        Ok(Peer {
+            device: device.to_string(),
+            cert,
+        })
+    }
+
+    /// The policy input document (documented in `policies/README.md`).
+    fn input(
+        &self,
+        request: &CheckRequest,
+        peer: &Peer,
+        record: &DeviceRecord,
+        revoked: bool,
+        service: Option<&str>,
+    ) -> Value {
+        let now = self.settings.clock.now();
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let headers: HashMap<&str, &str> = request
+            .get_client_headers()
+            .map(|h| {
+                POLICY_HEADERS
+                    .iter()
+                    .filter_map(|name| h.get(*name).map(|v| (*name, v.as_str())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let health = record.health.as_ref().map(|h| {
+            json!({
+                "age_seconds": h.age_seconds(now),
+                "cpu_usage": h.cpu_usage,
+                "memory_usage": h.memory_usage,
+                "disk_usage": h.disk_usage,
+                "os_patches_current": h.os_patches_current,
+                "antivirus_enabled": h.antivirus_enabled,
+                "disk_encrypted": h.disk_encrypted,
+                "firewall_enabled": h.firewall_enabled,
+                "collected_at": rfc3339(h.collected_at),
+                "status": h.status,
+            })
+        });
+        json!({
+            "device": {
+                "id": record.id,
+                "type": record.device_type,
+                "status": record.status,
+                "os": record.os,
+                "os_version": record.os_version,
+            },
+            "certificate": {
+                "serial": peer.cert.serial,
+                "fingerprint": peer.cert.fingerprint,
+                "not_after": rfc3339(peer.cert.not_after),
+                "revoked": revoked,
+            },
+            "health": health,
+            "user": {"id": record.owner_id, "role": record.role},
+            "service": service,
+            "request": {
+                "method": http.map(|h| h.method.as_str()),
+                "path": http.map(|h| h.path.as_str()),
+                "host": http.map(|h| h.host.as_str()),
+                "headers": headers,
+            },
+            "time": {
+                "now_ns": i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+                "rfc3339": rfc3339(now),
+                "timezone": self.settings.timezone,
+            },
+            "config": {"max_health_age_seconds": self.settings.max_health_age_seconds},
+        })
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The answer Envoy acts on.
+pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
+    let decision_id = verdict.decision_id.to_string();
+    let mut response = CheckResponse::new();
+    if verdict.decision.allow {
+        let mut ok = OkHttpResponseBuilder::new();
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        for (name, value) in [
+            (DEVICE_HEADER, verdict.device.as_deref()),
+            (USER_HEADER, verdict.user.as_deref()),
+            (ROLE_HEADER, verdict.role.as_deref()),
+            (DECISION_HEADER, Some(decision_id.as_str())),
+        ] {
+            ok.add_header(name, value.unwrap_or_default(), overwrite, true);
+        }
+        // Any other client-sent x-edgemesh-* header could pass for ours upstream: remove it.
+        if let Some(headers) = request.get_client_headers() {
+            for name in headers.keys().filter(|k| {
+                k.starts_with("x-edgemesh-")
+                    && ![DEVICE_HEADER, USER_HEADER, ROLE_HEADER, DECISION_HEADER]
+                        .contains(&k.as_str())
+            }) {
+                ok.remove_header(name.clone());
+            }
+        }
+        response.set_status(Status::ok("allowed"));
+        response.set_http_response(ok);
+    } else {
+        let mut denied = DeniedHttpResponseBuilder::new();
+        denied.set_http_status(HttpStatusCode::Forbidden);
+        denied.add_header("content-type", "application/json", None, false);
+        denied.add_header(DECISION_HEADER, decision_id.clone(), None, false);
+        denied.set_body(
+            json!({"decision_id": decision_id, "reasons": verdict.decision.reasons}).to_string(),
+        );
+        response.set_status(Status::permission_denied("denied"));
+        response.set_http_response(denied);
+    }
+    response
+}
+
+#[tonic::async_trait]
+impl Authorization for Authorizer {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let verdict = self.decide(&request).await;
+        let answer = response(&request, &verdict);
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        tracing::info!(
+            decision_id = %verdict.decision_id,
+            allow = verdict.decision.allow,
+            device = verdict.device.as_deref().unwrap_or("-"),
+            user = verdict.user.as_deref().unwrap_or("-"),
+            role = verdict.role.as_deref().unwrap_or("-"),
+            service = verdict.service.as_deref().unwrap_or("-"),
+            method = http.map_or("-", |h| h.method.as_str()),
+            path = http.map_or("-", |h| h.path.as_str()),
+            reasons = ?verdict.decision.reasons,
+            policy_version = %verdict.decision.policy_version,
+            latency_us = started.elapsed().as_micros() as u64,
+            "decision"
+        );
+        Ok(Response::new(answer))
+    }
+}

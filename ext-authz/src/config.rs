@@ -1,0 +1,62 @@
+//! Configuration of `edgemesh-ext-authz serve`: flags with `EDGEMESH_` environment variables.
+
+use std::net::SocketAddr;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// gRPC listener for Envoy's Check calls and the gRPC health service.
+    #[arg(
+        long,
+        env = "EDGEMESH_EXT_AUTHZ_LISTEN",
+        default_value = "127.0.0.1:9191"
+    )]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "EDGEMESH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:54329/edgemesh",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// SPIFFE trust domain of device identities.
+    #[arg(long, env = "EDGEMESH_TRUST_DOMAIN", default_value = "edgemesh.local")]
+    pub trust_domain: String,
+
+    /// Health older than this is a deny.
+    #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
+    pub max_health_age_secs: u64,
+
+    /// IANA time zone of business hours.
+    #[arg(long, env = "EDGEMESH_TIMEZONE", default_value = "UTC")]
+    pub timezone: String,
+
+    /// Decide as if it were this instant (RFC 3339), instead of the system clock. For tests and
+    /// what-if questions; health ages are measured against it too (never below zero).
+    #[arg(long, env = "EDGEMESH_CLOCK", value_parser = parse_instant)]
+    pub clock: Option<OffsetDateTime>,
+
+    /// Devices kept in the cache.
+    #[arg(long, env = "EDGEMESH_CACHE_CAPACITY", default_value_t = 200_000)]
+    pub cache_capacity: u64,
+
+    /// Safety net: a cached device is reloaded at least this often even without a notification.
+    #[arg(long, env = "EDGEMESH_CACHE_TTL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub cache_ttl_secs: u64,
+
+    /// How often the policy files are checked for changes (SIGHUP checks at once).
+    #[arg(long, env = "EDGEMESH_POLICY_POLL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    pub policy_poll_ms: u64,
+}
+
+fn parse_instant(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 instant (2026-11-21T10:30:00Z): {e}"))
+}

@@ -1,0 +1,342 @@
+//! The device directory: what a decision needs to know about a device (its record, its owner's role, its
+//! certificates and its latest health), cached in memory and kept fresh by Postgres notifications.
+//!
+//! Triggers (see `migrations/`) send `device:<id>` or `user:<id>` on channel `edgemesh_changes` when a
+//! commit changes a device, its certificates, its health or its owner. A notification invalidates the
+//! affected entries, so the next request reloads them; the TTL is only a safety net. While the listening
+//! connection is down, notifications may be missed, so the cache is bypassed (every lookup reads
+//! Postgres) until it is back: a revocation is never hidden behind a stale entry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::future::Cache;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use time::OffsetDateTime;
+
+pub const CHANNEL: &str = "edgemesh_changes";
+
+/// Entries loaded concurrently with a notification for the same stripe are not cached (see `lookup`).
+const STRIPES: usize = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub device_type: String,
+    pub status: String,
+    pub os: String,
+    pub os_version: String,
+    pub owner_id: String,
+    pub role: String,
+    /// The device's certificates that have not expired.
+    pub certificates: Vec<CertificateRecord>,
+    pub health: Option<HealthRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    pub serial: String,
+    pub fingerprint: String,
+    pub revoked: bool,
+}
+
+/// The device's latest health report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRecord {
+    pub received_at: OffsetDateTime,
+    pub collected_at: OffsetDateTime,
+    pub cpu_usage: Option<f64>,
+    pub memory_usage: Option<f64>,
+    pub disk_usage: Option<f64>,
+    pub disk_encrypted: Option<bool>,
+    pub os_patches_current: Option<bool>,
+    pub antivirus_enabled: Option<bool>,
+    pub firewall_enabled: Option<bool>,
+    pub status: String,
+}
+
+impl HealthRecord {
+    /// Seconds since the values were measured, on the server's clock: a device clock running ahead
+    /// cannot make a report look fresher than its arrival.
+    pub fn age_seconds(&self, now: OffsetDateTime) -> i64 {
+        let measured = self.collected_at.min(self.received_at);
+        (now - measured).whole_seconds().max(0)
+    }
+}
+
+/// `None`: no such device (cached too, so unknown identities do not reach Postgres every time).
+pub type Entry = Option<Arc<DeviceRecord>>;
+
+#[derive(Debug, Default)]
+pub struct DirectoryStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub invalidations: AtomicU64,
+}
+
+pub struct Directory {
+    db: PgPool,
+    cache: Cache<String, Entry>,
+    stripes: Vec<AtomicU64>,
+    /// True while the notification listener is connected: only then may cached entries be used.
+    listening: AtomicBool,
+    pub stats: DirectoryStats,
+}
+
+impl Directory {
+    pub fn new(db: PgPool, capacity: u64, ttl: Duration) -> Arc<Self> {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .support_invalidation_closures()
+            .build();
+        Arc::new(Self {
+            db,
+            cache,
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            listening: AtomicBool::new(false),
+            stats: DirectoryStats::default(),
+        })
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    fn stripe(&self, device: &str) -> &AtomicU64 {
+        let hash = device.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    /// The device's entry, from the cache or from Postgres.
+    pub async fn lookup(&self, device: &str) -> Result<Entry, sqlx::Error> {
+        let trusted = self.is_listening();
+        if trusted && let Some(entry) = self.cache.get(device).await {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(entry);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        // A notification for this device may arrive while it loads; the loaded entry may then predate
+        // the change. The stripe counter, bumped before every invalidation, detects that: such an entry
+        // is used for this request (it was current when read) but not cached.
+        let stripe = self.stripe(device);
+        let before = stripe.load(Ordering::SeqCst);
+        let entry = self.load(device).await?;
+        if trusted && self.is_listening() && stripe.load(Ordering::SeqCst) == before {
+            self.cache.insert(device.to_owned(), entry.clone()).await;
+            if stripe.load(Ordering::SeqCst) != before {
+                self.cache.invalidate(device).await;
+            }
+        }
+        Ok(entry)
+    }
+
+    async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
+        let mut conn = self.db.acquire().await?;
+        let row: Option<(String, String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role
+             FROM devices d JOIN users u ON u.id = d.owner_id
+             WHERE d.id = $1",
+        )
+        .bind(device)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((id, device_type, status, os, os_version, owner_id, role)) = row else {
+            return Ok(None);
+        };
+        let certificates = sqlx::query_as::<_, (String, String, bool)>(
+            "SELECT serial, fingerprint, revoked_at IS NOT NULL FROM certificates
+             WHERE device_id = $1 AND not_after > now()",
+        )
+        .bind(device)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(serial, fingerprint, revoked)| CertificateRecord {
+            serial,
+            fingerprint,
+            revoked,
+        })
+        .collect();
+        type HealthRow = (
+            OffsetDateTime,
+            OffsetDateTime,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<bool>,
+            Option<bool>,
+            Option<bool>,
+            Option<bool>,
+            String,
+        );
+        let health: Option<HealthRow> = sqlx::query_as(
+            "SELECT received_at, collected_at, cpu_usage, memory_usage, disk_usage, disk_encrypted,
+                    os_patches_current, antivirus_enabled, firewall_enabled, status
+             FROM health_reports WHERE device_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(device)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let health = health.map(|h| HealthRecord {
+            received_at: h.0,
+            collected_at: h.1,
+            cpu_usage: h.2,
+            memory_usage: h.3,
+            disk_usage: h.4,
+            disk_encrypted: h.5,
+            os_patches_current: h.6,
+            antivirus_enabled: h.7,
+            firewall_enabled: h.8,
+            status: h.9,
+        });
+        Ok(Some(Arc::new(DeviceRecord {
+            id,
+            device_type,
+            status,
+            os,
+            os_version,
+            owner_id,
+            role,
+            certificates,
+            health,
+        })))
+    }
+
+    /// Applies one notification payload.
+    pub async fn invalidate(&self, payload: &str) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        match payload.split_once(':') {
+            Some(("device", id)) => {
+                self.stripe(id).fetch_add(1, Ordering::SeqCst);
+                self.cache.invalidate(id).await;
+            }
+            Some(("user", id)) => {
+                self.bump_all();
+                let owner = id.to_owned();
+                if self
+                    .cache
+                    .invalidate_entries_if(move |_, entry| {
+                        entry.as_ref().is_none_or(|d| d.owner_id == owner)
+                    })
+                    .is_err()
+                {
+                    self.cache.invalidate_all();
+                }
+            }
+            _ => {
+                tracing::warn!(
+                    payload,
+                    "unknown change notification; dropping the whole cache"
+                );
+                self.forget_all();
+            }
+        }
+    }
+
+    fn bump_all(&self) {
+        for stripe in &self.stripes {
+            stripe.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn forget_all(&self) {
+        self.bump_all();
+        self.cache.invalidate_all();
+    }
+
+    /// Listens for change notifications until `shutdown`, reconnecting with back-off. The cache is
+    /// trusted only while listening, and emptied whenever listening (re)starts.
+    pub async fn listen(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected = async {
+                let mut listener = PgListener::connect_with(&self.db).await?;
+                listener.ignore_pool_close_event(true);
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                result = connected => match result {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                            "cannot listen for changes; the cache is bypassed");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            // Whatever changed while nobody listened is forgotten before the cache is trusted again.
+            self.forget_all();
+            self.listening.store(true, Ordering::SeqCst);
+            backoff = Duration::from_millis(100);
+            tracing::info!(channel = CHANNEL, "listening for changes");
+            loop {
+                let next = tokio::select! {
+                    next = listener.try_recv() => next,
+                    _ = shutdown.changed() => return,
+                };
+                match next {
+                    Ok(Some(notification)) => self.invalidate(notification.payload()).await,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.listening.store(false, Ordering::SeqCst);
+            self.forget_all();
+            tracing::warn!("lost the change listener; the cache is bypassed until it is back");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn health(collected: OffsetDateTime, received: OffsetDateTime) -> HealthRecord {
+        HealthRecord {
+            received_at: received,
+            collected_at: collected,
+            cpu_usage: None,
+            memory_usage: None,
+            disk_usage: None,
+            disk_encrypted: None,
+            os_patches_current: None,
+            antivirus_enabled: None,
+            firewall_enabled: None,
+            status: "healthy".to_owned(),
+        }
+    }
+
+    #[test]
+    fn health_age_counts_from_the_earlier_of_collection_and_arrival() {
+        let now = datetime!(2026-11-22 12:00:00 UTC);
+        let old = health(
+            datetime!(2026-11-22 11:50:00 UTC),
+            datetime!(2026-11-22 11:59:00 UTC),
+        );
+        assert_eq!(old.age_seconds(now), 600);
+        // A device clock five minutes ahead does not make its report younger than its arrival.
+        let ahead = health(
+            datetime!(2026-11-22 12:04:00 UTC),
+            datetime!(2026-11-22 11:59:00 UTC),
+        );
+        assert_eq!(ahead.age_seconds(now), 60);
+        // A clock override in the past gives age 0, not a negative age.
+        assert_eq!(ahead.age_seconds(datetime!(2026-11-01 00:00:00 UTC)), 0);
+    }
+}

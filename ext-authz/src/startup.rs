@@ -1,0 +1,128 @@
+//! Building the server (policies, directory, gRPC services) and running it until stopped.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edgemesh_core::policy::{PolicyStore, valid_timezone};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::check::{Authorizer, Clock, Settings};
+use crate::config::Config;
+use crate::directory::Directory;
+
+/// Runs the server until `shutdown` completes, then drains in-flight calls.
+pub async fn serve(
+    config: &Config,
+    policy_dir: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        valid_timezone(&config.timezone),
+        "unknown time zone {:?} (an IANA name such as Europe/Berlin)",
+        config.timezone
+    );
+    let policies = Arc::new(
+        PolicyStore::load(policy_dir)
+            .with_context(|| format!("failed to load the policies in {}", policy_dir.display()))?,
+    );
+    tracing::info!(policy_version = %policies.current().version(), dir = %policy_dir.display(), "policies loaded");
+    // Lazy: the server starts (not serving) while Postgres is away and becomes ready when it is back.
+    let db = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&config.database_url)
+        .context("invalid database URL")?;
+    let directory = Directory::new(
+        db,
+        config.cache_capacity,
+        Duration::from_secs(config.cache_ttl_secs),
+    );
+    let authorizer = Arc::new(Authorizer {
+        policies: Arc::clone(&policies),
+        directory: Arc::clone(&directory),
+        settings: Settings {
+            trust_domain: config.trust_domain.clone(),
+            max_health_age_seconds: config.max_health_age_secs,
+            timezone: config.timezone.clone(),
+            clock: config.clock.map_or(Clock::System, Clock::Fixed),
+        },
+    });
+    if let Some(at) = config.clock {
+        tracing::warn!(clock = %at, "deciding with a fixed clock");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(Arc::clone(&directory).listen(stop_rx.clone()));
+    tokio::spawn(Arc::clone(&policies).watch(Duration::from_millis(config.policy_poll_ms)));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_not_serving::<AuthorizationServer<Authorizer>>()
+        .await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tokio::spawn(report_readiness(
+        reporter,
+        Arc::clone(&directory),
+        stop_rx.clone(),
+    ));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    tracing::info!(addr = %config.listen, "ext-authz listening");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight checks");
+        let _ = stop_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::from_arc(authorizer))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The gRPC health service says SERVING only while decisions can be trusted: policies loaded (always,
+/// once started) and the directory listening for changes.
+async fn report_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    directory: Arc<Directory>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    loop {
+        let now = directory.is_listening();
+        if serving != Some(now) {
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("envoy.service.auth.v3.Authorization", status)
+                .await;
+            serving = Some(now);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => {
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+# EdgeMesh device compliance: is this device's reported health acceptable?
+#
+# control-api evaluates it on every health report to store the device's verdict (`healthy` when
+# `compliant`, else `unhealthy` with `reasons`); authz.rego uses the same rules for every request, so the
+# stored verdict and the enforced one cannot disagree. Input: `device` ({os, os_version}) and `health`
+# (the report's values, `null` for what the agent could not determine). Checks are positive, so an
+# unknown value fails them.
+package edgemesh.compliance
+
+import rego.v1
+
+default compliant := false
+
+compliant if {
+	is_object(input.health)
+	patches_ok
+	antivirus_ok
+	disk_encryption_ok
+	cpu_ok
+	memory_ok
+	os_supported
+}
+
+patches_ok if input.health.os_patches_current == true
+
+antivirus_ok if input.health.antivirus_enabled == true
+
+disk_encryption_ok if input.health.disk_encrypted == true
+
+# `null < 90` holds in Rego (values of different types are ordered), so the type is checked first.
+cpu_ok if {
+	is_number(input.health.cpu_usage)
+	input.health.cpu_usage < 90
+}
+
+memory_ok if {
+	is_number(input.health.memory_usage)
+	input.health.memory_usage < 90
+}
+
+# Health-value reasons only for a device that reported: "never reported" is the caller's single reason.
+health_reasons contains "OS security patches are not current" if not patches_ok
+
+health_reasons contains "antivirus is not enabled" if not antivirus_ok
+
+health_reasons contains "disk encryption is not enabled" if not disk_encryption_ok
+
+health_reasons contains "CPU usage is 90% or more" if not cpu_ok
+
+health_reasons contains "memory usage is 90% or more" if not memory_ok
+
+reasons contains reason if {
+	is_object(input.health)
+	some reason in health_reasons
+}
+
+# ---- operating system
+
+supported_os_versions := {
+	"ubuntu": {"22.04", "24.04"},
+	"debian": {"12", "13"},
+	"raspbian": {"12", "13"},
+	"windows": {"10", "11"},
+}
+
+os_supported if {
+	some version in supported_os_versions[lower(input.device.os)]
+	input.device.os_version == version
+}
+
+os_supported if {
+	lower(input.device.os) == "macos"
+	to_number(split(input.device.os_version, ".")[0]) >= 13
+}
+
+reasons contains sprintf("operating system %v %v is not supported", [
+	object.get(input, ["device", "os"], null),
+	object.get(input, ["device", "os_version"], null),
+]) if not os_supported

@@ -1,0 +1,57 @@
+# Unit tests of edgemesh.compliance: `edgemesh-ext-authz policy test` runs every `test_` rule.
+package edgemesh.compliance_test
+
+import rego.v1
+
+import data.edgemesh.compliance
+
+healthy := {
+	"device": {"os": "debian", "os_version": "12"},
+	"health": {
+		"cpu_usage": 20,
+		"memory_usage": 40,
+		"disk_usage": 50,
+		"os_patches_current": true,
+		"antivirus_enabled": true,
+		"disk_encrypted": true,
+		"firewall_enabled": null,
+	},
+}
+
+with_health(field, value) := object.union(healthy, {"health": object.union(healthy.health, {field: value})})
+
+test_a_healthy_report_is_compliant if {
+	compliance.compliant with input as healthy
+	count(compliance.reasons) == 0 with input as healthy
+}
+
+test_each_failed_check_has_its_reason if {
+	cases := [
+		["antivirus_enabled", false, "antivirus is not enabled"],
+		["os_patches_current", null, "OS security patches are not current"],
+		["disk_encrypted", false, "disk encryption is not enabled"],
+		["cpu_usage", 90, "CPU usage is 90% or more"],
+		["memory_usage", null, "memory usage is 90% or more"],
+	]
+	every case in cases {
+		inp := with_health(case[0], case[1])
+		not compliance.compliant with input as inp
+		compliance.reasons == {case[2]} with input as inp
+	}
+}
+
+test_an_unknown_firewall_does_not_fail_compliance if {
+	compliance.compliant with input as with_health("firewall_enabled", false)
+}
+
+test_an_unsupported_os_is_not_compliant if {
+	inp := object.union(healthy, {"device": {"os": "ubuntu", "os_version": "18.04"}})
+	not compliance.compliant with input as inp
+	compliance.reasons == {"operating system ubuntu 18.04 is not supported"} with input as inp
+}
+
+test_no_health_is_not_compliant_and_gives_no_health_reasons if {
+	inp := object.remove(healthy, ["health"])
+	not compliance.compliant with input as inp
+	count(compliance.reasons) == 0 with input as inp
+}
