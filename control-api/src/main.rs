@@ -1,13 +1,60 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgemesh_control_api::ca::CertificateAuthority;
 use edgemesh_control_api::{Application, Config};
+use edgemesh_core::files::write_atomic;
 use edgemesh_core::shutdown_signal;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgemesh-control-api", version, about = "EdgeMesh control API")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    /// Without a command, the API is served.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Issue a TLS server certificate signed by the EdgeMesh CA (for Envoy's front door), write it
+    /// and its key (mode 0600) to files, and exit.
+    IssueServerCert {
+        /// DNS names and IP addresses the certificate is valid for.
+        #[arg(long, value_delimiter = ',', required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        cert_out: PathBuf,
+        #[arg(long)]
+        key_out: PathBuf,
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=398))]
+        days: u32,
+    },
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     edgemesh_core::telemetry::init();
-    let config = Config::parse();
+    let cli = Cli::parse();
+    let config = cli.config;
+    if let Some(Command::IssueServerCert {
+        names,
+        cert_out,
+        key_out,
+        days,
+    }) = cli.command
+    {
+        return match issue_server_cert(&config, &names, &cert_out, &key_out, days) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgemesh-control-api: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let app = match Application::build(&config).await {
         Ok(app) => app,
         Err(e) => {
@@ -18,4 +65,25 @@ async fn main() -> ExitCode {
     };
     app.run_until_stopped(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+fn issue_server_cert(
+    config: &Config,
+    names: &[String],
+    cert_out: &std::path::Path,
+    key_out: &std::path::Path,
+    days: u32,
+) -> anyhow::Result<()> {
+    edgemesh_core::tls::install_crypto_provider();
+    let ca = CertificateAuthority::load_or_create(&config.ca_cert_path(), &config.ca_key_path())
+        .context("failed to load or create the CA")?;
+    let (cert, key) = ca.issue_server(names, time::Duration::days(i64::from(days)))?;
+    write_atomic(key_out, key.as_bytes(), 0o600)?;
+    write_atomic(cert_out, cert.as_bytes(), 0o644)?;
+    println!(
+        "issued a server certificate for {} to {}",
+        names.join(", "),
+        cert_out.display()
+    );
+    Ok(())
 }

@@ -1,6 +1,11 @@
-//! `edgemesh-simulator`: drives many devices through the real EdgeMesh flows. For now it measures
-//! enrollment: N devices, each with its own key generated locally, its own CSR and its own TLS
-//! connection, enroll concurrently through the control API exactly as `edgemesh-agent enroll` does.
+//! `edgemesh-simulator`: drives many devices through the real EdgeMesh flows, and stands in for the world
+//! around EdgeMesh in demos and benches. `bench-enroll`: N devices, each with its own key generated
+//! locally, its own CSR and its own TLS connection, enroll concurrently through the control API exactly
+//! as `edgemesh-agent enroll` does. `upstream`: the demo services behind Envoy. `noop-authz`: the
+//! do-nothing ext_authz server benches compare EdgeMesh's against.
+
+mod noop_authz;
+mod upstream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +58,17 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Serve the demo services Envoy routes to: each request is answered with the identity headers it
+    /// arrived with.
+    Upstream {
+        #[arg(long, env = "EDGEMESH_UPSTREAM_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+    },
+    /// Serve a do-nothing ext_authz server that allows everything (bench only: the protocol's ceiling).
+    NoopAuthz {
+        #[arg(long, default_value = "127.0.0.1:9193")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[tokio::main]
@@ -69,21 +85,24 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let admin_token = std::fs::read_to_string(&cli.admin_token_file)
-        .with_context(|| {
-            format!(
-                "failed to read the admin token from {}",
-                cli.admin_token_file.display()
-            )
-        })?
-        .trim()
-        .to_owned();
     match cli.command {
+        Command::Upstream { listen } => upstream::serve(listen).await,
+        Command::NoopAuthz { listen } => noop_authz::serve(listen).await,
         Command::BenchEnroll {
             devices,
             concurrency,
-        } => bench_enroll(&cli.control_api, &admin_token, devices, concurrency.max(1)).await,
+        } => {
+            let admin_token = read_admin_token(&cli.admin_token_file)?;
+            bench_enroll(&cli.control_api, &admin_token, devices, concurrency.max(1)).await
+        }
     }
+}
+
+fn read_admin_token(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the admin token from {}", path.display()))?
+        .trim()
+        .to_owned())
 }
 
 /// Admin calls the simulator needs to set up a run. The admin API is served with a certificate of the

@@ -1,0 +1,47 @@
+//! The demo upstream behind Envoy: answers every request with what it learned about the caller (the
+//! identity headers EdgeMesh set and the client certificate details Envoy forwarded), as JSON. It
+//! trusts those headers because only Envoy can reach it (it listens on loopback).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::{HeaderMap, Method, Uri};
+use serde_json::{Map, Value, json};
+
+pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listen, "demo upstream listening");
+    let app = Router::new().fallback(echo);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(edgemesh_core::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> axum::Json<Value> {
+    let service = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let identity: Map<String, Value> = headers
+        .iter()
+        .filter(|(name, _)| {
+            name.as_str().starts_with("x-edgemesh-") || name.as_str() == "x-forwarded-client-cert"
+        })
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                json!(value.to_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    axum::Json(json!({
+        "service": service,
+        "method": method.as_str(),
+        "path": uri.path(),
+        "headers": identity,
+    }))
+}
