@@ -61,7 +61,11 @@ enum Command {
     /// Serve the demo services Envoy routes to: each request is answered with the identity headers it
     /// arrived with.
     Upstream {
-        #[arg(long, env = "EDGEMESH_UPSTREAM_LISTEN", default_value = "127.0.0.1:8081")]
+        #[arg(
+            long,
+            env = "EDGEMESH_UPSTREAM_LISTEN",
+            default_value = "127.0.0.1:8081"
+        )]
         listen: std::net::SocketAddr,
     },
     /// Serve a do-nothing ext_authz server that allows everything (bench only: the protocol's ceiling).

@@ -22,6 +22,11 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The repository's policies.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -56,6 +61,7 @@ impl ControlApi {
             .env("EDGEMESH_STATE_DIR", state_dir)
             .env("EDGEMESH_API_LISTEN", format!("127.0.0.1:{api_port}"))
             .env("EDGEMESH_DEVICE_LISTEN", format!("127.0.0.1:{device_port}"))
+            .env("EDGEMESH_POLICY_DIR", policies_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -141,11 +147,16 @@ impl ControlApi {
         )
     }
 
-    /// Creates an owner and a one-use token; answers (token, CA fingerprint).
+    /// Creates a developer and a one-use token for them; answers (token, CA fingerprint).
     pub async fn token_for(&self, owner: &str) -> (String, String) {
+        self.token_for_role(owner, "developer").await
+    }
+
+    /// Creates an owner with `role` and a one-use token; answers (token, CA fingerprint).
+    pub async fn token_for_role(&self, owner: &str, role: &str) -> (String, String) {
         self.admin_post(
             "/users",
-            json!({"id": owner, "email": format!("{owner}@example.com"), "role": "developer"}),
+            json!({"id": owner, "email": format!("{owner}@example.com"), "role": role}),
         )
         .await;
         let created = self

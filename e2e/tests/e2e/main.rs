@@ -1,5 +1,7 @@
-//! End-to-end tests: the real `edgemesh-control-api` and `edgemesh-agent` binaries, a real PostgreSQL
-//! database per test, real TLS. Build the binaries first (`make test` does).
+//! End-to-end tests: the real `edgemesh-control-api`, `edgemesh-agent`, `edgemesh-ext-authz` and Envoy
+//! binaries, a real PostgreSQL database per test, real TLS. Build the binaries first (`make test` does).
 
+mod enforcement;
 mod enrollment;
 mod helpers;
+mod proxy;

@@ -1,0 +1,366 @@
+//! The enforcement stack for end-to-end tests: the real Envoy (from `.venv`), the real ext-authz, the
+//! demo upstream and the control API, each on free ports, over a database of the test's own.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::process::{Child, Command};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::{ControlApi, agent_enroll, bin, free_port, policies_dir};
+
+/// A background process stopped on drop (SIGKILL) or gracefully with `stop` (SIGTERM).
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    fn spawn(command: &mut Command) -> Self {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        Self { child }
+    }
+
+    /// SIGTERM, then answers whether it exited cleanly within 20 s.
+    pub async fn stop(&mut self) -> bool {
+        let Some(pid) = self.child.id() else {
+            return false;
+        };
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+}
+
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("EDGEMESH_ENVOY_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "Envoy not found at {} (scripts/stack.sh envoy-install, which make test runs, installs it)",
+        path.display()
+    );
+    path
+}
+
+async fn wait_until<F, Fut>(what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "{what} not ready within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An ext-authz server.
+pub struct ExtAuthz {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl ExtAuthz {
+    /// Starts ext-authz and waits until its gRPC health service says SERVING.
+    pub async fn start(
+        database_url: &str,
+        port: u16,
+        policy_dir: &Path,
+        clock: Option<&str>,
+    ) -> Self {
+        let process = Self::spawn(database_url, port, policy_dir, clock);
+        wait_until("ext-authz", || async move {
+            grpc_health(port).await == Some(ServingStatus::Serving)
+        })
+        .await;
+        Self { process, port }
+    }
+
+    /// Starts ext-authz without waiting for it.
+    pub fn spawn(database_url: &str, port: u16, policy_dir: &Path, clock: Option<&str>) -> Process {
+        let mut command = Command::new(bin("edgemesh-ext-authz"));
+        command
+            .arg("serve")
+            .env("EDGEMESH_DATABASE_URL", database_url)
+            .env("EDGEMESH_EXT_AUTHZ_LISTEN", format!("127.0.0.1:{port}"))
+            .env("EDGEMESH_POLICY_DIR", policy_dir)
+            .env("EDGEMESH_POLICY_POLL_MS", "100")
+            .env("EDGEMESH_LOG", "warn");
+        if let Some(clock) = clock {
+            command.env("EDGEMESH_CLOCK", clock);
+        }
+        Process::spawn(&mut command)
+    }
+}
+
+/// The gRPC health status ext-authz reports, if it answers.
+pub async fn grpc_health(port: u16) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let response = client
+        .check(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".to_owned(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+/// The whole request path.
+pub struct Stack {
+    pub api: ControlApi,
+    pub ext_authz: ExtAuthz,
+    _envoy: Process,
+    pub envoy_url: String,
+    pub envoy_admin: String,
+    _upstream: Process,
+    pub state_dir: tempfile::TempDir,
+}
+
+pub struct Options<'a> {
+    pub policy_dir: PathBuf,
+    pub clock: Option<&'a str>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            policy_dir: policies_dir(),
+            clock: None,
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start(database_url: &str, options: Options<'_>) -> Self {
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        let state = state_dir.path();
+        let api = ControlApi::start(database_url, state).await;
+        let ext_authz = ExtAuthz::start(
+            database_url,
+            free_port(),
+            &options.policy_dir,
+            options.clock,
+        )
+        .await;
+
+        let upstream_port = free_port();
+        let upstream = Process::spawn(
+            Command::new(bin("edgemesh-simulator"))
+                .args([
+                    "upstream",
+                    "--listen",
+                    &format!("127.0.0.1:{upstream_port}"),
+                ])
+                .env("EDGEMESH_LOG", "warn"),
+        );
+        let plain = reqwest::Client::new();
+        wait_until("upstream", || {
+            let plain = plain.clone();
+            async move {
+                plain
+                    .get(format!("http://127.0.0.1:{upstream_port}/"))
+                    .send()
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+
+        let (cert, key) = (state.join("envoy.pem"), state.join("envoy-key.pem"));
+        let issued = std::process::Command::new(bin("edgemesh-control-api"))
+            .arg("issue-server-cert")
+            .args(["--names", "localhost,127.0.0.1"])
+            .arg("--cert-out")
+            .arg(&cert)
+            .arg("--key-out")
+            .arg(&key)
+            .env("EDGEMESH_STATE_DIR", state)
+            .output()
+            .expect("issue-server-cert");
+        assert!(issued.status.success(), "{issued:?}");
+
+        let (listen_port, admin_port) = (free_port(), free_port());
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml.in"),
+        )
+        .expect("envoy template");
+        let config = template
+            .replace("@ADMIN_PORT@", &admin_port.to_string())
+            .replace("@LISTEN_PORT@", &listen_port.to_string())
+            .replace("@EXT_AUTHZ_PORT@", &ext_authz.port.to_string())
+            .replace("@UPSTREAM_PORT@", &upstream_port.to_string())
+            .replace("@TRUST_DOMAIN@", "edgemesh.local")
+            .replace("@SERVER_CERT@", cert.to_str().expect("utf-8"))
+            .replace("@SERVER_KEY@", key.to_str().expect("utf-8"))
+            .replace("@CA_CERT@", state.join("ca.pem").to_str().expect("utf-8"));
+        let config_path = state.join("envoy.yaml");
+        std::fs::write(&config_path, config).expect("write envoy config");
+        let envoy = Process::spawn(
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&config_path)
+                .args(["--disable-hot-restart", "--concurrency", "1"])
+                .args(["--log-level", "error"]),
+        );
+        let envoy_admin = format!("http://127.0.0.1:{admin_port}");
+        wait_until("envoy", || {
+            let (plain, url) = (plain.clone(), format!("{envoy_admin}/ready"));
+            async move {
+                plain
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        Self {
+            api,
+            ext_authz,
+            _envoy: envoy,
+            envoy_url: format!("https://127.0.0.1:{listen_port}"),
+            envoy_admin,
+            _upstream: upstream,
+            state_dir,
+        }
+    }
+
+    /// Enrolls device `id` for a new owner with `role`, with the real agent.
+    pub async fn device(&self, owner: &str, role: &str, id: &str) -> Device {
+        let (token, fingerprint) = self.api.token_for_role(owner, role).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = agent_enroll(dir.path(), &self.api, &token, &fingerprint, id).await;
+        assert!(run.success, "enroll {id}: {}", run.stderr);
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
+        let client = device_client(&read("ca.pem"), Some((&read("cert.pem"), &read("key.pem"))));
+        Device { client, _dir: dir }
+    }
+
+    /// Sends a health report for `device` over its mTLS connection: healthy values with `patch` applied.
+    pub async fn report(&self, device: &Device, patch: Value) -> Value {
+        let mut body = json!({
+            "collected_at": OffsetDateTime::now_utc().format(&Rfc3339).expect("time"),
+            "agent_version": "e2e",
+            "cpu_usage": 20.0,
+            "memory_usage": 35.0,
+            "disk_usage": 40.0,
+            "os": "debian",
+            "os_version": "12",
+            "kernel": "6.1.0",
+            "uptime_seconds": 1000,
+            "disk_encrypted": true,
+            "os_patches_current": true,
+            "antivirus_enabled": true,
+            "firewall_enabled": true,
+        });
+        for (k, v) in patch.as_object().expect("patch is an object") {
+            body[k] = v.clone();
+        }
+        let response = device
+            .client
+            .post(format!("{}/api/v1/health", self.api.device_api))
+            .json(&body)
+            .send()
+            .await
+            .expect("health report");
+        assert_eq!(response.status(), StatusCode::OK, "health report accepted");
+        response.json().await.expect("verdict")
+    }
+
+    /// GET `path` through Envoy as `device`.
+    pub async fn get(&self, device: &Device, path: &str) -> Answer {
+        self.get_with(device, path, &[]).await
+    }
+
+    pub async fn get_with(&self, device: &Device, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = device.client.get(format!("{}{path}", self.envoy_url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request through Envoy");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        }
+    }
+
+    /// Envoy's counter `name` (0 if absent).
+    pub async fn envoy_stat(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}/stats?filter=^{name}$", self.envoy_admin))
+            .await
+            .expect("stats")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+pub struct Device {
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A client that trusts the EdgeMesh CA and presents `identity`, if any.
+pub fn device_client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(
+            edgemesh_core::tls::client_config(ca_pem, identity).expect("tls config"),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The deny reasons of a 403.
+    pub fn reasons(&self) -> Vec<String> {
+        self.body["reasons"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
