@@ -149,7 +149,9 @@ impl Application {
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let watcher =
-            tokio::spawn(Arc::clone(&self.state.policies).watch(std::time::Duration::from_secs(1)));
+            tokio::spawn(
+            Arc::clone(&self.state.policies).watch(std::time::Duration::from_secs(1), |_| {}),
+        );
         let api = serve_tls(
             self.api_listener,
             self.api_tls,

@@ -285,8 +285,9 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads when the files change (checked every `every`) or on SIGHUP, until the task is dropped.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
+    /// Reloads when the files change (checked every `every`) or on SIGHUP, until the task is dropped;
+    /// `on_reload` sees every outcome.
+    pub async fn watch(self: Arc<Self>, every: Duration, on_reload: impl Fn(&Reload) + Send + 'static) {
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(every);
@@ -306,7 +307,9 @@ impl PolicyStore {
             }
             let store = Arc::clone(&self);
             // Parsing is CPU work; keep it off the threads answering requests.
-            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+            if let Ok(outcome) = tokio::task::spawn_blocking(move || store.reload()).await {
+                on_reload(&outcome);
+            }
         }
     }
 

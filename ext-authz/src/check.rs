@@ -20,6 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 
 use crate::directory::{DeviceRecord, Directory};
+use crate::metrics::{Metrics, reason_label};
 
 /// The headers EdgeMesh sets for the upstream; a client-sent copy is overwritten, never appended to.
 pub const DEVICE_HEADER: &str = "x-edgemesh-device-id";
@@ -70,6 +71,7 @@ pub struct Authorizer {
     pub policies: Arc<PolicyStore>,
     pub directory: Arc<Directory>,
     pub settings: Settings,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The identity a peer certificate proves, or why it proves none.
@@ -250,6 +252,17 @@ impl Authorizer {
     }
 }
 
+/// The service label: the known services, or `other` (route configuration is not metric cardinality).
+fn service_label(service: Option<&str>) -> &'static str {
+    match service {
+        Some("api") => "api",
+        Some("database") => "database",
+        Some("storage") => "storage",
+        Some("analytics") => "analytics",
+        _ => "other",
+    }
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -305,6 +318,16 @@ impl Authorization for Authorizer {
         let request = request.into_inner();
         let verdict = self.decide(&request).await;
         let answer = response(&request, &verdict);
+        let elapsed = started.elapsed();
+        self.metrics.latency.observe(elapsed.as_secs_f64());
+        self.metrics
+            .decisions
+            .with_label_values(&[
+                if verdict.decision.allow { "allow" } else { "deny" },
+                service_label(verdict.service.as_deref()),
+                reason_label(verdict.decision.allow, &verdict.decision.reasons),
+            ])
+            .inc();
         let http = request
             .attributes
             .as_ref()
@@ -321,7 +344,7 @@ impl Authorization for Authorizer {
             path = http.map_or("-", |h| h.path.as_str()),
             reasons = ?verdict.decision.reasons,
             policy_version = %verdict.decision.policy_version,
-            latency_us = started.elapsed().as_micros() as u64,
+            latency_us = elapsed.as_micros() as u64,
             "decision"
         );
         Ok(Response::new(answer))

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::metrics::Metrics;
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -69,24 +71,17 @@ impl HealthRecord {
 /// `None`: no such device (cached too, so unknown identities do not reach Postgres every time).
 pub type Entry = Option<Arc<DeviceRecord>>;
 
-#[derive(Debug, Default)]
-pub struct DirectoryStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub invalidations: AtomicU64,
-}
-
 pub struct Directory {
     db: PgPool,
     cache: Cache<String, Entry>,
     stripes: Vec<AtomicU64>,
     /// True while the notification listener is connected: only then may cached entries be used.
     listening: AtomicBool,
-    pub stats: DirectoryStats,
+    metrics: Arc<Metrics>,
 }
 
 impl Directory {
-    pub fn new(db: PgPool, capacity: u64, ttl: Duration) -> Arc<Self> {
+    pub fn new(db: PgPool, capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
@@ -97,7 +92,7 @@ impl Directory {
             cache,
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             listening: AtomicBool::new(false),
-            stats: DirectoryStats::default(),
+            metrics,
         })
     }
 
@@ -120,10 +115,10 @@ impl Directory {
     pub async fn lookup(&self, device: &str) -> Result<Entry, sqlx::Error> {
         let trusted = self.is_listening();
         if trusted && let Some(entry) = self.cache.get(device).await {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hits.inc();
             return Ok(entry);
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_misses.inc();
         // A notification for this device may arrive while it loads; the loaded entry may then predate
         // the change. The stripe counter, bumped before every invalidation, detects that: such an entry
         // is used for this request (it was current when read) but not cached.
@@ -213,7 +208,7 @@ impl Directory {
 
     /// Applies one notification payload.
     pub async fn invalidate(&self, payload: &str) {
-        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_invalidations.inc();
         match payload.split_once(':') {
             Some(("device", id)) => {
                 self.stripe(id).fetch_add(1, Ordering::SeqCst);

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod config;
 pub mod directory;
+pub mod metrics;
 pub mod startup;
 
 pub use config::Config;

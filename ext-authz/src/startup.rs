@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgemesh_core::policy::{PolicyStore, valid_timezone};
+use edgemesh_core::policy::{PolicyStore, Reload, valid_timezone};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use crate::check::{Authorizer, Clock, Settings};
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::metrics::{self, Metrics};
 
 /// Runs the server until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
@@ -40,10 +41,15 @@ pub async fn serve(
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy(&config.database_url)
         .context("invalid database URL")?;
+    let metrics = Metrics::new()?;
+    let metrics_listener = metrics::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.metrics_listen))?;
     let directory = Directory::new(
         db,
         config.cache_capacity,
         Duration::from_secs(config.cache_ttl_secs),
+        Arc::clone(&metrics),
     );
     let authorizer = Arc::new(Authorizer {
         policies: Arc::clone(&policies),
@@ -54,6 +60,7 @@ pub async fn serve(
             timezone: config.timezone.clone(),
             clock: config.clock.map_or(Clock::System, Clock::Fixed),
         },
+        metrics: Arc::clone(&metrics),
     });
     if let Some(at) = config.clock {
         tracing::warn!(clock = %at, "deciding with a fixed clock");
@@ -61,7 +68,16 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(Arc::clone(&directory).listen(stop_rx.clone()));
-    tokio::spawn(Arc::clone(&policies).watch(Duration::from_millis(config.policy_poll_ms)));
+    let reloads = Arc::clone(&metrics);
+    tokio::spawn(Arc::clone(&policies).watch(
+        Duration::from_millis(config.policy_poll_ms),
+        move |reload| match reload {
+            Reload::Replaced { .. } => reloads.policy_reloads.with_label_values(&["replaced"]).inc(),
+            Reload::Refused { .. } => reloads.policy_reloads.with_label_values(&["refused"]).inc(),
+            Reload::Unchanged => {}
+        },
+    ));
+    tokio::spawn(metrics::serve(Arc::clone(&metrics), metrics_listener));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
         .set_not_serving::<AuthorizationServer<Authorizer>>()
@@ -72,6 +88,7 @@ pub async fn serve(
     tokio::spawn(report_readiness(
         reporter,
         Arc::clone(&directory),
+        Arc::clone(&metrics),
         stop_rx.clone(),
     ));
 
@@ -100,10 +117,14 @@ pub async fn serve(
 async fn report_readiness(
     reporter: tonic_health::server::HealthReporter,
     directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut serving = None;
     loop {
+        metrics
+            .cache_entries
+            .set(i64::try_from(directory.cached_entries()).unwrap_or(i64::MAX));
         let now = directory.is_listening();
         if serving != Some(now) {
             let status = if now {

@@ -86,6 +86,28 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
     }
     let unknown = stack.get(&device, "/payroll").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // Every decision is counted, by decision, service and reason.
+    let metrics = stack.ext_authz_metrics().await;
+    let counter = |labels: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("edgemesh_authorization_decisions_total{{{labels}}} "))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        counter(r#"decision="deny",reason="never_reported",service="database""#),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(r#"decision="allow",reason="none",service="database""#),
+        2.0
+    );
+    assert!(metrics.contains("edgemesh_authorization_latency_seconds_count 6"), "{metrics}");
 }
 
 /// Wednesday 2026-11-18 10:30 UTC: business hours, so only roles decide.
@@ -412,8 +434,9 @@ async fn ext_authz_is_not_serving_without_its_database(_pool: PgPoolOptions, db:
     let (server, _) = url.rsplit_once('/').expect("url");
     let missing = format!("{server}/edgemesh_no_such_database");
     let port = crate::helpers::free_port();
+    let ports = (port, crate::helpers::free_port());
     let mut process =
-        crate::proxy::ExtAuthz::spawn(&missing, port, &crate::helpers::policies_dir(), None);
+        crate::proxy::ExtAuthz::spawn(&missing, ports, &crate::helpers::policies_dir(), None);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = grpc_health(port).await {

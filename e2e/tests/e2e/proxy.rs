@@ -78,6 +78,7 @@ where
 pub struct ExtAuthz {
     pub process: Process,
     pub port: u16,
+    pub metrics_port: u16,
 }
 
 impl ExtAuthz {
@@ -88,21 +89,35 @@ impl ExtAuthz {
         policy_dir: &Path,
         clock: Option<&str>,
     ) -> Self {
-        let process = Self::spawn(database_url, port, policy_dir, clock);
+        let metrics_port = free_port();
+        let process = Self::spawn(database_url, (port, metrics_port), policy_dir, clock);
         wait_until("ext-authz", || async move {
             grpc_health(port).await == Some(ServingStatus::Serving)
         })
         .await;
-        Self { process, port }
+        Self {
+            process,
+            port,
+            metrics_port,
+        }
     }
 
-    /// Starts ext-authz without waiting for it.
-    pub fn spawn(database_url: &str, port: u16, policy_dir: &Path, clock: Option<&str>) -> Process {
+    /// Starts ext-authz (gRPC and metrics ports) without waiting for it.
+    pub fn spawn(
+        database_url: &str,
+        (port, metrics_port): (u16, u16),
+        policy_dir: &Path,
+        clock: Option<&str>,
+    ) -> Process {
         let mut command = Command::new(bin("edgemesh-ext-authz"));
         command
             .arg("serve")
             .env("EDGEMESH_DATABASE_URL", database_url)
             .env("EDGEMESH_EXT_AUTHZ_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "EDGEMESH_EXT_AUTHZ_METRICS_LISTEN",
+                format!("127.0.0.1:{metrics_port}"),
+            )
             .env("EDGEMESH_POLICY_DIR", policy_dir)
             .env("EDGEMESH_POLICY_POLL_MS", "100")
             .env("EDGEMESH_LOG", "warn");
@@ -311,6 +326,19 @@ impl Stack {
             headers,
             body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
         }
+    }
+
+    /// ext-authz's Prometheus exposition.
+    pub async fn ext_authz_metrics(&self) -> String {
+        reqwest::get(format!(
+            "http://127.0.0.1:{}/metrics",
+            self.ext_authz.metrics_port
+        ))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
     }
 
     /// Envoy's counter `name` (0 if absent).
