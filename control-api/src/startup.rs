@@ -148,8 +148,7 @@ impl Application {
             "control API listening"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
-        let watcher =
-            tokio::spawn(
+        let watcher = tokio::spawn(
             Arc::clone(&self.state.policies).watch(std::time::Duration::from_secs(1), |_| {}),
         );
         let api = serve_tls(

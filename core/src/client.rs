@@ -8,7 +8,9 @@ use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{EnrollRequest, ErrorBody, IssuedCertificate, RenewRequest};
+use crate::api::{
+    EnrollRequest, ErrorBody, HealthReport, HealthVerdict, IssuedCertificate, RenewRequest,
+};
 use crate::cert::{normalize_fingerprint, sha256_hex};
 use crate::id::DeviceId;
 use crate::tls;
@@ -117,6 +119,11 @@ impl ControlApi {
     pub async fn renew(&self, csr_pem: String) -> Result<IssuedCertificate, ClientError> {
         self.post("/api/v1/renew", None, &RenewRequest { csr_pem })
             .await
+    }
+
+    /// `POST /api/v1/health` on the device listener (the client must present the device's identity).
+    pub async fn report_health(&self, report: &HealthReport) -> Result<HealthVerdict, ClientError> {
+        self.post("/api/v1/health", None, report).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(

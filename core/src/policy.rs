@@ -1,5 +1,6 @@
-//! The policy set: the `.rego` files of a directory parsed once into a regorus engine, evaluated per
-//! decision on a clone of it. A decision never fails: an evaluation error is a deny with a reason.
+//! The policy set: the `.rego` files of a directory parsed once by regorus and compiled to its virtual
+//! machine's program (RVM), evaluated per decision by a pooled VM. A decision never fails: an
+//! evaluation error is a deny with a reason.
 //! [`PolicyStore`] holds the set in force and replaces it when the files change, refusing a set that
 //! does not load (the last good one stays).
 
@@ -8,12 +9,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use regorus::Engine;
+use regorus::rvm::{Program, RegoVM};
+use regorus::{CompiledPolicy, Engine};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// A runaway policy is stopped and the request denied.
 const EVALUATION_LIMIT: Duration = Duration::from_millis(50);
+
+fn execution_limit() -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit: EVALUATION_LIMIT,
+        check_interval: std::num::NonZeroU32::MIN.saturating_add(63),
+    }
+}
 
 /// The two rules a decision reads: a boolean and the set of reasons for a `false`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +51,24 @@ pub struct Decision {
     pub policy_version: String,
 }
 
-#[derive(Clone)]
 pub struct PolicySet {
+    /// The interpreter: Rego unit tests run on it.
     engine: Engine,
+    compiled: CompiledPolicy,
+    program: Arc<Program>,
+    /// Idle VMs with the program loaded; a decision takes one (or builds one) and gives it back.
+    vms: Mutex<Vec<RegoVM>>,
     version: String,
     test_files: Vec<(String, String)>,
 }
+
+/// The rules decisions read, compiled as the program's entry points.
+const ENTRY_POINTS: [&str; 4] = [
+    AUTHZ.allow,
+    AUTHZ.reasons,
+    COMPLIANCE.allow,
+    COMPLIANCE.reasons,
+];
 
 /// Which files of the directory to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +125,7 @@ impl PolicySet {
     fn from_files(dir: &Path, files: Vec<(String, String)>) -> anyhow::Result<Self> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
-        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-            limit: EVALUATION_LIMIT,
-            check_interval: std::num::NonZeroU32::MIN.saturating_add(63),
-        });
+        engine.set_execution_timer_config(execution_limit());
         let version = version_of(&files);
         let mut policies = 0;
         let mut test_files = Vec::new();
@@ -126,19 +144,30 @@ impl PolicySet {
             "no policy files (*.rego) in {}",
             dir.display()
         );
-        let set = Self {
-            engine,
-            version,
-            test_files,
-        };
-        // A policy that parses but cannot decide (no `allow` rule, say) is refused at load time.
+        // A policy that parses but cannot decide (no `allow` rule, say) is refused at load time. The
+        // first evaluation also prepares the engine (analysis, scheduling): done here once, every clone
+        // made per decision starts prepared.
         for rules in [AUTHZ, COMPLIANCE] {
-            set.engine
-                .clone()
+            engine
                 .eval_rule(rules.allow.to_owned())
                 .map_err(|e| anyhow::anyhow!("the policies do not define {}: {e}", rules.allow))?;
         }
-        Ok(set)
+        let compiled = engine
+            .compile_with_entrypoint(&AUTHZ.allow.into())
+            .map_err(|e| anyhow::anyhow!("the policies do not compile: {e}"))?;
+        let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
+            &compiled,
+            &ENTRY_POINTS,
+        )
+        .map_err(|e| anyhow::anyhow!("the policies do not compile: {e}"))?;
+        Ok(Self {
+            engine,
+            compiled,
+            program,
+            vms: Mutex::new(Vec::new()),
+            version,
+            test_files,
+        })
     }
 
     pub fn version(&self) -> &str {
@@ -165,21 +194,45 @@ impl PolicySet {
         }
     }
 
+    fn vm(&self) -> RegoVM {
+        let idle = self.vms.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        idle.unwrap_or_else(|| {
+            let mut vm = RegoVM::new_with_policy(self.compiled.clone());
+            vm.load_program(Arc::clone(&self.program));
+            vm.set_execution_timer_config(Some(execution_limit()));
+            vm
+        })
+    }
+
     fn try_evaluate(
         &self,
         rules: Rules,
         input: &serde_json::Value,
     ) -> anyhow::Result<(bool, Vec<String>)> {
-        let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input.clone()));
-        let allow = engine.eval_rule(rules.allow.to_owned())?;
+        let mut vm = self.vm();
+        let outcome = Self::run(&mut vm, rules, input);
+        // A VM that failed mid-way is dropped rather than reused.
+        if outcome.is_ok() {
+            self.vms.lock().unwrap_or_else(|e| e.into_inner()).push(vm);
+        }
+        outcome
+    }
+
+    fn run(
+        vm: &mut RegoVM,
+        rules: Rules,
+        input: &serde_json::Value,
+    ) -> anyhow::Result<(bool, Vec<String>)> {
+        vm.set_data(regorus::Value::new_object())?;
+        vm.set_input(regorus::Value::from(input.clone()));
+        let allow = vm.execute_entry_point_by_name(rules.allow)?;
         // Only `true` allows: undefined, false or any other value is a deny.
         let allow = allow.as_bool().is_ok_and(|b| *b);
         if allow {
             return Ok((true, Vec::new()));
         }
         // A policy without a `reasons` rule still denies; the caller supplies a generic reason.
-        let reasons = match engine.eval_rule(rules.reasons.to_owned()) {
+        let reasons = match vm.execute_entry_point_by_name(rules.reasons) {
             Ok(regorus::Value::Set(set)) => set
                 .iter()
                 .filter_map(|r| r.as_string().ok().map(|s| s.to_string()))
@@ -287,7 +340,11 @@ impl PolicyStore {
 
     /// Reloads when the files change (checked every `every`) or on SIGHUP, until the task is dropped;
     /// `on_reload` sees every outcome.
-    pub async fn watch(self: Arc<Self>, every: Duration, on_reload: impl Fn(&Reload) + Send + 'static) {
+    pub async fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        on_reload: impl Fn(&Reload) + Send + 'static,
+    ) {
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(every);
@@ -378,9 +435,12 @@ mod tests {
         }
     }
 
-    const GOOD: &str = "package edgemesh.authz\nimport rego.v1\ndefault allow := false\nallow if input.ok == true\n";
-    const COMPLIANCE_STUB: &str =
-        "package edgemesh.compliance\nimport rego.v1\ndefault compliant := false\n";
+    // A policy set must define both decisions' rules; these reasons never hold, so a deny falls back
+    // to the generic reason.
+    const GOOD: &str = "package edgemesh.authz\nimport rego.v1\ndefault allow := false\n\
+        allow if input.ok == true\nreasons contains \"never\" if input.nothing == 1\n";
+    const COMPLIANCE_STUB: &str = "package edgemesh.compliance\nimport rego.v1\n\
+        default compliant := false\nreasons contains \"never\" if input.nothing == 1\n";
 
     fn policy_dir_with(authz: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -72,13 +72,24 @@ pub struct Authorizer {
     pub directory: Arc<Directory>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// Parsed peer certificates by their encoded form: a device sends the same certificate with every
+    /// request, so it is parsed and hashed once.
+    pub peers: moka::future::Cache<String, Arc<Peer>>,
 }
 
-/// The identity a peer certificate proves, or why it proves none.
+/// The identity a peer certificate proves.
 #[derive(Debug)]
-struct Peer {
+pub struct Peer {
     device: String,
     cert: CertInfo,
+}
+
+/// A cache for [`Authorizer::peers`].
+pub fn peer_cache() -> moka::future::Cache<String, Arc<Peer>> {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_idle(std::time::Duration::from_secs(3600))
+        .build()
 }
 
 impl Authorizer {
@@ -103,7 +114,7 @@ impl Authorizer {
             role: None,
             service: service.clone(),
         };
-        let peer = match self.peer(request) {
+        let peer = match self.peer(request).await {
             Ok(peer) => peer,
             Err(reason) => return deny(reason, None),
         };
@@ -112,14 +123,14 @@ impl Authorizer {
             Ok(None) => {
                 return deny(
                     format!("device {} is not enrolled", peer.device),
-                    Some(peer.device),
+                    Some(peer.device.clone()),
                 );
             }
             Err(e) => {
                 tracing::warn!(error = %e, device = %peer.device, "device directory unavailable");
                 return deny(
                     "the device directory is unavailable".to_owned(),
-                    Some(peer.device),
+                    Some(peer.device.clone()),
                 );
             }
         };
@@ -133,7 +144,7 @@ impl Authorizer {
                     "the client certificate (serial {}) is not on record for device {}",
                     peer.cert.serial, peer.device
                 ),
-                Some(peer.device),
+                Some(peer.device.clone()),
             );
         };
         let input = self.input(
@@ -153,7 +164,7 @@ impl Authorizer {
         }
     }
 
-    fn peer(&self, request: &CheckRequest) -> Result<Peer, String> {
+    async fn peer(&self, request: &CheckRequest) -> Result<Arc<Peer>, String> {
         let encoded = request
             .attributes
             .as_ref()
@@ -163,6 +174,17 @@ impl Authorizer {
         if encoded.is_empty() {
             return Err("no client certificate was presented".to_owned());
         }
+        if let Some(peer) = self.peers.get(encoded).await {
+            return Ok(peer);
+        }
+        let peer = Arc::new(self.parse_peer(encoded)?);
+        self.peers
+            .insert(encoded.to_owned(), Arc::clone(&peer))
+            .await;
+        Ok(peer)
+    }
+
+    fn parse_peer(&self, encoded: &str) -> Result<Peer, String> {
         // Envoy sends the peer certificate as URL-encoded PEM.
         let pem = percent_encoding::percent_decode_str(encoded)
             .decode_utf8()
@@ -323,7 +345,11 @@ impl Authorization for Authorizer {
         self.metrics
             .decisions
             .with_label_values(&[
-                if verdict.decision.allow { "allow" } else { "deny" },
+                if verdict.decision.allow {
+                    "allow"
+                } else {
+                    "deny"
+                },
                 service_label(verdict.service.as_deref()),
                 reason_label(verdict.decision.allow, &verdict.decision.reasons),
             ])

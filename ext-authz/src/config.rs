@@ -16,7 +16,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Prometheus metrics (`/metrics`, plain HTTP).
-    #[arg(long, env = "EDGEMESH_EXT_AUTHZ_METRICS_LISTEN", default_value = "127.0.0.1:9192")]
+    #[arg(
+        long,
+        env = "EDGEMESH_EXT_AUTHZ_METRICS_LISTEN",
+        default_value = "127.0.0.1:9192"
+    )]
     pub metrics_listen: SocketAddr,
 
     /// PostgreSQL connection URL.

@@ -55,10 +55,8 @@ impl Metrics {
             "edgemesh_authz_cache_invalidations_total",
             "Change notifications applied to the cache.",
         )?;
-        let cache_entries = IntGauge::new(
-            "edgemesh_authz_cache_entries",
-            "Devices currently cached.",
-        )?;
+        let cache_entries =
+            IntGauge::new("edgemesh_authz_cache_entries", "Devices currently cached.")?;
         let policy_reloads = IntCounterVec::new(
             Opts::new(
                 "edgemesh_policy_reloads_total",
@@ -124,7 +122,9 @@ pub fn reason_label(allow: bool, reasons: &[String]) -> &'static str {
         }
     }
     if reasons.iter().any(|r| {
-        r.contains("patches") || r.contains("antivirus") || r.contains("encryption")
+        r.contains("patches")
+            || r.contains("antivirus")
+            || r.contains("encryption")
             || r.contains("usage")
     }) {
         return "unhealthy";
@@ -163,16 +163,25 @@ mod tests {
     #[test]
     fn reasons_map_to_a_bounded_set_of_labels() {
         let label = |r: &[&str]| {
-            reason_label(false, &r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            reason_label(
+                false,
+                &r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
         };
         assert_eq!(reason_label(true, &[]), "none");
         assert_eq!(label(&["antivirus is not enabled"]), "unhealthy");
         assert_eq!(
-            label(&["antivirus is not enabled", "the client certificate is revoked"]),
+            label(&[
+                "antivirus is not enabled",
+                "the client certificate is revoked"
+            ]),
             "revoked",
             "the more fundamental reason wins"
         );
-        assert_eq!(label(&["role analyst may not use service database"]), "role");
+        assert_eq!(
+            label(&["role analyst may not use service database"]),
+            "role"
+        );
         assert_eq!(label(&["device pi-9 is not enrolled"]), "not_enrolled");
         assert_eq!(label(&["something new"]), "other");
     }

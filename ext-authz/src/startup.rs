@@ -61,6 +61,7 @@ pub async fn serve(
             clock: config.clock.map_or(Clock::System, Clock::Fixed),
         },
         metrics: Arc::clone(&metrics),
+        peers: crate::check::peer_cache(),
     });
     if let Some(at) = config.clock {
         tracing::warn!(clock = %at, "deciding with a fixed clock");
@@ -71,10 +72,17 @@ pub async fn serve(
     let reloads = Arc::clone(&metrics);
     tokio::spawn(Arc::clone(&policies).watch(
         Duration::from_millis(config.policy_poll_ms),
-        move |reload| match reload {
-            Reload::Replaced { .. } => reloads.policy_reloads.with_label_values(&["replaced"]).inc(),
-            Reload::Refused { .. } => reloads.policy_reloads.with_label_values(&["refused"]).inc(),
-            Reload::Unchanged => {}
+        move |reload| {
+            match reload {
+                Reload::Replaced { .. } => reloads
+                    .policy_reloads
+                    .with_label_values(&["replaced"])
+                    .inc(),
+                Reload::Refused { .. } => {
+                    reloads.policy_reloads.with_label_values(&["refused"]).inc()
+                }
+                Reload::Unchanged => {}
+            }
         },
     ));
     tokio::spawn(metrics::serve(Arc::clone(&metrics), metrics_listener));

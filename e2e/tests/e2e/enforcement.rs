@@ -93,7 +93,9 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
         metrics
             .lines()
             .find_map(|l| {
-                l.strip_prefix(&format!("edgemesh_authorization_decisions_total{{{labels}}} "))
+                l.strip_prefix(&format!(
+                    "edgemesh_authorization_decisions_total{{{labels}}} "
+                ))
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
@@ -107,7 +109,10 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
         counter(r#"decision="allow",reason="none",service="database""#),
         2.0
     );
-    assert!(metrics.contains("edgemesh_authorization_latency_seconds_count 6"), "{metrics}");
+    assert!(
+        metrics.contains("edgemesh_authorization_latency_seconds_count 6"),
+        "{metrics}"
+    );
 }
 
 /// Wednesday 2026-11-18 10:30 UTC: business hours, so only roles decide.
