@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# After `make up`: enroll a demo device with the real agent, enroll 20 more with the simulator, and
-# print commands to try by hand.
+# After `make up`: enroll a demo device with the real agent, send requests through Envoy before and after
+# it reports its health, enroll 20 more devices with the simulator, and print commands to try by hand.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -17,7 +17,7 @@ json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; 
 
 echo
 echo "== enrolling the demo device 'demo-pi' with edgemesh-agent (its key is generated locally)"
-admin POST /users '{"id":"demo-owner","email":"demo-owner@example.com","role":"developer"}' >/dev/null || true
+admin POST /users '{"id":"demo-owner","email":"demo-owner@example.com","role":"admin"}' >/dev/null || true
 created=$(admin POST /tokens '{"owner":"demo-owner","ttl_seconds":900,"max_uses":1}')
 token=$(json_field token <<<"$created")
 fingerprint=$(json_field ca_fingerprint <<<"$created")
@@ -29,6 +29,29 @@ else
     --server "$API" --ca-fingerprint "$fingerprint" --device-id demo-pi
 fi
 "$BIN/edgemesh-agent" --state-dir "$DEVICE_DIR" status
+
+DEVICE_TLS=(--cacert "$DEVICE_DIR/ca.pem" --cert "$DEVICE_DIR/cert.pem" --key "$DEVICE_DIR/key.pem")
+through_envoy() { # PATH
+  printf '  GET %-14s → ' "$1"
+  curl -sS "${DEVICE_TLS[@]}" -w ' (HTTP %{http_code})\n' "https://localhost:10000$1"
+}
+report_health() { # ANTIVIRUS(true|false)
+  local now; now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  curl -sS "${DEVICE_TLS[@]}" -H 'Content-Type: application/json' -w '\n' \
+    -d "{\"collected_at\":\"$now\",\"agent_version\":\"demo\",\"cpu_usage\":12.5,\"memory_usage\":40,\"disk_usage\":50,\"os\":\"debian\",\"os_version\":\"12\",\"kernel\":null,\"uptime_seconds\":null,\"disk_encrypted\":true,\"os_patches_current\":true,\"antivirus_enabled\":$1,\"firewall_enabled\":null}" \
+    https://127.0.0.1:8443/api/v1/health
+}
+
+echo
+echo "== requests through Envoy (mTLS with demo-pi's certificate), decided by ext-authz"
+echo "-- a health report with antivirus off:"
+report_health false
+through_envoy /api/orders
+echo "-- a healthy report:"
+report_health true
+through_envoy /api/orders
+through_envoy /database/q
+echo "-- (demo-owner is an admin: every service, at any hour; developers and analysts are bound by role and business hours)"
 
 echo
 echo "== enrolling 20 simulated devices through the same CSR flow"
@@ -42,6 +65,16 @@ cat <<TXT
   curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/devices?limit=5'
   curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" $API/api/v1/admin/devices/demo-pi
 
+  # through Envoy with demo-pi's certificate: the upstream echoes the identity EdgeMesh vouched for;
+  # a deny is a 403 with {decision_id, reasons}
+  curl --cacert $DEVICE_DIR/ca.pem --cert $DEVICE_DIR/cert.pem --key $DEVICE_DIR/key.pem https://localhost:10000/api/orders
+  curl --cacert $DEVICE_DIR/ca.pem --cert $DEVICE_DIR/cert.pem --key $DEVICE_DIR/key.pem https://localhost:10000/database/x
+  # without a client certificate Envoy refuses the TLS session (curl exit 56)
+  curl --cacert .edgemesh/ca.pem https://localhost:10000/api/orders
+
+  # its health history, as the control API stored it
+  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/devices/demo-pi/health?limit=5'
+
   # renew demo-pi's certificate over mTLS, with the agent or with curl and the device's own certificate
   $BIN/edgemesh-agent --state-dir $DEVICE_DIR renew
   openssl req -new -key $DEVICE_DIR/key.pem -subj /CN=demo-pi -out /tmp/demo-pi.csr
@@ -50,7 +83,7 @@ cat <<TXT
        -d "{\"csr_pem\": \$(python3 -c 'import json; print(json.dumps(open("/tmp/demo-pi.csr").read()))')}" \\
        https://127.0.0.1:8443/api/v1/renew
 
-  # revoke it; its next renewal is refused (403 certificate_revoked)
+  # revoke it; its next request through Envoy is a 403, its next renewal is refused
   curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" -X POST $API/api/v1/admin/devices/demo-pi/revoke
 
   make down   # stop everything
