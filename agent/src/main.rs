@@ -1,5 +1,6 @@
 //! `edgemesh-agent`: the device daemon. It enrolls with a key generated on the device (the key never
-//! leaves it), shows its identity and renews its certificate over mTLS.
+//! leaves it), shows its identity, reports the device's measured health and renews its certificate, all
+//! over mTLS. `run` is the daemon (under systemd: `agent/edgemesh-agent.service`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use edgemesh_core::files::write_atomic;
 use edgemesh_core::id::DeviceId;
 use time::OffsetDateTime;
 
+mod daemon;
 mod os_release;
+mod posture;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgemesh-agent", version, about = "EdgeMesh device agent")]
@@ -85,6 +88,36 @@ enum Command {
         )]
         server: String,
     },
+    /// Measure this device's health, send one report and print the verdict.
+    Report {
+        #[arg(
+            long,
+            env = "EDGEMESH_DEVICE_SERVER",
+            default_value = "https://127.0.0.1:8443"
+        )]
+        server: String,
+        /// Send one report and exit (the only mode of `report`; `run` reports continuously).
+        #[arg(long, default_value_t = true)]
+        once: bool,
+    },
+    /// The daemon: report health every interval, renew the certificate at two thirds of its lifetime,
+    /// back off (with jitter) while the control API is away; stop on SIGTERM.
+    Run {
+        #[arg(
+            long,
+            env = "EDGEMESH_DEVICE_SERVER",
+            default_value = "https://127.0.0.1:8443"
+        )]
+        server: String,
+        /// Seconds between reports.
+        #[arg(long, env = "EDGEMESH_REPORT_INTERVAL_SECS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval_secs: u64,
+        /// Longest wait between attempts while the control API is away.
+        #[arg(long, env = "EDGEMESH_MAX_BACKOFF_SECS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        max_backoff_secs: u64,
+    },
 }
 
 fn default_device_type() -> &'static str {
@@ -95,7 +128,7 @@ fn default_device_type() -> &'static str {
 }
 
 /// The files of an agent's identity.
-struct State {
+pub struct State {
     dir: PathBuf,
 }
 
@@ -119,6 +152,35 @@ impl State {
         })
     }
 
+    /// A client of the device listener presenting the stored identity.
+    fn api(&self, server: &str) -> anyhow::Result<ControlApi> {
+        let cert_pem = self.read(&self.cert())?;
+        let key_pem = self.read(&self.key())?;
+        let ca_pem = self.read(&self.ca())?;
+        ControlApi::new(server, &ca_pem, Some((&cert_pem, &key_pem)))
+    }
+
+    fn certificate(&self) -> anyhow::Result<CertInfo> {
+        Ok(CertInfo::from_pem(&self.read(&self.cert())?)?)
+    }
+
+    /// Renews over mTLS with a new key; answers the device and its new certificate.
+    async fn renew(&self, server: &str) -> anyhow::Result<(DeviceId, CertInfo)> {
+        let info = self.certificate()?;
+        let device = info
+            .uri_sans
+            .iter()
+            .find_map(|uri| {
+                uri.rsplit_once("/device/")
+                    .and_then(|(_, id)| DeviceId::parse(id).ok())
+            })
+            .context("the stored certificate names no device")?;
+        let new_key = DeviceKey::generate()?;
+        let issued = self.api(server)?.renew(new_key.csr_pem(&device)?).await?;
+        self.store(&new_key, &issued)?;
+        Ok((device, CertInfo::from_pem(&issued.certificate_pem)?))
+    }
+
     /// Stores a new key and the certificate issued for it. The key is written first, readable by the
     /// owner only.
     fn store(&self, key: &DeviceKey, issued: &IssuedCertificate) -> anyhow::Result<()> {
@@ -137,7 +199,12 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edgemesh-agent: error: {e:#}");
-            ExitCode::FAILURE
+            // A device the control API refuses for good: 78 (EX_CONFIG), not restarted by systemd.
+            if e.downcast_ref::<daemon::Refused>().is_some() {
+                ExitCode::from(78)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -224,28 +291,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = std::io::stdout().write_all(report.as_bytes());
         }
         Command::Renew { server } => {
-            let cert_pem = state.read(&state.cert())?;
-            let key_pem = state.read(&state.key())?;
-            let ca_pem = state.read(&state.ca())?;
-            let info = CertInfo::from_pem(&cert_pem)?;
-            let device = info
-                .uri_sans
-                .iter()
-                .find_map(|uri| {
-                    uri.rsplit_once("/device/")
-                        .and_then(|(_, id)| DeviceId::parse(id).ok())
-                })
-                .context("the stored certificate names no device")?;
-            let new_key = DeviceKey::generate()?;
-            let api = ControlApi::new(&server, &ca_pem, Some((&cert_pem, &key_pem)))?;
-            let issued = api.renew(new_key.csr_pem(&device)?).await?;
-            state.store(&new_key, &issued)?;
-            let new = CertInfo::from_pem(&issued.certificate_pem)?;
+            let (device, new) = state.renew(&server).await?;
             println!(
                 "renewed {device}: serial {} valid until {}",
                 new.serial,
                 format_time(new.not_after)
             );
+        }
+        Command::Report { server, once: _ } => {
+            let report = posture::collect(&posture::Host::default(), daemon::CPU_WINDOW).await;
+            let verdict = state.api(&server)?.report_health(&report).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!(
+                "verdict: {}{}",
+                verdict.status,
+                if verdict.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", verdict.reasons.join("; "))
+                }
+            );
+        }
+        Command::Run {
+            server,
+            interval_secs,
+            max_backoff_secs,
+        } => {
+            let settings = daemon::Settings {
+                server,
+                interval: std::time::Duration::from_secs(interval_secs),
+                max_backoff: std::time::Duration::from_secs(max_backoff_secs),
+            };
+            daemon::run(&state, &settings, edgemesh_core::shutdown_signal()).await?;
         }
     }
     Ok(())

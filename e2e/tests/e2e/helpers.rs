@@ -55,7 +55,15 @@ pub struct ControlApi {
 
 impl ControlApi {
     pub async fn start(database_url: &str, state_dir: &Path) -> Self {
-        let (api_port, device_port) = (free_port(), free_port());
+        Self::start_on(database_url, state_dir, (free_port(), free_port())).await
+    }
+
+    /// Starts on given (API, device) ports: a restart keeps its clients' addresses.
+    pub async fn start_on(
+        database_url: &str,
+        state_dir: &Path,
+        (api_port, device_port): (u16, u16),
+    ) -> Self {
         let child = Command::new(bin("edgemesh-control-api"))
             .env("EDGEMESH_DATABASE_URL", database_url)
             .env("EDGEMESH_STATE_DIR", state_dir)
@@ -112,6 +120,32 @@ impl ControlApi {
             Ok(Ok(status)) => status.success(),
             _ => false,
         }
+    }
+
+    pub fn ports(&self) -> (u16, u16) {
+        let port = |url: &str| {
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port")
+        };
+        (port(&self.api), port(&self.device_api))
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/admin{path}", self.api))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("json")
     }
 
     pub async fn admin_post(&self, path: &str, body: Value) -> Value {

@@ -3,5 +3,6 @@
 
 mod enforcement;
 mod enrollment;
+mod health;
 mod helpers;
 mod proxy;

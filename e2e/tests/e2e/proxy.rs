@@ -273,7 +273,7 @@ impl Stack {
         assert!(run.success, "enroll {id}: {}", run.stderr);
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
         let client = device_client(&read("ca.pem"), Some((&read("cert.pem"), &read("key.pem"))));
-        Device { client, _dir: dir }
+        Device { client, dir }
     }
 
     /// Sends a health report for `device` over its mTLS connection: healthy values with `patch` applied.
@@ -358,7 +358,8 @@ impl Stack {
 
 pub struct Device {
     pub client: reqwest::Client,
-    _dir: tempfile::TempDir,
+    /// The agent's state directory (key, certificate, CA).
+    pub dir: tempfile::TempDir,
 }
 
 /// A client that trusts the EdgeMesh CA and presents `identity`, if any.

@@ -1,0 +1,52 @@
+//! The shipped systemd unit passes `systemd-analyze verify` (where systemd is installed), with its
+//! `ExecStart` pointed at the binary this build produced.
+
+use std::process::Command;
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed here: skipped");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/edgemesh-agent.service"
+    ))
+    .expect("unit file");
+    assert!(unit.contains("ExecStart=/usr/local/bin/edgemesh-agent run"));
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/edgemesh-agent",
+        "Restart=on-failure",
+        "User=edgemesh-agent",
+    ] {
+        assert!(unit.contains(hardening), "{hardening}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgemesh-agent.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/edgemesh-agent",
+            env!("CARGO_BIN_EXE_edgemesh-agent"),
+        ),
+    )
+    .expect("write");
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("edgemesh-agent.service"),
+        "warnings about the unit: {stderr}"
+    );
+}
