@@ -17,6 +17,9 @@ echo
 echo "== enrollments/s through the HTTPS API with the agent's CSR flow"
 run "$BIN/edgemesh-simulator" bench-enroll --devices 1000 --concurrency 16
 
+echo "== health reports/s through the mTLS device API"
+run "$BIN/edgemesh-simulator" bench-health --devices 200 --reports 10
+
 echo "== the Check handler over gRPC (the stack's ext-authz, warm cache)"
 run "$BIN/edgemesh-simulator" bench-check --devices 100 --rate 1000 --duration-secs 10 --concurrency 16
 

@@ -72,6 +72,11 @@ cat <<TXT
   # without a client certificate Envoy refuses the TLS session (curl exit 56)
   curl --cacert .edgemesh/ca.pem https://localhost:10000/api/orders
 
+  # report this machine's real health with the agent (once, or as the daemon every 30 s); a machine
+  # without disk encryption or an antivirus daemon is unhealthy, and Envoy then answers 403 with why
+  $BIN/edgemesh-agent --state-dir $DEVICE_DIR report --once
+  $BIN/edgemesh-agent --state-dir $DEVICE_DIR run
+
   # its health history, as the control API stored it
   curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/devices/demo-pi/health?limit=5'
 

@@ -174,9 +174,33 @@ fn is_crypt(host: &Host, dev: &Path, depth: u32) -> bool {
     })
 }
 
-/// Whether no security update is pending, from apt's own simulation of an upgrade. `None` where apt is
-/// not the package manager or cannot tell.
+/// The apt data `patches_current` depends on: when neither changed, neither did its answer.
+const APT_STATE: [&str; 2] = ["/var/lib/dpkg/status", "/var/lib/apt/lists"];
+
+/// The last answer of the apt simulation and the modification times of [`APT_STATE`] it was based on.
+type PatchCache = Option<(Vec<Option<std::time::SystemTime>>, Option<bool>)>;
+static PATCHES: std::sync::Mutex<PatchCache> = std::sync::Mutex::new(None);
+
+/// Whether no security update is pending, from apt's own simulation of an upgrade (seconds of CPU on a
+/// Pi, so it runs again only when dpkg's status or apt's lists change). `None` where apt is not the
+/// package manager or cannot tell.
 pub fn patches_current() -> Option<bool> {
+    let stamps: Vec<_> = APT_STATE
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect();
+    let mut cache = PATCHES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((seen, answer)) = cache.as_ref()
+        && *seen == stamps
+    {
+        return *answer;
+    }
+    let answer = simulate_upgrade();
+    *cache = Some((stamps, answer));
+    answer
+}
+
+fn simulate_upgrade() -> Option<bool> {
     let output = std::process::Command::new("apt-get")
         .args([
             "--simulate",

@@ -94,6 +94,63 @@ fn print_latencies(label: &str, sorted: &[Duration]) {
     }
 }
 
+/// Health reports through the mTLS device API: `devices` devices enrolled through the real CSR flow,
+/// each sending `reports` reports back to back over its own connection (within the per-device burst,
+/// so the rate limit does not decide the result), all devices at once.
+pub async fn health(control: &ControlPlane<'_>, devices: u32, reports: u32) -> anyhow::Result<()> {
+    let admin = Admin::connect(control.api, control.admin_token).await?;
+    let run = run_id();
+    let (token, fingerprint) = admin
+        .owner_with_token(&format!("bench-health-{run}"), "developer", devices)
+        .await?;
+    let ids = (0..devices)
+        .map(|i| DeviceId::parse(&format!("h{run}-{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fleet = enroll_all(control.api, &token, &fingerprint, ids, 16).await?;
+    let mut apis = Vec::new();
+    for device in &fleet {
+        apis.push(edgemesh_core::client::ControlApi::new(
+            control.device_api,
+            &device.ca_pem,
+            Some((&device.cert_pem, &device.key_pem)),
+        )?);
+    }
+    // One report each first, so every connection is open before the clock starts.
+    for api in &apis {
+        api.report_health(&healthy_report()).await?;
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for api in apis {
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            for _ in 1..reports {
+                let t0 = Instant::now();
+                api.report_health(&healthy_report()).await?;
+                latencies.push(t0.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!(
+        "health reports {} from {devices} devices at once, {:.2} s",
+        latencies.len(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "rate           {:.0} reports/s (stored, judged by the compliance policy, notified)",
+        latencies.len() as f64 / elapsed.as_secs_f64()
+    );
+    print_latencies("latency", &latencies);
+    Ok(())
+}
+
 /// `n` devices of an admin (no business hours), enrolled and reported healthy.
 async fn healthy_fleet(control: &ControlPlane<'_>, n: u32) -> anyhow::Result<Vec<SimDevice>> {
     let admin = Admin::connect(control.api, control.admin_token).await?;

@@ -65,6 +65,14 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Health reports per second through the mTLS device API, N devices at once.
+    BenchHealth {
+        #[arg(long, default_value_t = 200)]
+        devices: u32,
+        /// Reports per device (the per-device burst allowance is 10).
+        #[arg(long, default_value_t = 10)]
+        reports: u32,
+    },
     /// Check calls straight to ext-authz over gRPC with a warm cache: latency at a fixed rate (server
     /// histogram and client), CPU per Check, then closed-loop throughput.
     BenchCheck {
@@ -150,6 +158,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let token = admin_token()?;
             bench::enroll(&control(&token), devices, concurrency).await
+        }
+        Command::BenchHealth { devices, reports } => {
+            let token = admin_token()?;
+            bench::health(&control(&token), devices, reports).await
         }
         Command::BenchCheck {
             ref ext_authz,
