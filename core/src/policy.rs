@@ -194,14 +194,17 @@ impl PolicySet {
         }
     }
 
-    fn vm(&self) -> RegoVM {
+    fn vm(&self) -> anyhow::Result<RegoVM> {
         let idle = self.vms.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        idle.unwrap_or_else(|| {
-            let mut vm = RegoVM::new_with_policy(self.compiled.clone());
-            vm.load_program(Arc::clone(&self.program));
-            vm.set_execution_timer_config(Some(execution_limit()));
-            vm
-        })
+        if let Some(vm) = idle {
+            return Ok(vm);
+        }
+        let mut vm = RegoVM::new_with_policy(self.compiled.clone());
+        vm.load_program(Arc::clone(&self.program));
+        vm.set_execution_timer_config(Some(execution_limit()));
+        // The policies use no data document; the VM keeps this empty one across runs.
+        vm.set_data(regorus::Value::new_object())?;
+        Ok(vm)
     }
 
     fn try_evaluate(
@@ -209,7 +212,7 @@ impl PolicySet {
         rules: Rules,
         input: &serde_json::Value,
     ) -> anyhow::Result<(bool, Vec<String>)> {
-        let mut vm = self.vm();
+        let mut vm = self.vm()?;
         let outcome = Self::run(&mut vm, rules, input);
         // A VM that failed mid-way is dropped rather than reused.
         if outcome.is_ok() {
@@ -223,8 +226,8 @@ impl PolicySet {
         rules: Rules,
         input: &serde_json::Value,
     ) -> anyhow::Result<(bool, Vec<String>)> {
-        vm.set_data(regorus::Value::new_object())?;
-        vm.set_input(regorus::Value::from(input.clone()));
+        // Deserialising from the borrowed document saves cloning it first.
+        vm.set_input(<regorus::Value as serde::Deserialize>::deserialize(input)?);
         let allow = vm.execute_entry_point_by_name(rules.allow)?;
         // Only `true` allows: undefined, false or any other value is a deny.
         let allow = allow.as_bool().is_ok_and(|b| *b);
