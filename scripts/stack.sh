@@ -140,8 +140,10 @@ up() {
   start control-api \
     "curl -sf --cacert '$STATE/ca.pem' https://127.0.0.1:8444/healthz" \
     env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api"
+  # One worker thread: next to Envoy on a small machine it costs less CPU per Check than one per core
+  # (BENCHMARKS.md); set EDGEMESH_EXT_AUTHZ_WORKERS to change it.
   start ext-authz "bash -c '</dev/tcp/127.0.0.1/9191'" \
-    "$PROFILE_DIR/edgemesh-ext-authz" serve
+    env EDGEMESH_EXT_AUTHZ_WORKERS="${EDGEMESH_EXT_AUTHZ_WORKERS:-1}" "$PROFILE_DIR/edgemesh-ext-authz" serve
   start upstream "curl -sf http://127.0.0.1:8081/" \
     "$PROFILE_DIR/edgemesh-simulator" upstream --listen 127.0.0.1:8081
   mkdir -p "$STATE/envoy"

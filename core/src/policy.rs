@@ -11,6 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use regorus::rvm::{Program, RegoVM};
 use regorus::{CompiledPolicy, Engine};
+
+/// The policy engine's value type: input documents built directly in it skip a JSON conversion.
+pub use regorus::Value;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -176,7 +179,21 @@ impl PolicySet {
 
     /// Evaluates `rules` over `input`. Errors and undefined results deny, with a reason.
     pub fn evaluate(&self, rules: Rules, input: &serde_json::Value) -> Decision {
-        let (allow, reasons) = match self.try_evaluate(rules, input) {
+        // Deserialising from the borrowed document saves cloning it first.
+        match <Value as serde::Deserialize>::deserialize(input) {
+            Ok(input) => self.evaluate_value(rules, input),
+            Err(e) => self.decision(Err(e.into())),
+        }
+    }
+
+    /// Evaluates `rules` over an input document already in the engine's value type (what the hot
+    /// path builds, skipping JSON).
+    pub fn evaluate_value(&self, rules: Rules, input: Value) -> Decision {
+        self.decision(self.try_evaluate(rules, input))
+    }
+
+    fn decision(&self, outcome: anyhow::Result<(bool, Vec<String>)>) -> Decision {
+        let (allow, reasons) = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "policy evaluation failed; denying");
@@ -207,11 +224,7 @@ impl PolicySet {
         Ok(vm)
     }
 
-    fn try_evaluate(
-        &self,
-        rules: Rules,
-        input: &serde_json::Value,
-    ) -> anyhow::Result<(bool, Vec<String>)> {
+    fn try_evaluate(&self, rules: Rules, input: Value) -> anyhow::Result<(bool, Vec<String>)> {
         let mut vm = self.vm()?;
         let outcome = Self::run(&mut vm, rules, input);
         // A VM that failed mid-way is dropped rather than reused.
@@ -221,13 +234,8 @@ impl PolicySet {
         outcome
     }
 
-    fn run(
-        vm: &mut RegoVM,
-        rules: Rules,
-        input: &serde_json::Value,
-    ) -> anyhow::Result<(bool, Vec<String>)> {
-        // Deserialising from the borrowed document saves cloning it first.
-        vm.set_input(<regorus::Value as serde::Deserialize>::deserialize(input)?);
+    fn run(vm: &mut RegoVM, rules: Rules, input: Value) -> anyhow::Result<(bool, Vec<String>)> {
+        vm.set_input(input);
         let allow = vm.execute_entry_point_by_name(rules.allow)?;
         // Only `true` allows: undefined, false or any other value is a deny.
         let allow = allow.as_bool().is_ok_and(|b| *b);

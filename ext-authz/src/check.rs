@@ -2,19 +2,19 @@
 //! verified, the facts about the device from the directory, the decision from the policies. Every path,
 //! including internal errors, ends in an answer: an allow with identity headers or a 403 with reasons.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use edgemesh_core::cert::CertInfo;
-use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore};
+use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore, Value};
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
 };
 use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
@@ -156,7 +156,7 @@ impl Authorizer {
         );
         Verdict {
             decision_id,
-            decision: policies.evaluate(AUTHZ, &input),
+            decision: policies.evaluate_value(AUTHZ, input),
             device: Some(record.id.clone()),
             user: Some(record.owner_id.clone()),
             role: Some(record.role.clone()),
@@ -203,7 +203,8 @@ impl Authorizer {
         })
     }
 
-    /// The policy input document (documented in `policies/README.md`).
+    /// The policy input document (documented in `policies/README.md`), built directly in the policy
+    /// engine's value type.
     fn input(
         &self,
         request: &CheckRequest,
@@ -218,59 +219,89 @@ impl Authorizer {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let headers: HashMap<&str, &str> = request
+        let headers: BTreeMap<Value, Value> = request
             .get_client_headers()
             .map(|h| {
                 POLICY_HEADERS
                     .iter()
-                    .filter_map(|name| h.get(*name).map(|v| (*name, v.as_str())))
+                    .filter_map(|name| {
+                        h.get(*name)
+                            .map(|v| (Value::from(*name), Value::from(v.as_str())))
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let health = record.health.as_ref().map(|h| {
-            json!({
-                "age_seconds": h.age_seconds(now),
-                "cpu_usage": h.cpu_usage,
-                "memory_usage": h.memory_usage,
-                "disk_usage": h.disk_usage,
-                "os_patches_current": h.os_patches_current,
-                "antivirus_enabled": h.antivirus_enabled,
-                "disk_encrypted": h.disk_encrypted,
-                "firewall_enabled": h.firewall_enabled,
-                "collected_at": rfc3339(h.collected_at),
-                "status": h.status,
-            })
+        let health = record.health.as_ref().map_or(Value::Null, |h| {
+            object([
+                ("age_seconds", Value::from(h.age_seconds(now))),
+                ("cpu_usage", optional(h.cpu_usage)),
+                ("memory_usage", optional(h.memory_usage)),
+                ("disk_usage", optional(h.disk_usage)),
+                ("os_patches_current", optional(h.os_patches_current)),
+                ("antivirus_enabled", optional(h.antivirus_enabled)),
+                ("disk_encrypted", optional(h.disk_encrypted)),
+                ("firewall_enabled", optional(h.firewall_enabled)),
+                ("collected_at", Value::from(rfc3339(h.collected_at))),
+                ("status", Value::from(h.status.as_str())),
+            ])
         });
-        json!({
-            "device": {
-                "id": record.id,
-                "type": record.device_type,
-                "status": record.status,
-                "os": record.os,
-                "os_version": record.os_version,
-            },
-            "certificate": {
-                "serial": peer.cert.serial,
-                "fingerprint": peer.cert.fingerprint,
-                "not_after": rfc3339(peer.cert.not_after),
-                "revoked": revoked,
-            },
-            "health": health,
-            "user": {"id": record.owner_id, "role": record.role},
-            "service": service,
-            "request": {
-                "method": http.map(|h| h.method.as_str()),
-                "path": http.map(|h| h.path.as_str()),
-                "host": http.map(|h| h.host.as_str()),
-                "headers": headers,
-            },
-            "time": {
-                "now_ns": i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX),
-                "rfc3339": rfc3339(now),
-                "timezone": self.settings.timezone,
-            },
-            "config": {"max_health_age_seconds": self.settings.max_health_age_seconds},
-        })
+        object([
+            (
+                "device",
+                object([
+                    ("id", Value::from(record.id.as_str())),
+                    ("type", Value::from(record.device_type.as_str())),
+                    ("status", Value::from(record.status.as_str())),
+                    ("os", Value::from(record.os.as_str())),
+                    ("os_version", Value::from(record.os_version.as_str())),
+                ]),
+            ),
+            (
+                "certificate",
+                object([
+                    ("serial", Value::from(peer.cert.serial.as_str())),
+                    ("fingerprint", Value::from(peer.cert.fingerprint.as_str())),
+                    ("not_after", Value::from(rfc3339(peer.cert.not_after))),
+                    ("revoked", Value::from(revoked)),
+                ]),
+            ),
+            ("health", health),
+            (
+                "user",
+                object([
+                    ("id", Value::from(record.owner_id.as_str())),
+                    ("role", Value::from(record.role.as_str())),
+                ]),
+            ),
+            ("service", optional(service)),
+            (
+                "request",
+                object([
+                    ("method", optional(http.map(|h| h.method.as_str()))),
+                    ("path", optional(http.map(|h| h.path.as_str()))),
+                    ("host", optional(http.map(|h| h.host.as_str()))),
+                    ("headers", Value::from(headers)),
+                ]),
+            ),
+            (
+                "time",
+                object([
+                    (
+                        "now_ns",
+                        Value::from(i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX)),
+                    ),
+                    ("rfc3339", Value::from(rfc3339(now))),
+                    ("timezone", Value::from(self.settings.timezone.as_str())),
+                ]),
+            ),
+            (
+                "config",
+                object([(
+                    "max_health_age_seconds",
+                    Value::from(self.settings.max_health_age_seconds),
+                )]),
+            ),
+        ])
     }
 }
 
@@ -283,6 +314,19 @@ fn service_label(service: Option<&str>) -> &'static str {
         Some("analytics") => "analytics",
         _ => "other",
     }
+}
+
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::from(
+        fields
+            .into_iter()
+            .map(|(name, value)| (Value::from(name), value))
+            .collect::<BTreeMap<_, _>>(),
+    )
+}
+
+fn optional<T: Into<Value>>(value: Option<T>) -> Value {
+    value.map_or(Value::Null, Into::into)
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

@@ -68,10 +68,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &edgemesh_ext_authz::Config, policy_dir: &Path) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("edgemesh-ext-authz: error: cannot start the runtime: {e}");
