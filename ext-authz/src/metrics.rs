@@ -1,6 +1,5 @@
 //! Prometheus metrics of the ext-authz server, served on their own listener at `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -149,11 +148,6 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics listener failed");
     }
-}
-
-/// Binds the metrics listener (at start-up, so a taken port is a start-up error).
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    Ok(tokio::net::TcpListener::bind(listen).await?)
 }
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ pub async fn serve(
         .connect_lazy(&config.database_url)
         .context("invalid database URL")?;
     let metrics = Metrics::new()?;
-    let metrics_listener = metrics::bind(config.metrics_listen)
+    // Bound at start-up, so a taken port is a start-up error.
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.metrics_listen))?;
     let directory = Directory::new(

@@ -1,7 +1,6 @@
 //! The agent's health reports end to end: real measurements of this machine, sent over mTLS to the real
 //! control API, judged by the compliance policy, enforced by Envoy and ext-authz.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -9,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::Command;
 
-use crate::helpers::{ControlApi, agent, agent_enroll, bin, database_url};
+use crate::helpers::{ControlApi, Process, agent, agent_enroll, bin, database_url};
 use crate::proxy::{Options, Stack};
 
 /// `df -P /`'s capacity of the root filesystem, in percent.
@@ -160,16 +159,13 @@ async fn the_agent_rides_out_a_minute_without_the_control_api(
     assert!(run.success, "{}", run.stderr);
 
     let max_backoff = Duration::from_secs(3);
-    let mut daemon = Command::new(bin("edgemesh-agent"))
-        .arg("--state-dir")
-        .arg(device_state.path())
-        .args(["run", "--server", &api.device_api, "--interval-secs", "1"])
-        .args(["--max-backoff-secs", &max_backoff.as_secs().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("agent run");
+    let mut daemon = Process::spawn(
+        Command::new(bin("edgemesh-agent"))
+            .arg("--state-dir")
+            .arg(device_state.path())
+            .args(["run", "--server", &api.device_api, "--interval-secs", "1"])
+            .args(["--max-backoff-secs", &max_backoff.as_secs().to_string()]),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while reports(&api, "pi-sam").await < 2 {
         assert!(Instant::now() < deadline, "the agent did not report");
@@ -180,7 +176,7 @@ async fn the_agent_rides_out_a_minute_without_the_control_api(
     assert!(api.stop().await, "control-api stops cleanly");
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(
-        daemon.try_wait().expect("wait").is_none(),
+        daemon.running(),
         "the agent kept running while the control API was away"
     );
 
@@ -200,16 +196,6 @@ async fn the_agent_rides_out_a_minute_without_the_control_api(
         "reported again {:?} after the control API returned",
         back.elapsed()
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &daemon.id().expect("pid").to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(10), daemon.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .expect("exit status");
-    assert!(exit.success(), "a clean stop: {exit:?}");
+    assert!(daemon.stop().await, "a clean stop on SIGTERM");
     let _: Value = api.admin_get("/devices/pi-sam").await;
 }

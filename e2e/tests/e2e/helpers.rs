@@ -44,9 +44,47 @@ pub fn database_url(options: &PgConnectOptions) -> String {
     )
 }
 
+/// A background process stopped on drop (SIGKILL) or gracefully with `stop` (SIGTERM).
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command) -> Self {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        Self { child }
+    }
+
+    /// Whether it has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// SIGTERM, then answers whether it exited cleanly within 20 s.
+    pub async fn stop(&mut self) -> bool {
+        let Some(pid) = self.child.id() else {
+            return false;
+        };
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
+    }
+}
+
 /// A running `edgemesh-control-api` process.
 pub struct ControlApi {
-    child: Child,
+    process: Process,
+    ports: (u16, u16),
     pub api: String,
     pub device_api: String,
     pub http: reqwest::Client,
@@ -64,17 +102,14 @@ impl ControlApi {
         state_dir: &Path,
         (api_port, device_port): (u16, u16),
     ) -> Self {
-        let child = Command::new(bin("edgemesh-control-api"))
-            .env("EDGEMESH_DATABASE_URL", database_url)
-            .env("EDGEMESH_STATE_DIR", state_dir)
-            .env("EDGEMESH_API_LISTEN", format!("127.0.0.1:{api_port}"))
-            .env("EDGEMESH_DEVICE_LISTEN", format!("127.0.0.1:{device_port}"))
-            .env("EDGEMESH_POLICY_DIR", policies_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start control-api");
+        let process = Process::spawn(
+            Command::new(bin("edgemesh-control-api"))
+                .env("EDGEMESH_DATABASE_URL", database_url)
+                .env("EDGEMESH_STATE_DIR", state_dir)
+                .env("EDGEMESH_API_LISTEN", format!("127.0.0.1:{api_port}"))
+                .env("EDGEMESH_DEVICE_LISTEN", format!("127.0.0.1:{device_port}"))
+                .env("EDGEMESH_POLICY_DIR", policies_dir()),
+        );
         let api = format!("https://127.0.0.1:{api_port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         let ca_path = state_dir.join("ca.pem");
@@ -101,7 +136,8 @@ impl ControlApi {
             .trim()
             .to_owned();
         Self {
-            child,
+            process,
+            ports: (api_port, device_port),
             api,
             device_api: format!("https://127.0.0.1:{device_port}"),
             http,
@@ -111,25 +147,11 @@ impl ControlApi {
 
     /// Sends SIGTERM and answers whether the process exited successfully (a graceful shutdown).
     pub async fn stop(mut self) -> bool {
-        let pid = self.child.id().expect("running");
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM");
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(Ok(status)) => status.success(),
-            _ => false,
-        }
+        self.process.stop().await
     }
 
     pub fn ports(&self) -> (u16, u16) {
-        let port = |url: &str| {
-            url.rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("port")
-        };
-        (port(&self.api), port(&self.device_api))
+        self.ports
     }
 
     pub async fn admin_get(&self, path: &str) -> Value {

@@ -2,7 +2,6 @@
 //! demo upstream and the control API, each on free ports, over a database of the test's own.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -10,44 +9,12 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::helpers::{ControlApi, agent_enroll, bin, free_port, policies_dir};
-
-/// A background process stopped on drop (SIGKILL) or gracefully with `stop` (SIGTERM).
-pub struct Process {
-    child: Child,
-}
-
-impl Process {
-    fn spawn(command: &mut Command) -> Self {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        Self { child }
-    }
-
-    /// SIGTERM, then answers whether it exited cleanly within 20 s.
-    pub async fn stop(&mut self) -> bool {
-        let Some(pid) = self.child.id() else {
-            return false;
-        };
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM");
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(Ok(status)) => status.success(),
-            _ => false,
-        }
-    }
-}
+use crate::helpers::{ControlApi, Process, agent_enroll, bin, free_port, policies_dir};
 
 pub fn envoy_bin() -> PathBuf {
     let path = std::env::var_os("EDGEMESH_ENVOY_BIN").map_or_else(
