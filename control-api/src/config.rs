@@ -76,6 +76,24 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
     pub max_health_age_secs: u64,
 
+    /// Prometheus metrics (`/metrics`, plain HTTP).
+    #[arg(
+        long,
+        env = "EDGEMESH_CONTROL_API_METRICS_LISTEN",
+        default_value = "127.0.0.1:9190"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Monthly audit partitions created ahead of the current month (at start and daily).
+    #[arg(long, env = "EDGEMESH_AUDIT_MONTHS_AHEAD", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(2..=24))]
+    pub audit_months_ahead: u32,
+
+    /// Audit records are kept this many days; whole monthly partitions older than that are dropped
+    /// daily. 0 keeps everything.
+    #[arg(long, env = "EDGEMESH_AUDIT_RETENTION_DAYS", default_value_t = 400)]
+    pub audit_retention_days: u32,
+
     /// Apply database migrations at start-up.
     #[arg(long, env = "EDGEMESH_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,

@@ -1,9 +1,11 @@
 //! EdgeMesh control API: the CA, enrollment by CSR, the device mTLS endpoints and administration.
 
+pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod csr;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod startup;
 

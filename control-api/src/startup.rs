@@ -18,10 +18,12 @@ use tokio::sync::watch;
 use edgemesh_core::files::write_atomic;
 use edgemesh_core::policy::PolicyStore;
 
+use crate::audit::Retention;
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
 use crate::http::health::RateLimiter;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::server::{local_addr, serve_tls};
 
 /// Validity of the control API's own TLS certificate, issued afresh at every start.
@@ -30,9 +32,11 @@ const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
 pub struct Application {
     api_listener: TcpListener,
     device_listener: TcpListener,
+    metrics_listener: TcpListener,
     api_tls: Arc<ServerConfig>,
     device_tls: Arc<ServerConfig>,
     state: AppState,
+    retention: Retention,
 }
 
 impl Application {
@@ -101,6 +105,17 @@ impl Application {
         let device_listener = TcpListener::bind(config.device_listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.device_listen))?;
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.metrics_listen))?;
+        let retention = Retention {
+            months_ahead: config.audit_months_ahead,
+            keep_days: (config.audit_retention_days > 0).then_some(config.audit_retention_days),
+        };
+        // The partitions exist before the first request is served.
+        crate::audit::maintain(&db, retention, time::OffsetDateTime::now_utc())
+            .await
+            .context("failed to prepare the audit partitions")?;
 
         let state = AppState {
             db,
@@ -113,10 +128,13 @@ impl Application {
             max_health_age: time::Duration::seconds(
                 i64::try_from(config.max_health_age_secs).unwrap_or(i64::MAX),
             ),
+            metrics: Metrics::new()?,
         };
         Ok(Self {
             api_listener,
             device_listener,
+            metrics_listener,
+            retention,
             api_tls: Arc::new(api_tls),
             device_tls: Arc::new(device_tls),
             state,
@@ -129,6 +147,10 @@ impl Application {
 
     pub fn device_addr(&self) -> SocketAddr {
         local_addr(&self.device_listener)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.metrics_listener)
     }
 
     pub fn ca_fingerprint(&self) -> &str {
@@ -144,12 +166,28 @@ impl Application {
         tracing::info!(
             api = %self.api_addr(),
             device = %self.device_addr(),
+            metrics = %self.metrics_addr(),
             ca_fingerprint = %self.state.ca.fingerprint(),
             "control API listening"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let watcher = tokio::spawn(
             Arc::clone(&self.state.policies).watch(std::time::Duration::from_secs(1), |_| {}),
+        );
+        let partitions = tokio::spawn(crate::audit::keep_partitions(
+            self.state.db.clone(),
+            self.retention,
+            stop_rx.clone(),
+        ));
+        let mut metrics_stop = stop_rx.clone();
+        let metrics = crate::metrics::serve(
+            Arc::clone(&self.state.metrics),
+            self.state.db.clone(),
+            self.state.max_health_age,
+            self.metrics_listener,
+            async move {
+                let _ = metrics_stop.wait_for(|stop| *stop).await;
+            },
         );
         let api = serve_tls(
             self.api_listener,
@@ -168,8 +206,9 @@ impl Application {
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         };
-        tokio::join!(api, device, stop);
+        tokio::join!(api, device, metrics, stop);
         watcher.abort();
+        let _ = partitions.await;
     }
 }
 

@@ -17,8 +17,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::error::unique_violation;
-use super::extract::{Json, Path, Query, bearer};
+use super::extract::{Json, Path, Peer, Query, bearer};
 use super::{ApiError, AppState, bounded_text};
+use crate::audit::{Event, EventType};
 
 const MAX_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
 const MAX_TOKEN_USES: i32 = 100_000;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/devices/{id}/revoke", post(revoke_device))
         .route("/certificates/{serial}/revoke", post(revoke_certificate))
         .merge(super::health::admin_router())
+        .merge(super::audit::admin_router())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -97,6 +99,7 @@ struct User {
 
 async fn create_user(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Json(body): Json<CreateUser>,
 ) -> Result<(StatusCode, axum::Json<User>), ApiError> {
     let email = body.email.trim();
@@ -109,19 +112,28 @@ async fn create_user(
             "email must look like name@domain",
         ));
     }
+    let mut tx = state.db.begin().await?;
     let user = sqlx::query_as::<_, User>(
         "INSERT INTO users (id, email, role) VALUES ($1, $2, $3) RETURNING id, email, role, created_at",
     )
     .bind(body.id.as_str())
     .bind(email)
     .bind(body.role.as_str())
-    .fetch_one(&state.db)
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| match unique_violation(&e) {
         Some("users_pkey") => ApiError::conflict("user_exists", format!("user {} already exists", body.id)),
         Some("users_email_key") => ApiError::conflict("email_taken", "another user has this email"),
         _ => e.into(),
     })?;
+    Event::new(EventType::User, "created")
+        .user(&user.id)
+        .role(&user.role)
+        .peer(peer)
+        .details(serde_json::json!({ "email": user.email }))
+        .record(&mut tx)
+        .await?;
+    tx.commit().await?;
     tracing::info!(user = %user.id, role = %user.role, "user created");
     Ok((StatusCode::CREATED, axum::Json(user)))
 }
@@ -174,6 +186,7 @@ struct TokenRecord {
 
 async fn create_token(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Json(body): Json<CreateToken>,
 ) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
     if !(60..=MAX_TOKEN_TTL_SECS).contains(&body.ttl_seconds) {
@@ -196,6 +209,7 @@ async fn create_token(
     );
     let id = Uuid::new_v4();
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(body.ttl_seconds);
+    let mut tx = state.db.begin().await?;
     sqlx::query(
         "INSERT INTO enrollment_tokens (id, token_hash, owner_id, expires_at, max_uses)
          SELECT $1, $2, id, $4, $5 FROM users WHERE id = $3",
@@ -205,7 +219,7 @@ async fn create_token(
     .bind(body.owner.as_str())
     .bind(expires_at)
     .bind(body.max_uses)
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await
     .and_then(|done| {
         if done.rows_affected() == 1 {
@@ -220,6 +234,17 @@ async fn create_token(
         }
         e => e.into(),
     })?;
+    Event::new(EventType::Token, "created")
+        .user(body.owner.as_str())
+        .peer(peer)
+        .details(serde_json::json!({
+            "token_id": id,
+            "max_uses": body.max_uses,
+            "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).ok(),
+        }))
+        .record(&mut tx)
+        .await?;
+    tx.commit().await?;
     tracing::info!(token_id = %id, owner = %body.owner, max_uses = body.max_uses, "enrollment token created");
     Ok((
         StatusCode::CREATED,
@@ -249,16 +274,25 @@ async fn list_tokens(
 
 async fn revoke_token(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<TokenRecord>, ApiError> {
+    let mut tx = state.db.begin().await?;
     let token = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
         "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
          RETURNING {TOKEN_COLUMNS}"
     )))
     .bind(id)
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("unknown_token", format!("no enrollment token {id}")))?;
+    Event::new(EventType::Token, "revoked")
+        .user(&token.owner)
+        .peer(peer)
+        .details(serde_json::json!({ "token_id": id }))
+        .record(&mut tx)
+        .await?;
+    tx.commit().await?;
     tracing::info!(token_id = %id, "enrollment token revoked");
     Ok(axum::Json(token))
 }
@@ -305,6 +339,7 @@ const DEVICE_COLUMNS: &str = "id, owner_id, device_type, os, os_version, status,
 #[derive(Debug, Serialize, sqlx::FromRow)]
 struct Certificate {
     serial: String,
+    device_id: String,
     fingerprint: String,
     #[serde(with = "time::serde::rfc3339")]
     not_before: OffsetDateTime,
@@ -381,7 +416,8 @@ async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Va
     .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?
     .with_staleness(OffsetDateTime::now_utc(), state.max_health_age);
     let certificates = sqlx::query_as::<_, Certificate>(
-        "SELECT serial, fingerprint, not_before, not_after, issued_at, revoked_at, revocation_reason
+        "SELECT serial, device_id, fingerprint, not_before, not_after, issued_at, revoked_at,
+             revocation_reason
          FROM certificates WHERE device_id = $1 ORDER BY issued_at DESC",
     )
     .bind(id.as_str())
@@ -423,6 +459,7 @@ fn revocation_reason(body: &Bytes) -> Result<String, ApiError> {
 /// Revokes the device and every certificate it holds, in one transaction.
 async fn revoke_device(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Path(id): Path<DeviceId>,
     body: Bytes,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
@@ -450,6 +487,13 @@ async fn revoke_device(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    Event::new(EventType::Revocation, "revoked")
+        .device(id.as_str())
+        .peer(peer)
+        .reasons(vec![reason.clone()])
+        .details(serde_json::json!({ "scope": "device", "certificates_revoked": revoked }))
+        .record(&mut tx)
+        .await?;
     tx.commit().await?;
     tracing::info!(device = %id, certificates = revoked, "device revoked");
     Ok(axum::Json(device_detail(&state, &id).await?))
@@ -457,23 +501,40 @@ async fn revoke_device(
 
 async fn revoke_certificate(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     Path(serial): Path<String>,
     body: Bytes,
 ) -> Result<axum::Json<Certificate>, ApiError> {
     let reason = revocation_reason(&body)?;
     let serial = serial.to_ascii_lowercase();
+    let mut tx = state.db.begin().await?;
     let certificate = sqlx::query_as::<_, Certificate>(
         "UPDATE certificates
          SET revocation_reason = CASE WHEN revoked_at IS NULL THEN $2 ELSE revocation_reason END,
              revoked_at = coalesce(revoked_at, now())
          WHERE serial = $1
-         RETURNING serial, fingerprint, not_before, not_after, issued_at, revoked_at, revocation_reason",
+         RETURNING serial, device_id, fingerprint, not_before, not_after, issued_at, revoked_at,
+             revocation_reason",
     )
     .bind(&serial)
     .bind(&reason)
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?
-    .ok_or_else(|| ApiError::not_found("unknown_certificate", format!("no certificate with serial {serial}")))?;
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_certificate",
+            format!("no certificate with serial {serial}"),
+        )
+    })?;
+    Event::new(EventType::Revocation, "revoked")
+        .device(&certificate.device_id)
+        .serial(&serial)
+        .peer(peer)
+        .reasons(vec![reason.clone()])
+        .details(serde_json::json!({ "scope": "certificate" }))
+        .record(&mut tx)
+        .await?;
+    tx.commit().await?;
     tracing::info!(%serial, "certificate revoked");
     Ok(axum::Json(certificate))
 }

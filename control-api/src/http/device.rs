@@ -10,8 +10,9 @@ use edgemesh_core::cert::CertInfo;
 use edgemesh_core::id::DeviceId;
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::extract::Json;
+use super::extract::{Json, Peer};
 use super::{ApiError, AppState};
+use crate::audit::{Event, EventType};
 use crate::ca::Issued;
 use crate::csr::Csr;
 use crate::server::PeerCertificate;
@@ -106,6 +107,7 @@ pub async fn record_certificate(
 #[tracing::instrument(skip_all, fields(device_id = %caller.device))]
 async fn renew(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     caller: AuthenticatedDevice,
     Json(body): Json<RenewRequest>,
 ) -> Result<axum::Json<IssuedCertificate>, ApiError> {
@@ -132,7 +134,15 @@ async fn renew(
         state.cert_validity,
     )?;
     record_certificate(&mut tx, &caller.device, &issued).await?;
+    Event::new(EventType::Renewal, "created")
+        .device(caller.device.as_str())
+        .serial(&issued.info.serial)
+        .peer(peer)
+        .details(serde_json::json!({ "previous_serial": caller.serial }))
+        .record(&mut tx)
+        .await?;
     tx.commit().await?;
+    state.metrics.renewals.inc();
     tracing::info!(device = %caller.device, old_serial = %caller.serial, serial = %issued.info.serial, "certificate renewed");
     Ok(axum::Json(IssuedCertificate {
         device_id: caller.device.to_string(),

@@ -2,6 +2,8 @@
 //! it gets a certificate for its identity. The token's use, the device and the certificate are recorded
 //! in one transaction, so a refusal writes nothing.
 
+use std::net::SocketAddr;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -10,8 +12,9 @@ use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
 use edgemesh_core::id::DeviceId;
 use sha2::{Digest, Sha256};
 
-use super::extract::{Json, bearer};
+use super::extract::{Json, Peer, bearer};
 use super::{ApiError, AppState, bounded_text};
+use crate::audit::{Event, EventType};
 use crate::csr::Csr;
 
 pub fn router() -> Router<AppState> {
@@ -21,10 +24,53 @@ pub fn router() -> Router<AppState> {
 #[tracing::instrument(skip_all, fields(device_id = %body.device_id))]
 async fn enroll(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Json(body): Json<EnrollRequest>,
 ) -> Result<(StatusCode, axum::Json<IssuedCertificate>), ApiError> {
-    let token = bearer(&headers).ok_or_else(|| {
+    let requested = DeviceId::parse(&body.device_id).ok();
+    let result = admit(&state, peer, &headers, body).await;
+    match &result {
+        Ok(_) => state
+            .metrics
+            .enrollments
+            .with_label_values(&["enrolled"])
+            .inc(),
+        Err(ApiError::Refused { code, detail, .. }) => {
+            state
+                .metrics
+                .enrollments
+                .with_label_values(&["refused"])
+                .inc();
+            // A refusal changes nothing, so it is recorded on its own.
+            let mut event = Event::new(EventType::Enrollment, "refused")
+                .refused(vec![detail.clone()])
+                .peer(peer)
+                .details(serde_json::json!({ "error": code }));
+            if let Some(device) = requested {
+                event = event.device(device.as_str());
+            }
+            let recorded = match state.db.acquire().await {
+                Ok(mut conn) => event.record(&mut conn).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, "failed to audit a refused enrollment");
+            }
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// Enrolls the device, or says why not.
+async fn admit(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    body: EnrollRequest,
+) -> Result<(StatusCode, axum::Json<IssuedCertificate>), ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized(
             "missing_token",
             "send the enrollment token as 'Authorization: Bearer <token>'",
@@ -48,7 +94,7 @@ async fn enroll(
     .fetch_optional(&state.db)
     .await?;
     let Some((owner,)) = owner else {
-        return Err(why_unusable(&state, &token_hash).await);
+        return Err(why_unusable(state, &token_hash).await);
     };
     // Signing is pure CPU: do it before the transaction so the token's row lock is held briefly.
     let issued = state
@@ -99,8 +145,21 @@ async fn enroll(
     .await?;
     let Some((token_id,)) = consumed else {
         tx.rollback().await?;
-        return Err(why_unusable(&state, &token_hash).await);
+        return Err(why_unusable(state, &token_hash).await);
     };
+    Event::new(EventType::Enrollment, "created")
+        .device(device.as_str())
+        .user(&owner)
+        .serial(&issued.info.serial)
+        .peer(peer)
+        .details(serde_json::json!({
+            "token_id": token_id,
+            "device_type": body.device_type,
+            "os": body.os,
+            "os_version": body.os_version,
+        }))
+        .record(&mut tx)
+        .await?;
     tx.commit().await?;
 
     tracing::info!(%device, %owner, %token_id, serial = %issued.info.serial, "device enrolled");

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::device::AuthenticatedDevice;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Path, Peer, Query};
 use super::{ApiError, AppState, bounded_text};
+use crate::audit::{Event, EventType};
 
 /// A report may be dated at most this far ahead of the server's clock.
 const MAX_CLOCK_AHEAD: time::Duration = time::Duration::minutes(5);
@@ -121,6 +122,7 @@ fn validate(report: &HealthReport, caller: &DeviceId, now: OffsetDateTime) -> Re
 #[tracing::instrument(skip_all, fields(device_id = %caller.device))]
 async fn report(
     State(state): State<AppState>,
+    Peer(peer): Peer,
     caller: AuthenticatedDevice,
     Json(report): Json<HealthReport>,
 ) -> Result<axum::Json<HealthVerdict>, ApiError> {
@@ -215,7 +217,20 @@ async fn report(
     .bind(&report.os_version)
     .execute(&mut *tx)
     .await?;
+    Event::new(EventType::Health, "reported")
+        .device(caller.device.as_str())
+        .serial(&caller.serial)
+        .peer(peer)
+        .reasons(reasons.clone())
+        .details(serde_json::json!({ "status": status }))
+        .record(&mut tx)
+        .await?;
     tx.commit().await?;
+    state
+        .metrics
+        .health_checks
+        .with_label_values(&[status])
+        .inc();
     tracing::info!(device = %caller.device, status, ?reasons, "health report");
     Ok(axum::Json(HealthVerdict {
         status: status.to_owned(),

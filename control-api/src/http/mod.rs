@@ -15,6 +15,7 @@ use edgemesh_core::policy::PolicyStore;
 use crate::ca::CertificateAuthority;
 
 pub mod admin;
+pub mod audit;
 pub mod device;
 pub mod enroll;
 pub mod error;
@@ -40,6 +41,7 @@ pub struct AppState {
     pub health_limiter: Arc<health::RateLimiter>,
     /// A device whose health is older than this is shown as stale.
     pub max_health_age: time::Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn api_router(state: AppState) -> Router {

@@ -10,7 +10,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("format")
 }
 
-fn healthy_report() -> Value {
+pub fn healthy_report() -> Value {
     json!({
         "collected_at": rfc3339(OffsetDateTime::now_utc()),
         "agent_version": "0.1.0",
@@ -29,7 +29,7 @@ fn healthy_report() -> Value {
 }
 
 /// A device enrolled for a fresh owner, and a client presenting its certificate.
-async fn device(app: &TestApp, owner: &str, id: &str) -> reqwest::Client {
+pub async fn device(app: &TestApp, owner: &str, id: &str) -> reqwest::Client {
     let token = app.create_token(owner, 1).await;
     let enrolled = app.enroll(&token, id).await;
     https_client(&app.ca_pem, Some((&enrolled.cert_pem, &enrolled.key_pem)))

@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 pub struct TestApp {
     pub api: String,
     pub device_api: String,
+    /// `http://127.0.0.1:<port>/metrics`.
+    pub metrics: String,
     pub db: PgPool,
     pub admin_token: String,
     pub ca_pem: String,
@@ -26,6 +28,8 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
         "127.0.0.1:0",
         "--device-listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--policy-dir",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
     ]);
@@ -34,6 +38,7 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
         .expect("build app");
     let api = format!("https://127.0.0.1:{}", app.api_addr().port());
     let device_api = format!("https://127.0.0.1:{}", app.device_addr().port());
+    let metrics = format!("http://127.0.0.1:{}/metrics", app.metrics_addr().port());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -47,6 +52,7 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
     TestApp {
         api,
         device_api,
+        metrics,
         db,
         admin_token,
         ca_pem,

@@ -2,6 +2,7 @@
 //! database per test (`#[sqlx::test]`), real certificates.
 
 mod admin;
+mod audit;
 mod enroll;
 mod health;
 mod helpers;

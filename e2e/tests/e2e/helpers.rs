@@ -87,6 +87,8 @@ pub struct ControlApi {
     ports: (u16, u16),
     pub api: String,
     pub device_api: String,
+    /// `http://127.0.0.1:<port>/metrics`.
+    pub metrics: String,
     pub http: reqwest::Client,
     pub admin_token: String,
 }
@@ -102,8 +104,13 @@ impl ControlApi {
         state_dir: &Path,
         (api_port, device_port): (u16, u16),
     ) -> Self {
+        let metrics_port = free_port();
         let process = Process::spawn(
             Command::new(bin("edgemesh-control-api"))
+                .env(
+                    "EDGEMESH_CONTROL_API_METRICS_LISTEN",
+                    format!("127.0.0.1:{metrics_port}"),
+                )
                 .env("EDGEMESH_DATABASE_URL", database_url)
                 .env("EDGEMESH_STATE_DIR", state_dir)
                 .env("EDGEMESH_API_LISTEN", format!("127.0.0.1:{api_port}"))
@@ -140,6 +147,7 @@ impl ControlApi {
             ports: (api_port, device_port),
             api,
             device_api: format!("https://127.0.0.1:{device_port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             http,
             admin_token,
         }

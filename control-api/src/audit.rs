@@ -1,0 +1,277 @@
+//! The audit trail's control-plane half: every change control-api makes is recorded in `audit_log` in the
+//! same transaction as the change, and the monthly partitions are kept (created ahead, old ones dropped).
+//! Authorization decisions are written by ext-authz; the queries are in `http::audit`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{PgConnection, PgPool};
+use time::{Date, Month, OffsetDateTime};
+use tokio::sync::watch;
+
+/// The kinds of audited events (the `event_type` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Authorization,
+    Enrollment,
+    Renewal,
+    Revocation,
+    Token,
+    User,
+    Health,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorization => "authorization",
+            Self::Enrollment => "enrollment",
+            Self::Renewal => "renewal",
+            Self::Revocation => "revocation",
+            Self::Token => "token",
+            Self::User => "user",
+            Self::Health => "health",
+        }
+    }
+}
+
+/// One control-plane event, built with the setters and written with [`Event::record`].
+#[derive(Debug, Clone)]
+pub struct Event {
+    event_type: EventType,
+    action: &'static str,
+    device: Option<String>,
+    user: Option<String>,
+    role: Option<String>,
+    certificate_serial: Option<String>,
+    decision: Option<&'static str>,
+    reasons: Vec<String>,
+    peer: Option<SocketAddr>,
+    details: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(event_type: EventType, action: &'static str) -> Self {
+        Self {
+            event_type,
+            action,
+            device: None,
+            user: None,
+            role: None,
+            certificate_serial: None,
+            decision: None,
+            reasons: Vec::new(),
+            peer: None,
+            details: serde_json::json!({}),
+        }
+    }
+
+    pub fn device(mut self, device: impl Into<String>) -> Self {
+        self.device = Some(device.into());
+        self
+    }
+
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.role = Some(role.into());
+        self
+    }
+
+    pub fn serial(mut self, serial: impl Into<String>) -> Self {
+        self.certificate_serial = Some(serial.into());
+        self
+    }
+
+    /// A refusal: the decision is `deny` with these reasons.
+    pub fn refused(mut self, reasons: Vec<String>) -> Self {
+        self.decision = Some("deny");
+        self.reasons = reasons;
+        self
+    }
+
+    pub fn reasons(mut self, reasons: Vec<String>) -> Self {
+        self.reasons = reasons;
+        self
+    }
+
+    pub fn peer(mut self, peer: Option<SocketAddr>) -> Self {
+        self.peer = peer;
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Writes the event on `conn`: pass the transaction of the change it describes, so both commit or
+    /// neither does.
+    pub async fn record(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
+                 certificate_serial, decision, reasons, peer_address, details)
+             VALUES ($1, clock_timestamp(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(self.event_type.as_str())
+        .bind(self.action)
+        .bind(&self.device)
+        .bind(&self.user)
+        .bind(&self.role)
+        .bind(&self.certificate_serial)
+        .bind(self.decision)
+        .bind(&self.reasons)
+        .bind(self.peer.map(|p| p.to_string()))
+        .bind(&self.details)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// How the audit partitions are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Months created ahead of the current one.
+    pub months_ahead: u32,
+    /// Records older than this many days are dropped (whole monthly partitions once entirely older);
+    /// `None` keeps everything.
+    pub keep_days: Option<u32>,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+/// Creates the partitions of the current month and the next `months_ahead`, and drops the partitions
+/// (and default-partition rows) entirely older than the retention. `now` is a parameter for tests.
+pub async fn maintain(
+    db: &PgPool,
+    retention: Retention,
+    now: OffsetDateTime,
+) -> anyhow::Result<Maintenance> {
+    let mut done = Maintenance::default();
+    let mut month = first_of_month(now.date());
+    for _ in 0..=retention.months_ahead {
+        let (created,): (bool,) = sqlx::query_as("SELECT edgemesh_audit_partition($1)")
+            .bind(month)
+            .fetch_one(db)
+            .await
+            .context("failed to create an audit partition")?;
+        if created {
+            done.created.push(partition_name(month));
+        }
+        month = next_month(month);
+    }
+    let Some(keep_days) = retention.keep_days else {
+        return Ok(done);
+    };
+    let cutoff = now - time::Duration::days(i64::from(keep_days));
+    let partitions: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'audit_log'::regclass ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await?;
+    for (name,) in partitions {
+        // A partition can go once its whole month is older than the cutoff.
+        let Some(first) = parse_partition_name(&name) else {
+            continue;
+        };
+        if next_month(first).midnight().assume_utc() <= cutoff {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+                .execute(db)
+                .await
+                .with_context(|| format!("failed to drop audit partition {name}"))?;
+            done.dropped.push(name);
+        }
+    }
+    sqlx::query("DELETE FROM audit_log_default WHERE occurred_at < $1")
+        .bind(cutoff)
+        .execute(db)
+        .await?;
+    Ok(done)
+}
+
+/// Runs [`maintain`] now and then daily until `stop` turns true. A failed pass is logged and retried
+/// at the next.
+pub async fn keep_partitions(db: PgPool, retention: Retention, mut stop: watch::Receiver<bool>) {
+    loop {
+        match maintain(&db, retention, OffsetDateTime::now_utc()).await {
+            Ok(done) => {
+                if !done.created.is_empty() || !done.dropped.is_empty() {
+                    tracing::info!(created = ?done.created, dropped = ?done.dropped, "audit partitions maintained");
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "audit partition maintenance failed"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+fn first_of_month(date: Date) -> Date {
+    date.replace_day(1).unwrap_or(date)
+}
+
+fn next_month(first: Date) -> Date {
+    let (year, month) = match first.month() {
+        Month::December => (first.year() + 1, Month::January),
+        m => (first.year(), m.next()),
+    };
+    Date::from_calendar_date(year, month, 1).unwrap_or(first)
+}
+
+fn partition_name(first: Date) -> String {
+    format!(
+        "audit_log_p{:04}{:02}",
+        first.year(),
+        u8::from(first.month())
+    )
+}
+
+/// The first day of the month an `audit_log_pYYYYMM` partition holds; `None` for any other name.
+fn parse_partition_name(name: &str) -> Option<Date> {
+    let digits = name.strip_prefix("audit_log_p")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i32 = digits[..4].parse().ok()?;
+    let month: u8 = digits[4..].parse().ok()?;
+    Date::from_calendar_date(year, Month::try_from(month).ok()?, 1).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::date;
+
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip_and_months_roll_over() {
+        assert_eq!(partition_name(date!(2026 - 12 - 01)), "audit_log_p202612");
+        assert_eq!(
+            parse_partition_name("audit_log_p202612"),
+            Some(date!(2026 - 12 - 01))
+        );
+        assert_eq!(next_month(date!(2026 - 12 - 01)), date!(2027 - 01 - 01));
+        assert_eq!(first_of_month(date!(2026 - 11 - 22)), date!(2026 - 11 - 01));
+        assert_eq!(parse_partition_name("audit_log_default"), None);
+        assert_eq!(parse_partition_name("audit_log_p202613"), None);
+        assert_eq!(parse_partition_name("audit_log_p2026121"), None);
+    }
+}

@@ -1,0 +1,450 @@
+//! `GET /api/v1/admin/audit`: the audit trail, newest first, filtered by device, user, service,
+//! decision, event type and time window; keyset pagination with an opaque cursor (`format=json`, the
+//! default) or a streamed export of everything that matches (`format=ndjson` or `format=csv`).
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use edgemesh_core::id::{DeviceId, UserId};
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use super::extract::Query;
+use super::{ApiError, AppState};
+use crate::audit::EventType;
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+/// Rows fetched per round trip while an export streams.
+const EXPORT_CHUNK: i64 = 1000;
+const MAX_EXPORT: i64 = 10_000_000;
+
+pub fn admin_router() -> Router<AppState> {
+    Router::new().route("/audit", get(query))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Decision {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Json,
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    device: Option<DeviceId>,
+    user: Option<UserId>,
+    service: Option<String>,
+    decision: Option<Decision>,
+    event_type: Option<EventType>,
+    /// Inclusive lower bound (RFC 3339).
+    since: Option<String>,
+    /// Exclusive upper bound (RFC 3339).
+    until: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    #[serde(default)]
+    format: Format,
+}
+
+/// A validated query.
+#[derive(Debug, Clone)]
+struct Filter {
+    device: Option<String>,
+    user: Option<String>,
+    service: Option<String>,
+    decision: Option<&'static str>,
+    event_type: Option<&'static str>,
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+}
+
+/// Where a page ends: the (time, id) of its last record; the next page starts strictly after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    occurred_at: OffsetDateTime,
+    id: Uuid,
+}
+
+impl Cursor {
+    fn encode(self) -> String {
+        let micros = self.occurred_at.unix_timestamp_nanos() / 1000;
+        URL_SAFE_NO_PAD.encode(format!("{micros}.{}", self.id))
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
+        let (micros, id) = raw.split_once('.')?;
+        let micros: i128 = micros.parse().ok()?;
+        Some(Self {
+            occurred_at: OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?)
+                .ok()?,
+            id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Record {
+    id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    event_type: String,
+    action: String,
+    device_id: Option<String>,
+    user_id: Option<String>,
+    role: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    decision: Option<String>,
+    reasons: Vec<String>,
+    policy_version: Option<String>,
+    certificate_serial: Option<String>,
+    latency_us: Option<i64>,
+    peer_address: Option<String>,
+    details: serde_json::Value,
+}
+
+const COLUMNS: &str = "id, occurred_at, event_type, action, device_id, user_id, role, service, method, \
+     path, decision, reasons, policy_version, certificate_serial, latency_us, peer_address, details";
+
+const CSV_HEADER: &str = "id,occurred_at,event_type,action,device_id,user_id,role,service,method,path,\
+     decision,reasons,policy_version,certificate_serial,latency_us,peer_address,details\r\n";
+
+fn parse_instant(field: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_time",
+                    format!(
+                        "{field} must be an RFC 3339 instant such as 2026-11-22T09:00:00Z \
+                         (in a URL, write the offset as Z or %2B01:00)"
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+impl AuditQuery {
+    fn validate(&self) -> Result<(Filter, Option<Cursor>, Option<i64>), ApiError> {
+        if let Some(service) = &self.service
+            && (service.is_empty()
+                || service.len() > 64
+                || !service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_service",
+                "service must be 1 to 64 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        let since = parse_instant("since", self.since.as_deref())?;
+        let until = parse_instant("until", self.until.as_deref())?;
+        if let (Some(since), Some(until)) = (since, until)
+            && since >= until
+        {
+            return Err(ApiError::bad_request(
+                "invalid_time_range",
+                "since must be earlier than until",
+            ));
+        }
+        let max = if self.format == Format::Json {
+            MAX_PAGE
+        } else {
+            MAX_EXPORT
+        };
+        let limit = match (self.limit, self.format) {
+            (Some(limit), _) if !(1..=max).contains(&limit) => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be between 1 and {max}"),
+                ));
+            }
+            (Some(limit), _) => Some(limit),
+            (None, Format::Json) => Some(DEFAULT_PAGE),
+            // An export streams everything that matches.
+            (None, _) => None,
+        };
+        let cursor = self
+            .cursor
+            .as_deref()
+            .map(|c| {
+                Cursor::decode(c).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "the cursor is not one this API returned",
+                    )
+                })
+            })
+            .transpose()?;
+        let filter = Filter {
+            device: self.device.as_ref().map(|d| d.as_str().to_owned()),
+            user: self.user.as_ref().map(|u| u.as_str().to_owned()),
+            service: self.service.clone(),
+            decision: self.decision.map(|d| match d {
+                Decision::Allow => "allow",
+                Decision::Deny => "deny",
+            }),
+            event_type: self.event_type.map(EventType::as_str),
+            since,
+            until,
+        };
+        Ok((filter, cursor, limit))
+    }
+}
+
+/// One page of records, newest first, strictly after `cursor`.
+async fn fetch(
+    db: &PgPool,
+    filter: &Filter,
+    cursor: Option<Cursor>,
+    limit: i64,
+) -> Result<Vec<Record>, sqlx::Error> {
+    let mut sql =
+        QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM audit_log WHERE true"));
+    if let Some(device) = &filter.device {
+        sql.push(" AND device_id = ").push_bind(device.clone());
+    }
+    if let Some(user) = &filter.user {
+        sql.push(" AND user_id = ").push_bind(user.clone());
+    }
+    if let Some(service) = &filter.service {
+        sql.push(" AND service = ").push_bind(service.clone());
+    }
+    if let Some(decision) = filter.decision {
+        sql.push(" AND decision = ").push_bind(decision);
+    }
+    if let Some(event_type) = filter.event_type {
+        sql.push(" AND event_type = ").push_bind(event_type);
+    }
+    if let Some(since) = filter.since {
+        sql.push(" AND occurred_at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        sql.push(" AND occurred_at < ").push_bind(until);
+    }
+    if let Some(cursor) = cursor {
+        sql.push(" AND (occurred_at, id) < (")
+            .push_bind(cursor.occurred_at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    sql.push(" ORDER BY occurred_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    sql.build_query_as::<Record>().fetch_all(db).await
+}
+
+async fn query(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let (filter, cursor, limit) = query.validate()?;
+    match (query.format, limit) {
+        (Format::Json, Some(limit)) => {
+            let records = fetch(&state.db, &filter, cursor, limit).await?;
+            let next_cursor = (records.len() as i64 == limit)
+                .then(|| records.last().map(|r| cursor_of(r).encode()))
+                .flatten();
+            Ok(axum::Json(serde_json::json!({
+                "records": records,
+                "next_cursor": next_cursor,
+            }))
+            .into_response())
+        }
+        (format, limit) => {
+            // The first chunk is read before answering, so a failing query is an error status rather
+            // than a truncated 200.
+            let first = fetch(
+                &state.db,
+                &filter,
+                cursor,
+                limit.unwrap_or(i64::MAX).min(EXPORT_CHUNK),
+            )
+            .await?;
+            Ok(export(state.db.clone(), filter, first, limit, format))
+        }
+    }
+}
+
+fn cursor_of(record: &Record) -> Cursor {
+    Cursor {
+        occurred_at: record.occurred_at,
+        id: record.id,
+    }
+}
+
+/// Streams `first` and the pages after it as NDJSON or CSV, at most `limit` records in all.
+fn export(
+    db: PgPool,
+    filter: Filter,
+    first: Vec<Record>,
+    limit: Option<i64>,
+    format: Format,
+) -> Response {
+    struct Export {
+        db: PgPool,
+        filter: Filter,
+        page: Option<Vec<Record>>,
+        remaining: i64,
+        header: bool,
+    }
+    let state = Export {
+        db,
+        filter,
+        remaining: limit.unwrap_or(i64::MAX),
+        page: Some(first),
+        header: format == Format::Csv,
+    };
+    let body = stream::unfold(state, move |mut state| async move {
+        if state.header {
+            state.header = false;
+            return Some((Ok(Bytes::from_static(CSV_HEADER.as_bytes())), state));
+        }
+        let page = match state.page.take() {
+            Some(page) => page,
+            None => return None,
+        };
+        if page.is_empty() {
+            return None;
+        }
+        state.remaining -= page.len() as i64;
+        // A short page is the last one; so is the one that reaches the limit.
+        let more = page.len() as i64 == EXPORT_CHUNK && state.remaining > 0;
+        let mut chunk = String::with_capacity(page.len() * 300);
+        for record in &page {
+            match format {
+                Format::Csv => csv_row(&mut chunk, record),
+                _ => {
+                    chunk.push_str(&serde_json::to_string(record).unwrap_or_default());
+                    chunk.push('\n');
+                }
+            }
+        }
+        if more {
+            let cursor = page.last().map(cursor_of);
+            match fetch(
+                &state.db,
+                &state.filter,
+                cursor,
+                state.remaining.min(EXPORT_CHUNK),
+            )
+            .await
+            {
+                Ok(next) => state.page = Some(next),
+                Err(e) => {
+                    // The status is already sent: ending the body early is the only signal left.
+                    tracing::error!(error = %e, "audit export failed part way");
+                    return Some((Err(std::io::Error::other(e)), state));
+                }
+            }
+        }
+        Some((Ok(Bytes::from(chunk)), state))
+    });
+    let content_type = match format {
+        Format::Csv => "text/csv; charset=utf-8",
+        _ => "application/x-ndjson",
+    };
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Appends one RFC 4180 row. A cell that a spreadsheet would run as a formula is prefixed with `'`.
+fn csv_row(out: &mut String, r: &Record) {
+    let time = r.occurred_at.format(&Rfc3339).unwrap_or_default();
+    let latency = r.latency_us.map(|l| l.to_string());
+    let reasons = r.reasons.join("; ");
+    let details = r.details.to_string();
+    let id = r.id.to_string();
+    let cells: [Option<&str>; 17] = [
+        Some(&id),
+        Some(&time),
+        Some(&r.event_type),
+        Some(&r.action),
+        r.device_id.as_deref(),
+        r.user_id.as_deref(),
+        r.role.as_deref(),
+        r.service.as_deref(),
+        r.method.as_deref(),
+        r.path.as_deref(),
+        r.decision.as_deref(),
+        Some(&reasons),
+        r.policy_version.as_deref(),
+        r.certificate_serial.as_deref(),
+        latency.as_deref(),
+        r.peer_address.as_deref(),
+        Some(&details),
+    ];
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&csv_cell(cell.unwrap_or_default()));
+    }
+    out.push_str("\r\n");
+}
+
+fn csv_cell(value: &str) -> String {
+    let value = if value.starts_with(['=', '+', '-', '@']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if value.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = Cursor {
+            occurred_at: OffsetDateTime::from_unix_timestamp_nanos(1_763_800_000_123_456_000)
+                .expect("valid"),
+            id: Uuid::new_v4(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        for bad in ["", "not base64!", &URL_SAFE_NO_PAD.encode("12.not-a-uuid")] {
+            assert_eq!(Cursor::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_and_formulas_neutralised() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=cmd()"), "'=cmd()");
+    }
+}

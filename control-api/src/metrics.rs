@@ -1,0 +1,148 @@
+//! Prometheus metrics of the control API, served on their own plain-HTTP listener at `/metrics`.
+//! Counters move as requests are handled; the fleet gauges are read from Postgres at each scrape, so
+//! every replica reports the same truth.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use sqlx::PgPool;
+
+pub struct Metrics {
+    registry: Registry,
+    /// By result: `enrolled`, `refused`.
+    pub enrollments: IntCounterVec,
+    pub renewals: IntCounter,
+    /// Accepted health reports by verdict: `healthy`, `unhealthy`.
+    pub health_checks: IntCounterVec,
+    devices: IntGaugeVec,
+    unhealthy_devices: IntGauge,
+    database_up: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Arc<Self>> {
+        let registry = Registry::new();
+        let enrollments = IntCounterVec::new(
+            Opts::new(
+                "edgemesh_device_enrollments_total",
+                "Enrollment attempts, by result (enrolled, refused).",
+            ),
+            &["result"],
+        )?;
+        let renewals = IntCounter::new(
+            "edgemesh_certificate_renewals_total",
+            "Device certificates renewed.",
+        )?;
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "edgemesh_health_checks_total",
+                "Health reports accepted, by the compliance verdict (healthy, unhealthy).",
+            ),
+            &["status"],
+        )?;
+        let devices = IntGaugeVec::new(
+            Opts::new(
+                "edgemesh_devices_total",
+                "Enrolled devices, by status (active, revoked).",
+            ),
+            &["status"],
+        )?;
+        let unhealthy_devices = IntGauge::new(
+            "edgemesh_unhealthy_devices",
+            "Active devices whose latest health is unhealthy or older than the maximum health age.",
+        )?;
+        let database_up = IntGauge::new(
+            "edgemesh_control_api_database_up",
+            "1 if the last scrape could read the fleet gauges from Postgres.",
+        )?;
+        registry.register(Box::new(enrollments.clone()))?;
+        registry.register(Box::new(renewals.clone()))?;
+        registry.register(Box::new(health_checks.clone()))?;
+        registry.register(Box::new(devices.clone()))?;
+        registry.register(Box::new(unhealthy_devices.clone()))?;
+        registry.register(Box::new(database_up.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        // Known label values are exported from the start, so rates and ratios exist before the first
+        // event.
+        for result in ["enrolled", "refused"] {
+            enrollments.with_label_values(&[result]);
+        }
+        for status in ["healthy", "unhealthy"] {
+            health_checks.with_label_values(&[status]);
+        }
+        for status in ["active", "revoked"] {
+            devices.with_label_values(&[status]);
+        }
+        Ok(Arc::new(Self {
+            registry,
+            enrollments,
+            renewals,
+            health_checks,
+            devices,
+            unhealthy_devices,
+            database_up,
+        }))
+    }
+
+    /// Refreshes the fleet gauges from Postgres and renders everything in the text format.
+    pub async fn render(&self, db: &PgPool, max_health_age: time::Duration) -> String {
+        let counts: Result<(i64, i64, i64), _> = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'active'),
+                    count(*) FILTER (WHERE status = 'revoked'),
+                    count(*) FILTER (WHERE status = 'active' AND (health_status = 'unhealthy'
+                        OR last_health_at < now() - make_interval(secs => $1)))
+             FROM devices",
+        )
+        .bind(max_health_age.as_seconds_f64())
+        .fetch_one(db)
+        .await;
+        match counts {
+            Ok((active, revoked, unhealthy)) => {
+                self.devices.with_label_values(&["active"]).set(active);
+                self.devices.with_label_values(&["revoked"]).set(revoked);
+                self.unhealthy_devices.set(unhealthy);
+                self.database_up.set(1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: could not count devices");
+                self.database_up.set(0);
+            }
+        }
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` on `listener` until `stop` completes.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    db: PgPool,
+    max_health_age: time::Duration,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            let db = db.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    metrics.render(&db, max_health_age).await,
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
+}
