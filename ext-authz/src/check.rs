@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditLog, Record};
 use crate::directory::{DeviceRecord, Directory};
 use crate::metrics::{Metrics, reason_label};
 
@@ -65,6 +66,8 @@ pub struct Verdict {
     pub user: Option<String>,
     pub role: Option<String>,
     pub service: Option<String>,
+    /// Serial of the client certificate, when it parsed.
+    pub serial: Option<String>,
 }
 
 pub struct Authorizer {
@@ -72,6 +75,7 @@ pub struct Authorizer {
     pub directory: Arc<Directory>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    pub audit: AuditLog,
     /// Parsed peer certificates by their encoded form: a device sends the same certificate with every
     /// request, so it is parsed and hashed once.
     pub peers: moka::future::Cache<String, Arc<Peer>>,
@@ -102,17 +106,18 @@ impl Authorizer {
             .as_ref()
             .and_then(|a| a.context_extensions.get("service"))
             .cloned();
-        let deny = |reason: String, device: Option<String>| Verdict {
+        let deny = |reason: String, peer: Option<&Peer>| Verdict {
             decision_id,
             decision: Decision {
                 allow: false,
                 reasons: vec![reason],
                 policy_version: policies.version().to_owned(),
             },
-            device,
+            device: peer.map(|p| p.device.clone()),
             user: None,
             role: None,
             service: service.clone(),
+            serial: peer.map(|p| p.cert.serial.clone()),
         };
         let peer = match self.peer(request).await {
             Ok(peer) => peer,
@@ -123,14 +128,14 @@ impl Authorizer {
             Ok(None) => {
                 return deny(
                     format!("device {} is not enrolled", peer.device),
-                    Some(peer.device.clone()),
+                    Some(&peer),
                 );
             }
             Err(e) => {
                 tracing::warn!(error = %e, device = %peer.device, "device directory unavailable");
                 return deny(
                     "the device directory is unavailable".to_owned(),
-                    Some(peer.device.clone()),
+                    Some(&peer),
                 );
             }
         };
@@ -144,7 +149,7 @@ impl Authorizer {
                     "the client certificate (serial {}) is not on record for device {}",
                     peer.cert.serial, peer.device
                 ),
-                Some(peer.device.clone()),
+                Some(&peer),
             );
         };
         let input = self.input(
@@ -161,6 +166,7 @@ impl Authorizer {
             user: Some(record.owner_id.clone()),
             role: Some(record.role.clone()),
             service,
+            serial: Some(peer.cert.serial.clone()),
         }
     }
 
@@ -333,6 +339,29 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// The client's address as Envoy saw it (`ip:port`).
+fn peer_address(request: &CheckRequest) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    let address = request
+        .attributes
+        .as_ref()?
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match address {
+        address::Address::SocketAddress(socket) => Some(match socket.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(port)) => {
+                format!("{}:{port}", socket.address)
+            }
+            _ => socket.address.clone(),
+        }),
+        _ => None,
+    }
+}
+
 /// The answer Envoy acts on.
 pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
     let decision_id = verdict.decision_id.to_string();
@@ -381,6 +410,7 @@ impl Authorization for Authorizer {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
+        let at = OffsetDateTime::now_utc();
         let request = request.into_inner();
         let verdict = self.decide(&request).await;
         let answer = response(&request, &verdict);
@@ -417,6 +447,25 @@ impl Authorization for Authorizer {
             latency_us = elapsed.as_micros() as u64,
             "decision"
         );
+        let (method, path) = http.map_or((None, None), |h| {
+            (Some(h.method.clone()), Some(Record::bounded_path(&h.path)))
+        });
+        self.audit.record(Record {
+            id: verdict.decision_id,
+            at_us: Record::at(at),
+            device: verdict.device,
+            user: verdict.user,
+            role: verdict.role,
+            service: verdict.service,
+            method,
+            path,
+            allow: verdict.decision.allow,
+            reasons: verdict.decision.reasons,
+            policy_version: verdict.decision.policy_version,
+            serial: verdict.serial,
+            latency_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
+            peer: peer_address(&request),
+        });
         Ok(Response::new(answer))
     }
 }

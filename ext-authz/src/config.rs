@@ -64,6 +64,20 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub worker_threads: Option<usize>,
 
+    /// Directory of the audit spool: decisions wait there while Postgres is unreachable and are
+    /// replayed, in order, when it is back. Must survive restarts (not a tmpfs) to survive them.
+    #[arg(
+        long,
+        env = "EDGEMESH_AUDIT_SPOOL_DIR",
+        default_value = ".edgemesh/audit-spool"
+    )]
+    pub audit_spool_dir: std::path::PathBuf,
+
+    /// Decisions queued in memory for the audit writer; beyond it they go straight to the spool.
+    #[arg(long, env = "EDGEMESH_AUDIT_QUEUE", default_value_t = 100_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub audit_queue: usize,
+
     /// How often the policy files are checked for changes (SIGHUP checks at once).
     #[arg(long, env = "EDGEMESH_POLICY_POLL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]

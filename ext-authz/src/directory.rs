@@ -22,6 +22,8 @@ pub const CHANNEL: &str = "edgemesh_changes";
 
 /// Entries loaded concurrently with a notification for the same stripe are not cached (see `lookup`).
 const STRIPES: usize = 256;
+/// Longest wait for Postgres in a Check: well under Envoy's ext_authz timeout (0.5 s).
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceRecord {
@@ -111,7 +113,8 @@ impl Directory {
         &self.stripes[(hash % STRIPES as u64) as usize]
     }
 
-    /// The device's entry, from the cache or from Postgres.
+    /// Looks `device` up: from the cache while the change listener runs, else from Postgres (bounded
+    /// by [`LOOKUP_TIMEOUT`]).
     pub async fn lookup(&self, device: &str) -> Result<Entry, sqlx::Error> {
         let trusted = self.is_listening();
         if trusted && let Some(entry) = self.cache.get(device).await {
@@ -124,7 +127,10 @@ impl Directory {
         // is used for this request (it was current when read) but not cached.
         let stripe = self.stripe(device);
         let before = stripe.load(Ordering::SeqCst);
-        let entry = self.load(device).await?;
+        // Answer (a deny) before Envoy's own timeout gives up on the Check, when Postgres is away.
+        let entry = tokio::time::timeout(LOOKUP_TIMEOUT, self.load(device))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
         if trusted && self.is_listening() && stripe.load(Ordering::SeqCst) == before {
             self.cache.insert(device.to_owned(), entry.clone()).await;
             if stripe.load(Ordering::SeqCst) != before {

@@ -1,6 +1,7 @@
 //! EdgeMesh's external authorization server for Envoy: device identity from the peer certificate, device
 //! facts from a cache kept fresh by Postgres notifications, decisions by Rego policies in-process.
 
+pub mod audit;
 pub mod check;
 pub mod config;
 pub mod directory;

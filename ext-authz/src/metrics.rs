@@ -17,6 +17,14 @@ pub struct Metrics {
     pub cache_invalidations: IntCounter,
     pub cache_entries: IntGauge,
     pub policy_reloads: IntCounterVec,
+    pub audit_queue_depth: IntGauge,
+    pub audit_written: IntCounter,
+    pub audit_write_failures: IntCounter,
+    pub audit_spooled: IntCounter,
+    pub audit_replayed: IntCounter,
+    pub audit_duplicates: IntCounter,
+    pub audit_lost: IntCounter,
+    pub audit_spool_bytes: IntGauge,
 }
 
 /// Check handling takes tens of microseconds when the cache is warm; the buckets resolve that.
@@ -63,6 +71,50 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let audit_queue_depth = IntGauge::new(
+            "edgemesh_audit_queue_depth",
+            "Decisions queued for the audit writer.",
+        )?;
+        let audit_written = IntCounter::new(
+            "edgemesh_audit_records_written_total",
+            "Decision records written to Postgres directly.",
+        )?;
+        let audit_write_failures = IntCounter::new(
+            "edgemesh_audit_write_failures_total",
+            "Audit batches Postgres did not take in time (spooled instead).",
+        )?;
+        let audit_spooled = IntCounter::new(
+            "edgemesh_audit_records_spooled_total",
+            "Decision records appended to the local spool while Postgres was away or slow.",
+        )?;
+        let audit_replayed = IntCounter::new(
+            "edgemesh_audit_records_replayed_total",
+            "Spooled decision records written to Postgres afterwards.",
+        )?;
+        let audit_duplicates = IntCounter::new(
+            "edgemesh_audit_records_duplicate_total",
+            "Replayed records Postgres already had (a write that timed out after committing).",
+        )?;
+        let audit_lost = IntCounter::new(
+            "edgemesh_audit_records_lost_total",
+            "Decision records that could not be written nor spooled. Anything above 0 needs an operator.",
+        )?;
+        let audit_spool_bytes = IntGauge::new(
+            "edgemesh_audit_spool_bytes",
+            "Bytes in the audit spool not yet replayed into Postgres.",
+        )?;
+        for collector in [
+            Box::new(audit_queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_written.clone()),
+            Box::new(audit_write_failures.clone()),
+            Box::new(audit_spooled.clone()),
+            Box::new(audit_replayed.clone()),
+            Box::new(audit_duplicates.clone()),
+            Box::new(audit_lost.clone()),
+            Box::new(audit_spool_bytes.clone()),
+        ] {
+            registry.register(collector)?;
+        }
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
@@ -70,6 +122,9 @@ impl Metrics {
         registry.register(Box::new(cache_invalidations.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
+        for result in ["replaced", "refused"] {
+            policy_reloads.with_label_values(&[result]);
+        }
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -82,6 +137,14 @@ impl Metrics {
             cache_invalidations,
             cache_entries,
             policy_reloads,
+            audit_queue_depth,
+            audit_written,
+            audit_write_failures,
+            audit_spooled,
+            audit_replayed,
+            audit_duplicates,
+            audit_lost,
+            audit_spool_bytes,
         }))
     }
 

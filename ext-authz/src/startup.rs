@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::audit::{self, WRITE_TIMEOUT};
 use crate::check::{Authorizer, Clock, Settings};
 use crate::config::Config;
 use crate::directory::Directory;
@@ -47,11 +48,19 @@ pub async fn serve(
         .await
         .with_context(|| format!("failed to listen on {}", config.metrics_listen))?;
     let directory = Directory::new(
-        db,
+        db.clone(),
         config.cache_capacity,
         Duration::from_secs(config.cache_ttl_secs),
         Arc::clone(&metrics),
     );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (audit, audit_done) = audit::start(
+        db.clone(),
+        &config.audit_spool_dir,
+        config.audit_queue,
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    )?;
     let authorizer = Arc::new(Authorizer {
         policies: Arc::clone(&policies),
         directory: Arc::clone(&directory),
@@ -62,13 +71,13 @@ pub async fn serve(
             clock: config.clock.map_or(Clock::System, Clock::Fixed),
         },
         metrics: Arc::clone(&metrics),
+        audit,
         peers: crate::check::peer_cache(),
     });
     if let Some(at) = config.clock {
         tracing::warn!(clock = %at, "deciding with a fixed clock");
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(Arc::clone(&directory).listen(stop_rx.clone()));
     let reloads = Arc::clone(&metrics);
     tokio::spawn(Arc::clone(&policies).watch(
@@ -117,6 +126,13 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, signal)
         .await
         .context("gRPC server failed")?;
+    // Every decision made is written or spooled before the process ends.
+    if tokio::time::timeout(WRITE_TIMEOUT * 5, audit_done)
+        .await
+        .is_err()
+    {
+        tracing::error!("the audit writer did not finish in time; queued decisions may be lost");
+    }
     tracing::info!("stopped");
     Ok(())
 }

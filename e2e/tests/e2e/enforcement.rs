@@ -440,8 +440,14 @@ async fn ext_authz_is_not_serving_without_its_database(_pool: PgPoolOptions, db:
     let missing = format!("{server}/edgemesh_no_such_database");
     let port = crate::helpers::free_port();
     let ports = (port, crate::helpers::free_port());
-    let mut process =
-        crate::proxy::ExtAuthz::spawn(&missing, ports, &crate::helpers::policies_dir(), None);
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut process = crate::proxy::ExtAuthz::spawn(
+        &missing,
+        ports,
+        &crate::helpers::policies_dir(),
+        None,
+        spool.path(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = grpc_health(port).await {

@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `edgemesh-control-api`, `edgemesh-agent`, `edgemesh-ext-authz` and Envoy
 //! binaries, a real PostgreSQL database per test, real TLS. Build the binaries first (`make test` does).
 
+mod audit;
 mod enforcement;
 mod enrollment;
 mod health;
 mod helpers;
+mod postgres;
 mod proxy;

@@ -55,9 +55,16 @@ impl ExtAuthz {
         port: u16,
         policy_dir: &Path,
         clock: Option<&str>,
+        spool_dir: &Path,
     ) -> Self {
         let metrics_port = free_port();
-        let process = Self::spawn(database_url, (port, metrics_port), policy_dir, clock);
+        let process = Self::spawn(
+            database_url,
+            (port, metrics_port),
+            policy_dir,
+            clock,
+            spool_dir,
+        );
         wait_until("ext-authz", || async move {
             grpc_health(port).await == Some(ServingStatus::Serving)
         })
@@ -75,6 +82,7 @@ impl ExtAuthz {
         (port, metrics_port): (u16, u16),
         policy_dir: &Path,
         clock: Option<&str>,
+        spool_dir: &Path,
     ) -> Process {
         let mut command = Command::new(bin("edgemesh-ext-authz"));
         command
@@ -87,6 +95,7 @@ impl ExtAuthz {
             )
             .env("EDGEMESH_POLICY_DIR", policy_dir)
             .env("EDGEMESH_POLICY_POLL_MS", "100")
+            .env("EDGEMESH_AUDIT_SPOOL_DIR", spool_dir)
             .env("EDGEMESH_LOG", "warn");
         if let Some(clock) = clock {
             command.env("EDGEMESH_CLOCK", clock);
@@ -147,6 +156,7 @@ impl Stack {
             free_port(),
             &options.policy_dir,
             options.clock,
+            &state.join("audit-spool"),
         )
         .await;
 

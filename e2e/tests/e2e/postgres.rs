@@ -1,0 +1,147 @@
+//! A PostgreSQL cluster of a test's own, for tests that stop and start the server (the shared test
+//! server cannot be stopped under the other tests). Run as the `postgres` user when the tests run as
+//! root, as Postgres refuses to run as root.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::helpers::free_port;
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    as_root: bool,
+}
+
+impl Cluster {
+    /// Initialises a cluster with a database `edgemesh` and starts it.
+    pub fn start() -> Self {
+        let bin = PathBuf::from(
+            std::env::var("EDGEMESH_PG_BIN")
+                .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_owned()),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        if as_root {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the cluster directory to postgres");
+        }
+        let cluster = Self {
+            dir,
+            bin,
+            port: free_port(),
+            as_root,
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
+        );
+        cluster.start_server();
+        cluster.run(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.port.to_string(),
+                "-U",
+                "postgres",
+                "edgemesh",
+            ],
+        );
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir
+            .path()
+            .join("data")
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let output = if self.as_root {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&program).args(args).output()
+        }
+        .expect(tool);
+        assert!(
+            output.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/edgemesh", self.port)
+    }
+
+    pub fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server at once (`-m fast`: sessions are ended, as a crash or a failover would).
+    pub fn stop_server(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let program = self.bin.join("pg_ctl");
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if self.as_root {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&program).args(args).output()
+        };
+    }
+}

@@ -1,0 +1,528 @@
+//! The decision audit trail, written without ever making a Check wait and without losing a record.
+//!
+//! The Check path hands each decision to [`AuditLog::record`], which puts it on a bounded queue (never
+//! waiting). One writer task takes what is queued, up to a batch at a time, and inserts the batch into
+//! `audit_log` with one statement. When Postgres is unreachable or slow (no answer within
+//! [`WRITE_TIMEOUT`]), the batch is appended to a local append-only spool file instead; while the
+//! spool holds anything, new batches go behind it, so the order is kept. A replay task inserts the
+//! spool's records in file order once Postgres answers again, and records how far it got in an offset
+//! file, so a restart continues where it stopped. Records carry their decision id and time, which are
+//! the table's primary key: a batch that is written twice (a timeout after the commit, a replay after
+//! a crash) is stored once. If the queue is full, the record goes straight to the spool.
+//!
+//! What the queue, the spool and the replay do is in the metrics (`edgemesh_audit_*`); a record that
+//! could not even be spooled (a full disk) is counted as lost and logged as an error.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// A batch not written within this time is spooled instead.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Records per insert statement.
+const BATCH: usize = 1000;
+/// How often the replay task looks at the spool.
+const REPLAY_EVERY: Duration = Duration::from_millis(500);
+/// Longest path kept in a record (a request path can be tens of kilobytes).
+const MAX_PATH_CHARS: usize = 2048;
+
+/// One authorization decision, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The decision id (also sent to the client and the upstream).
+    pub id: Uuid,
+    /// Microseconds since the Unix epoch: Postgres's precision, so a replayed record's key is equal.
+    pub at_us: i64,
+    pub device: Option<String>,
+    pub user: Option<String>,
+    pub role: Option<String>,
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub allow: bool,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
+    pub serial: Option<String>,
+    pub latency_us: i64,
+    pub peer: Option<String>,
+}
+
+impl Record {
+    pub fn at(now: OffsetDateTime) -> i64 {
+        i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+    }
+
+    /// Bounds a request path for storage.
+    pub fn bounded_path(path: &str) -> String {
+        match path.char_indices().nth(MAX_PATH_CHARS) {
+            Some((cut, _)) => format!("{}…", &path[..cut]),
+            None => path.to_owned(),
+        }
+    }
+}
+
+/// The Check path's handle.
+pub struct AuditLog {
+    queue: mpsc::Sender<Record>,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditLog {
+    /// Queues a decision for writing; never waits.
+    pub fn record(&self, record: Record) {
+        match self.queue.try_send(record) {
+            Ok(()) => self.metrics.audit_queue_depth.inc(),
+            Err(
+                mpsc::error::TrySendError::Full(record) | mpsc::error::TrySendError::Closed(record),
+            ) => {
+                spill(&self.spool, &self.metrics, &[record]);
+            }
+        }
+    }
+}
+
+/// Starts the writer and the replay task; answers the handle for the Check path and a task that ends
+/// once `stop` turned true and everything queued is written or spooled.
+pub fn start(
+    db: PgPool,
+    spool_dir: &Path,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(AuditLog, tokio::task::JoinHandle<()>)> {
+    let spool = Arc::new(Spool::open(spool_dir)?);
+    if spool.pending_bytes() > 0 {
+        tracing::info!(
+            bytes = spool.pending_bytes(),
+            "audit spool holds records from before; replaying them when Postgres answers"
+        );
+    }
+    metrics.audit_spool_bytes.set(spool.pending_bytes() as i64);
+    let (queue, rx) = mpsc::channel(capacity);
+    let writer = tokio::spawn(write(
+        rx,
+        db.clone(),
+        Arc::clone(&spool),
+        Arc::clone(&metrics),
+        stop.clone(),
+    ));
+    let replay = tokio::spawn(replay(db, Arc::clone(&spool), Arc::clone(&metrics), stop));
+    let done = tokio::spawn(async move {
+        let _ = writer.await;
+        let _ = replay.await;
+    });
+    Ok((
+        AuditLog {
+            queue,
+            spool,
+            metrics,
+        },
+        done,
+    ))
+}
+
+/// Takes batches off the queue and writes them, or spools them. After `stop`, drains the queue.
+async fn write(
+    mut rx: mpsc::Receiver<Record>,
+    db: PgPool,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let mut received = 0;
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                received = n;
+                false
+            }
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            // No new records from here on (a late one is spooled by `record`); drain the rest.
+            rx.close();
+            received = rx.recv_many(&mut batch, BATCH).await;
+        }
+        if received == 0 {
+            return;
+        }
+        metrics.audit_queue_depth.sub(received as i64);
+        // Behind a backlog, a batch joins the spool: records reach Postgres in order.
+        if spool.pending_bytes() > 0 {
+            spill(&spool, &metrics, &batch);
+        } else {
+            match tokio::time::timeout(WRITE_TIMEOUT, insert(&db, &batch)).await {
+                Ok(Ok(_)) => metrics.audit_written.inc_by(received as u64),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, records = received, "audit write failed; spooling");
+                    metrics.audit_write_failures.inc();
+                    spill(&spool, &metrics, &batch);
+                }
+                Err(_) => {
+                    tracing::warn!(records = received, "audit write timed out; spooling");
+                    metrics.audit_write_failures.inc();
+                    spill(&spool, &metrics, &batch);
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn spill(spool: &Spool, metrics: &Metrics, records: &[Record]) {
+    match spool.append(records) {
+        Ok(()) => {
+            metrics.audit_spooled.inc_by(records.len() as u64);
+            metrics.audit_spool_bytes.set(spool.pending_bytes() as i64);
+        }
+        Err(e) => {
+            metrics.audit_lost.inc_by(records.len() as u64);
+            tracing::error!(error = %e, records = records.len(), "AUDIT RECORDS LOST: the spool could not be written");
+        }
+    }
+}
+
+/// Replays the spool into Postgres whenever it holds anything, until `stop`.
+async fn replay(
+    db: PgPool,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        while spool.pending_bytes() > 0 && !*stop.borrow() {
+            let (records, end, corrupt) = match spool.read(BATCH) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit spool unreadable");
+                    break;
+                }
+            };
+            if corrupt > 0 {
+                metrics.audit_lost.inc_by(corrupt);
+                tracing::error!(
+                    lines = corrupt,
+                    "AUDIT RECORDS LOST: unreadable lines in the spool"
+                );
+            }
+            match tokio::time::timeout(WRITE_TIMEOUT, insert(&db, &records)).await {
+                Ok(Ok(inserted)) => {
+                    if let Err(e) = spool.commit(end) {
+                        tracing::error!(error = %e, "audit spool offset not saved");
+                        break;
+                    }
+                    metrics.audit_replayed.inc_by(records.len() as u64);
+                    metrics
+                        .audit_duplicates
+                        .inc_by(records.len() as u64 - inserted);
+                    metrics.audit_spool_bytes.set(spool.pending_bytes() as i64);
+                    if spool.pending_bytes() == 0 {
+                        tracing::info!("audit spool replayed");
+                    }
+                }
+                // Postgres is still away: try again later.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REPLAY_EVERY) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Inserts the records; a record already stored is skipped. Answers how many were new.
+pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(records.len());
+    let mut times = Vec::with_capacity(records.len());
+    let mut devices = Vec::with_capacity(records.len());
+    let mut users = Vec::with_capacity(records.len());
+    let mut roles = Vec::with_capacity(records.len());
+    let mut services = Vec::with_capacity(records.len());
+    let mut methods = Vec::with_capacity(records.len());
+    let mut paths = Vec::with_capacity(records.len());
+    let mut decisions = Vec::with_capacity(records.len());
+    let mut reasons = Vec::with_capacity(records.len());
+    let mut versions = Vec::with_capacity(records.len());
+    let mut serials = Vec::with_capacity(records.len());
+    let mut latencies = Vec::with_capacity(records.len());
+    let mut peers = Vec::with_capacity(records.len());
+    for r in records {
+        ids.push(r.id);
+        times.push(
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.at_us) * 1000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        );
+        devices.push(r.device.as_deref());
+        users.push(r.user.as_deref());
+        roles.push(r.role.as_deref());
+        services.push(r.service.as_deref());
+        methods.push(r.method.as_deref());
+        paths.push(r.path.as_deref());
+        decisions.push(if r.allow { "allow" } else { "deny" });
+        reasons.push(serde_json::Value::from(r.reasons.clone()));
+        versions.push(r.policy_version.as_str());
+        serials.push(r.serial.as_deref());
+        latencies.push(r.latency_us);
+        peers.push(r.peer.as_deref());
+    }
+    let done = sqlx::query(
+        "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role, service,
+             method, path, decision, reasons, policy_version, certificate_serial, latency_us,
+             peer_address)
+         SELECT u.id, u.at, 'authorization', 'check', u.device, u.usr, u.role, u.service, u.method,
+             u.path, u.decision, ARRAY(SELECT jsonb_array_elements_text(u.reasons)), u.version,
+             u.serial, u.latency, u.peer
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::text[],
+                     $13::bigint[], $14::text[])
+             AS u(id, at, device, usr, role, service, method, path, decision, reasons, version,
+                  serial, latency, peer)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(times)
+    .bind(devices)
+    .bind(users)
+    .bind(roles)
+    .bind(services)
+    .bind(methods)
+    .bind(paths)
+    .bind(decisions)
+    .bind(reasons)
+    .bind(versions)
+    .bind(serials)
+    .bind(latencies)
+    .bind(peers)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The append-only spool: one JSON record per line in `audit.spool`, and in `audit.offset` how many of
+/// its bytes are already in Postgres. Emptied (truncated) once everything is replayed.
+pub struct Spool {
+    path: PathBuf,
+    offset_path: PathBuf,
+    state: Mutex<SpoolState>,
+}
+
+struct SpoolState {
+    file: File,
+    len: u64,
+    replayed: u64,
+}
+
+impl Spool {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "failed to create the audit spool directory {}",
+                dir.display()
+            )
+        })?;
+        let path = dir.join("audit.spool");
+        let offset_path = dir.join("audit.offset");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .with_context(|| format!("failed to open the audit spool {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let replayed = match std::fs::read_to_string(&offset_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("{} is not a byte offset", offset_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).context("failed to read the audit spool offset"),
+        };
+        anyhow::ensure!(
+            replayed <= len,
+            "{} says {replayed} bytes were replayed, but the spool has {len}",
+            offset_path.display()
+        );
+        Ok(Self {
+            path,
+            offset_path,
+            state: Mutex::new(SpoolState {
+                file,
+                len,
+                replayed,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpoolState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Bytes not yet replayed.
+    pub fn pending_bytes(&self) -> u64 {
+        let state = self.lock();
+        state.len - state.replayed
+    }
+
+    /// Appends the records and flushes them to disk.
+    pub fn append(&self, records: &[Record]) -> std::io::Result<()> {
+        let mut buffer = Vec::with_capacity(records.len() * 400);
+        for record in records {
+            serde_json::to_writer(&mut buffer, record)?;
+            buffer.push(b'\n');
+        }
+        let mut state = self.lock();
+        state.file.write_all(&buffer)?;
+        state.file.sync_data()?;
+        state.len += buffer.len() as u64;
+        Ok(())
+    }
+
+    /// Up to `max` records after the replayed offset: the records, the offset after them, and how many
+    /// lines could not be read (skipped).
+    pub fn read(&self, max: usize) -> std::io::Result<(Vec<Record>, u64, u64)> {
+        let (start, len) = {
+            let state = self.lock();
+            (state.replayed, state.len)
+        };
+        let mut reader = BufReader::new(File::open(&self.path)?);
+        reader.seek(SeekFrom::Start(start))?;
+        let mut records = Vec::new();
+        let mut corrupt = 0;
+        let mut offset = start;
+        let mut line = String::new();
+        while records.len() < max && offset < len {
+            line.clear();
+            let n = reader.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            offset += n as u64;
+            match serde_json::from_str::<Record>(&line) {
+                Ok(record) => records.push(record),
+                Err(_) => corrupt += 1,
+            }
+        }
+        Ok((records, offset, corrupt))
+    }
+
+    /// Marks everything before `offset` as replayed; empties the spool once all of it is.
+    pub fn commit(&self, offset: u64) -> std::io::Result<()> {
+        let mut state = self.lock();
+        if offset >= state.len {
+            state.file.set_len(0)?;
+            state.file.sync_data()?;
+            state.len = 0;
+            state.replayed = 0;
+            match std::fs::remove_file(&self.offset_path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            edgemesh_core::files::write_atomic(
+                &self.offset_path,
+                offset.to_string().as_bytes(),
+                0o600,
+            )
+            .map_err(std::io::Error::other)?;
+            state.replayed = offset;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u32) -> Record {
+        Record {
+            id: Uuid::new_v4(),
+            at_us: 1_763_800_000_000_000 + i64::from(n),
+            device: Some(format!("pi-{n}")),
+            user: None,
+            role: None,
+            service: Some("api".to_owned()),
+            method: Some("GET".to_owned()),
+            path: Some("/api/x".to_owned()),
+            allow: n % 2 == 0,
+            reasons: vec!["a reason, with \"quotes\"\nand a newline".to_owned()],
+            policy_version: "v1".to_owned(),
+            serial: None,
+            latency_us: 80,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn the_spool_gives_back_records_in_order_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written: Vec<Record> = (0..5).map(record).collect();
+        {
+            let spool = Spool::open(dir.path()).expect("open");
+            spool.append(&written[..3]).expect("append");
+            spool.append(&written[3..]).expect("append");
+            let (first, end, corrupt) = spool.read(2).expect("read");
+            assert_eq!((first.as_slice(), corrupt), (&written[..2], 0));
+            spool.commit(end).expect("commit");
+        }
+        // Reopened: the two replayed records are not read again.
+        let spool = Spool::open(dir.path()).expect("reopen");
+        let (rest, end, _) = spool.read(100).expect("read");
+        assert_eq!(rest, written[2..]);
+        spool.commit(end).expect("commit");
+        assert_eq!(spool.pending_bytes(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("audit.spool"))
+                .expect("spool")
+                .len(),
+            0,
+            "emptied once replayed"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_line_is_counted_and_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        spool.append(&[record(1)]).expect("append");
+        {
+            let mut state = spool.lock();
+            state.file.write_all(b"{not json\n").expect("write");
+            state.len += 10;
+        }
+        spool.append(&[record(2)]).expect("append");
+        let (records, _, corrupt) = spool.read(10).expect("read");
+        assert_eq!(records.len(), 2);
+        assert_eq!(corrupt, 1);
+    }
+
+    #[test]
+    fn long_paths_are_bounded() {
+        assert_eq!(Record::bounded_path("/api/x"), "/api/x");
+        let long = "/".repeat(5000);
+        assert_eq!(
+            Record::bounded_path(&long).chars().count(),
+            MAX_PATH_CHARS + 1
+        );
+    }
+}
