@@ -26,3 +26,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Prometheus rules and configuration, compose file, Dockerfile, compose's Envoy configuration.
+scripts/check-deploy.sh

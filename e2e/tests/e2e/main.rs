@@ -6,5 +6,6 @@ mod enforcement;
 mod enrollment;
 mod health;
 mod helpers;
+mod observability;
 mod postgres;
 mod proxy;
