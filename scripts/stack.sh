@@ -143,7 +143,8 @@ up() {
   # One worker thread: next to Envoy on a small machine it costs less CPU per Check than one per core
   # (BENCHMARKS.md); set EDGEMESH_EXT_AUTHZ_WORKERS to change it.
   start ext-authz "bash -c '</dev/tcp/127.0.0.1/9191'" \
-    env EDGEMESH_EXT_AUTHZ_WORKERS="${EDGEMESH_EXT_AUTHZ_WORKERS:-1}" "$PROFILE_DIR/edgemesh-ext-authz" serve
+    env EDGEMESH_EXT_AUTHZ_WORKERS="${EDGEMESH_EXT_AUTHZ_WORKERS:-1}" EDGEMESH_AUDIT_SPOOL_DIR="$STATE/audit-spool" \
+      "$PROFILE_DIR/edgemesh-ext-authz" serve
   start upstream "curl -sf http://127.0.0.1:8081/" \
     "$PROFILE_DIR/edgemesh-simulator" upstream --listen 127.0.0.1:8081
   mkdir -p "$STATE/envoy"
@@ -154,9 +155,9 @@ up() {
   render_envoy_config "$STATE/envoy/envoy.yaml"
   start envoy "curl -sf http://127.0.0.1:9901/ready" \
     "$ENVOY_BIN" -c "$STATE/envoy/envoy.yaml" --disable-hot-restart --log-level warn
-  log "control-api    https://127.0.0.1:8444 (enrollment, admin)  https://127.0.0.1:8443 (devices, mTLS)"
+  log "control-api    https://127.0.0.1:8444 (enrollment, admin, audit)  https://127.0.0.1:8443 (devices, mTLS)  metrics http://127.0.0.1:9190/metrics"
   log "envoy          https://127.0.0.1:10000 (/api /database /storage /analytics, mTLS)  admin http://127.0.0.1:9901"
-  log "ext-authz      127.0.0.1:9191 (gRPC)"
+  log "ext-authz      127.0.0.1:9191 (gRPC)  metrics http://127.0.0.1:9192/metrics  audit spool $STATE/audit-spool"
   log "CA certificate $STATE/ca.pem (fingerprint $(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f))"
   log "admin token    $STATE/admin-token"
   log "logs           $LOGS/"

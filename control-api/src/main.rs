@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Apply the database migrations and exit (the server also applies them at start, unless
+    /// `--migrate false`).
+    Migrate,
     /// Issue a TLS server certificate signed by the EdgeMesh CA (for Envoy's front door), write it
     /// and its key (mode 0600) to files, and exit.
     IssueServerCert {
@@ -40,14 +43,18 @@ async fn main() -> ExitCode {
     edgemesh_core::telemetry::init();
     let cli = Cli::parse();
     let config = cli.config;
-    if let Some(Command::IssueServerCert {
-        names,
-        cert_out,
-        key_out,
-        days,
-    }) = cli.command
-    {
-        return match issue_server_cert(&config, &names, &cert_out, &key_out, days) {
+    let done = match cli.command {
+        Some(Command::IssueServerCert {
+            names,
+            cert_out,
+            key_out,
+            days,
+        }) => Some(issue_server_cert(&config, &names, &cert_out, &key_out, days)),
+        Some(Command::Migrate) => Some(edgemesh_control_api::startup::migrate(&config).await),
+        None => None,
+    };
+    if let Some(done) = done {
+        return match done {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edgemesh-control-api: error: {e:#}");

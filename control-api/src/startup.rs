@@ -42,17 +42,9 @@ pub struct Application {
 impl Application {
     /// Connects to the database (applying migrations if configured) and builds.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let db = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&config.database_url)
-            .await
-            .context("failed to connect to PostgreSQL")?;
+        let db = connect(config).await?;
         if config.migrate {
-            sqlx::migrate!("../migrations")
-                .run(&db)
-                .await
-                .context("failed to apply migrations")?;
+            apply_migrations(&db).await?;
         }
         Self::build_with_pool(config, db).await
     }
@@ -210,6 +202,27 @@ impl Application {
         watcher.abort();
         let _ = partitions.await;
     }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await
+        .context("failed to connect to PostgreSQL")
+}
+
+async fn apply_migrations(db: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("../migrations")
+        .run(db)
+        .await
+        .context("failed to apply migrations")
+}
+
+/// `edgemesh-control-api migrate`: applies the migrations and returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    apply_migrations(&connect(config).await?).await
 }
 
 /// Reads the admin token from `path`, or generates one into it (mode 0600) if it does not exist.

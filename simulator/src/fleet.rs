@@ -56,6 +56,19 @@ impl Admin {
         Ok(body)
     }
 
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/admin{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        ensure!(status.is_success(), "GET {path} answered {status}: {body}");
+        Ok(body)
+    }
+
     /// Creates user `owner` with `role` and a token for `uses` enrollments; answers (token, CA pin).
     pub async fn owner_with_token(
         &self,

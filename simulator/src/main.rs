@@ -3,6 +3,7 @@
 //! around EdgeMesh in demos and benches: `upstream` is the demo services behind Envoy, `noop-authz` the
 //! do-nothing ext_authz server benches compare EdgeMesh's against.
 
+mod audit_bench;
 mod bench;
 mod fleet;
 mod noop_authz;
@@ -112,6 +113,29 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         phase_secs: u64,
     },
+    /// The ext-authz audit writer alone, into a bench database: its drain rate with a full queue,
+    /// then the queue depth at half that rate.
+    BenchAuditWriter {
+        /// A database with the EdgeMesh schema that may be filled (never the stack's own).
+        #[arg(long, env = "EDGEMESH_BENCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+        #[arg(long, default_value_t = 10)]
+        steady_secs: u64,
+    },
+    /// Audit queries through the admin API (a control API serving the bench database) for one device
+    /// and a one-day window, over ROWS records it seeds first (once).
+    BenchAuditQuery {
+        #[arg(long, env = "EDGEMESH_BENCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 10_000)]
+        devices: u32,
+        #[arg(long, default_value_t = 500)]
+        queries: u32,
+    },
     /// Serve the demo services Envoy routes to: each request is answered with the identity headers it
     /// arrived with.
     Upstream {
@@ -150,6 +174,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         admin_token: token,
     };
     match cli.command {
+        Command::BenchAuditWriter {
+            ref database_url,
+            records,
+            steady_secs,
+        } => audit_bench::writer(database_url, records, steady_secs).await,
+        Command::BenchAuditQuery {
+            ref database_url,
+            rows,
+            devices,
+            queries,
+        } => {
+            audit_bench::query(
+                database_url,
+                &cli.control_api,
+                &cli.admin_token_file,
+                rows,
+                devices,
+                queries,
+            )
+            .await
+        }
         Command::Upstream { listen } => upstream::serve(listen).await,
         Command::NoopAuthz { listen } => noop_authz::serve(listen).await,
         Command::BenchEnroll {
