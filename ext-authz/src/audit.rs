@@ -464,7 +464,7 @@ mod tests {
             service: Some("api".to_owned()),
             method: Some("GET".to_owned()),
             path: Some("/api/x".to_owned()),
-            allow: n % 2 == 0,
+            allow: n.is_multiple_of(2),
             reasons: vec!["a reason, with \"quotes\"\nand a newline".to_owned()],
             policy_version: "v1".to_owned(),
             serial: None,

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve Envoy's ext_authz gRPC API (and the gRPC health service) until SIGTERM or SIGINT.
-    Serve(edgemesh_ext_authz::Config),
+    Serve(Box<edgemesh_ext_authz::Config>),
     /// Operator commands for the policies.
     Policy {
         #[command(subcommand)]

@@ -18,7 +18,7 @@ use crate::fleet::Admin;
 use crate::stats::percentile;
 
 fn record(i: u64) -> Record {
-    let deny = i % 5 == 0;
+    let deny = i.is_multiple_of(5);
     Record {
         id: uuid::Uuid::new_v4(),
         at_us: Record::at(OffsetDateTime::now_utc()),
