@@ -157,9 +157,9 @@ pub async fn query(
          device and one day, {:.1} records each: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
          (client-side, through HTTPS)",
         found as f64 / f64::from(queries),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 90.0)),
-        ms(percentile(&latencies, 99.0)),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap_or(&Duration::ZERO)),
     );
     Ok(())
