@@ -49,7 +49,9 @@ async fn main() -> ExitCode {
             cert_out,
             key_out,
             days,
-        }) => Some(issue_server_cert(&config, &names, &cert_out, &key_out, days)),
+        }) => Some(issue_server_cert(
+            &config, &names, &cert_out, &key_out, days,
+        )),
         Some(Command::Migrate) => Some(edgemesh_control_api::startup::migrate(&config).await),
         None => None,
     };

@@ -9,3 +9,4 @@ mod helpers;
 mod observability;
 mod postgres;
 mod proxy;
+mod simulator;
