@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # After `make up`: enroll a demo device with the real agent, send requests through Envoy before and after
-# it reports its health, enroll 20 more devices with the simulator, and print commands to try by hand.
+# it reports its health, run the simulator (20 devices, steady traffic through Envoy), and print commands
+# to try by hand.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -54,8 +55,22 @@ through_envoy /database/q
 echo "-- (demo-owner is an admin: every service, at any hour; developers and analysts are bound by role and business hours)"
 
 echo
-echo "== enrolling 20 simulated devices through the same CSR flow"
-"$BIN/edgemesh-simulator" bench-enroll --devices 20 --concurrency 4
+echo "== an analyst's device 'demo-analyst-pi': analysts may not use the database, whatever the hour"
+admin POST /users '{"id":"demo-analyst","email":"demo-analyst@example.com","role":"analyst"}' >/dev/null || true
+ANALYST_DIR=$STATE/demo-analyst-device
+if [ ! -f "$ANALYST_DIR/cert.pem" ]; then
+  created=$(admin POST /tokens '{"owner":"demo-analyst","ttl_seconds":900,"max_uses":1}')
+  EDGEMESH_ENROLLMENT_TOKEN=$(json_field token <<<"$created") "$BIN/edgemesh-agent" --state-dir "$ANALYST_DIR" \
+    enroll --server "$API" --ca-fingerprint "$(json_field ca_fingerprint <<<"$created")" --device-id demo-analyst-pi
+fi
+DEVICE_TLS=(--cacert "$ANALYST_DIR/ca.pem" --cert "$ANALYST_DIR/cert.pem" --key "$ANALYST_DIR/key.pem")
+report_health true
+through_envoy /database/q
+
+echo
+echo "== the simulator: 20 devices of admins, developers and analysts enroll (each its own key and CSR),"
+echo "   report health (85% patched, 90% antivirus, 95% encrypted) and send requests through Envoy for 15 s"
+"$BIN/edgemesh-simulator" --devices 20 --duration 15s --rate 40 --seed "${EDGEMESH_DEMO_SEED:-1}"
 
 cat <<TXT
 
@@ -65,10 +80,19 @@ cat <<TXT
   curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/devices?limit=5'
   curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" $API/api/v1/admin/devices/demo-pi
 
-  # through Envoy with demo-pi's certificate: the upstream echoes the identity EdgeMesh vouched for;
-  # a deny is a 403 with {decision_id, reasons}
+  # through Envoy with demo-pi's certificate (an admin's): allowed, and the upstream echoes the identity
+  # EdgeMesh vouched for
   curl --cacert $DEVICE_DIR/ca.pem --cert $DEVICE_DIR/cert.pem --key $DEVICE_DIR/key.pem https://localhost:10000/api/orders
-  curl --cacert $DEVICE_DIR/ca.pem --cert $DEVICE_DIR/cert.pem --key $DEVICE_DIR/key.pem https://localhost:10000/database/x
+  # with demo-analyst-pi's certificate: denied, a 403 with {decision_id, reasons}
+  curl --cacert $ANALYST_DIR/ca.pem --cert $ANALYST_DIR/cert.pem --key $ANALYST_DIR/key.pem https://localhost:10000/database/x
+
+  # the audit trail of both, newest first
+  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/audit?device=demo-analyst-pi&limit=5'
+
+  # the simulator's other scenarios (see edgemesh-simulator --help)
+  $BIN/edgemesh-simulator --devices 60 --duration 30s --scenario revocation --revocations 10
+  $BIN/edgemesh-simulator --devices 20 --duration 20s --scenario flapping
+  $BIN/edgemesh-simulator --devices 20 --duration 10s --scenario attack
   # without a client certificate Envoy refuses the TLS session (curl exit 56)
   curl --cacert .edgemesh/ca.pem https://localhost:10000/api/orders
 

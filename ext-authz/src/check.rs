@@ -15,6 +15,7 @@ use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
@@ -76,20 +77,23 @@ pub struct Authorizer {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
-    /// Parsed peer certificates by their encoded form: a device sends the same certificate with every
-    /// request, so it is parsed and hashed once.
-    pub peers: moka::future::Cache<String, Arc<Peer>>,
+    /// Parsed peer certificates by the SHA-256 of their encoded form: a device sends the same
+    /// certificate with every request, so it is parsed once (keyed by digest, not by the kilobyte of
+    /// encoded PEM, to keep 100,000 devices' entries small).
+    pub peers: moka::future::Cache<[u8; 32], Arc<Peer>>,
 }
 
-/// The identity a peer certificate proves.
+/// The identity a peer certificate proves, and what the policy and the audit need of it.
 #[derive(Debug)]
 pub struct Peer {
     device: String,
-    cert: CertInfo,
+    serial: String,
+    fingerprint: String,
+    not_after: OffsetDateTime,
 }
 
 /// A cache for [`Authorizer::peers`].
-pub fn peer_cache() -> moka::future::Cache<String, Arc<Peer>> {
+pub fn peer_cache() -> moka::future::Cache<[u8; 32], Arc<Peer>> {
     moka::future::Cache::builder()
         .max_capacity(100_000)
         .time_to_idle(std::time::Duration::from_secs(3600))
@@ -117,7 +121,7 @@ impl Authorizer {
             user: None,
             role: None,
             service: service.clone(),
-            serial: peer.map(|p| p.cert.serial.clone()),
+            serial: peer.map(|p| p.serial.clone()),
         };
         let peer = match self.peer(request).await {
             Ok(peer) => peer,
@@ -142,12 +146,12 @@ impl Authorizer {
         let Some(certificate) = record
             .certificates
             .iter()
-            .find(|c| c.serial == peer.cert.serial && c.fingerprint == peer.cert.fingerprint)
+            .find(|c| c.serial == peer.serial && c.fingerprint == peer.fingerprint)
         else {
             return deny(
                 format!(
                     "the client certificate (serial {}) is not on record for device {}",
-                    peer.cert.serial, peer.device
+                    peer.serial, peer.device
                 ),
                 Some(&peer),
             );
@@ -166,7 +170,7 @@ impl Authorizer {
             user: Some(record.owner_id.clone()),
             role: Some(record.role.clone()),
             service,
-            serial: Some(peer.cert.serial.clone()),
+            serial: Some(peer.serial.clone()),
         }
     }
 
@@ -180,13 +184,12 @@ impl Authorizer {
         if encoded.is_empty() {
             return Err("no client certificate was presented".to_owned());
         }
-        if let Some(peer) = self.peers.get(encoded).await {
+        let key: [u8; 32] = Sha256::digest(encoded.as_bytes()).into();
+        if let Some(peer) = self.peers.get(&key).await {
             return Ok(peer);
         }
         let peer = Arc::new(self.parse_peer(encoded)?);
-        self.peers
-            .insert(encoded.to_owned(), Arc::clone(&peer))
-            .await;
+        self.peers.insert(key, Arc::clone(&peer)).await;
         Ok(peer)
     }
 
@@ -205,7 +208,9 @@ impl Authorizer {
         })?;
         Ok(Peer {
             device: device.to_string(),
-            cert,
+            serial: cert.serial,
+            fingerprint: cert.fingerprint,
+            not_after: cert.not_after,
         })
     }
 
@@ -265,9 +270,9 @@ impl Authorizer {
             (
                 "certificate",
                 object([
-                    ("serial", Value::from(peer.cert.serial.as_str())),
-                    ("fingerprint", Value::from(peer.cert.fingerprint.as_str())),
-                    ("not_after", Value::from(rfc3339(peer.cert.not_after))),
+                    ("serial", Value::from(peer.serial.as_str())),
+                    ("fingerprint", Value::from(peer.fingerprint.as_str())),
+                    ("not_after", Value::from(rfc3339(peer.not_after))),
                     ("revoked", Value::from(revoked)),
                 ]),
             ),

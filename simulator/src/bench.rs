@@ -170,9 +170,10 @@ async fn healthy_fleet(control: &ControlPlane<'_>, n: u32) -> anyhow::Result<Vec
 }
 
 /// A Check request as Envoy sends it for `device` on route `/api`.
-fn check_request(device: &SimDevice) -> CheckRequest {
+/// The Check Envoy sends for a GET of `/api/bench` by the holder of `cert_pem`.
+pub fn check_request(device: &str, cert_pem: &str) -> CheckRequest {
     let certificate =
-        percent_encoding::utf8_percent_encode(&device.cert_pem, percent_encoding::NON_ALPHANUMERIC)
+        percent_encoding::utf8_percent_encode(cert_pem, percent_encoding::NON_ALPHANUMERIC)
             .to_string();
     let headers: HashMap<String, String> = [
         (":method", "GET"),
@@ -186,7 +187,7 @@ fn check_request(device: &SimDevice) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(Peer {
-                principal: format!("spiffe://edgemesh.local/device/{}", device.id),
+                principal: format!("spiffe://edgemesh.local/device/{device}"),
                 certificate,
                 ..Default::default()
             }),
@@ -247,7 +248,10 @@ pub struct CheckArgs {
 /// client-side latency, CPU per request), then a closed-loop run for throughput.
 pub async fn check(control: &ControlPlane<'_>, args: &CheckArgs) -> anyhow::Result<()> {
     let devices = healthy_fleet(control, args.devices).await?;
-    let requests: Arc<Vec<CheckRequest>> = Arc::new(devices.iter().map(check_request).collect());
+    let requests: Arc<Vec<CheckRequest>> = Arc::new(devices
+            .iter()
+            .map(|d| check_request(&d.id, &d.cert_pem))
+            .collect());
     let channel = Channel::from_shared(args.ext_authz.clone())?
         .connect()
         .await

@@ -7,6 +7,7 @@ mod attack;
 mod audit_bench;
 mod bench;
 mod fleet;
+mod memory_bench;
 mod noop_authz;
 mod run;
 mod stats;
@@ -148,6 +149,20 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         queries: u32,
     },
+    /// ext-authz's resident memory with many devices cached: writes devices straight into a bench
+    /// database, sends one Check per device to an ext-authz serving it, reads its RSS at each milestone.
+    BenchMemory {
+        #[arg(long, env = "EDGEMESH_BENCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// An ext-authz serving the bench database.
+        #[arg(long, default_value = "http://127.0.0.1:19191")]
+        ext_authz: String,
+        #[arg(long, default_value = "http://127.0.0.1:19192/metrics")]
+        metrics: String,
+        /// Devices checked when the memory is read (the largest is how many are written).
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        milestones: Vec<u32>,
+    },
     /// Serve the demo services Envoy routes to: each request is answered with the identity headers it
     /// arrived with.
     Upstream {
@@ -235,6 +250,12 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::BenchMemory {
+            ref database_url,
+            ref ext_authz,
+            ref metrics,
+            ref milestones,
+        } => memory_bench::memory(database_url, ext_authz, metrics, milestones).await,
         Command::Upstream { listen } => upstream::serve(listen).await,
         Command::NoopAuthz { listen } => noop_authz::serve(listen).await,
         Command::BenchEnroll {

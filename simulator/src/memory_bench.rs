@@ -1,0 +1,185 @@
+//! ext-authz's resident memory as its caches fill: N devices are written straight into a bench
+//! database (each with a certificate and a healthy report), then one Check per device is sent to an
+//! ext-authz serving that database, and its `process_resident_memory_bytes` is read at milestones.
+
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use edgemesh_core::cert::CertInfo;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
+    SanType, SerialNumber,
+};
+use sqlx::postgres::PgPoolOptions;
+use tonic::transport::Channel;
+
+use crate::bench::check_request;
+use crate::fleet::run_id;
+use crate::stats::sample;
+
+/// One seeded device: its id and certificate.
+struct Seeded {
+    id: String,
+    cert_pem: String,
+    info: CertInfo,
+}
+
+pub async fn memory(
+    database_url: &str,
+    ext_authz: &str,
+    metrics: &str,
+    milestones: &[u32],
+) -> anyhow::Result<()> {
+    let total = milestones.iter().copied().max().unwrap_or(0);
+    ensure!(total > 0, "give at least one milestone");
+    let db = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(database_url)
+        .await
+        .context("cannot connect to the bench database")?;
+    let run = run_id();
+
+    // Certificates as the CA would issue them (ext-authz reads them; Envoy, which checks the chain,
+    // is not in this bench): one key, a distinct serial and identity each.
+    let started = Instant::now();
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "bench CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let run_tag = u64::from_str_radix(&run, 16).unwrap_or_default();
+    let mut devices = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let id = format!("mem-{run}-{i:06}");
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, &id);
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://edgemesh.local/device/{id}").try_into()?,
+        )];
+        // Unique across runs too: the run's tag, then the index.
+        let mut serial = [0x40u8; 16];
+        serial[1..8].copy_from_slice(&run_tag.to_be_bytes()[1..]);
+        serial[8..].copy_from_slice(&u64::from(i).to_be_bytes());
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let cert = params.signed_by(&key, &ca)?;
+        let info = CertInfo::from_der(cert.der())?;
+        devices.push(Seeded {
+            id,
+            cert_pem: cert.pem(),
+            info,
+        });
+    }
+    eprintln!(
+        "issued {total} certificates in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO users (id, email, role) VALUES ('bench-admin', 'bench-admin@bench.invalid', 'admin')
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(&db)
+    .await?;
+    for chunk in devices.chunks(10_000) {
+        let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
+        let serials: Vec<&str> = chunk.iter().map(|d| d.info.serial.as_str()).collect();
+        let fingerprints: Vec<&str> = chunk.iter().map(|d| d.info.fingerprint.as_str()).collect();
+        let not_before: Vec<_> = chunk.iter().map(|d| d.info.not_before).collect();
+        let not_after: Vec<_> = chunk.iter().map(|d| d.info.not_after).collect();
+        let pems: Vec<&str> = chunk.iter().map(|d| d.cert_pem.as_str()).collect();
+        let mut tx = db.begin().await?;
+        sqlx::query(
+            "INSERT INTO devices (id, owner_id, device_type, os, os_version, health_status, last_health_at)
+             SELECT id, 'bench-admin', 'bench', 'debian', '12', 'healthy', now() FROM UNNEST($1::text[]) AS id",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO certificates (serial, device_id, fingerprint, not_before, not_after, certificate_pem)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])",
+        )
+        .bind(&serials)
+        .bind(&ids)
+        .bind(&fingerprints)
+        .bind(&not_before)
+        .bind(&not_after)
+        .bind(&pems)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage, memory_usage,
+                 disk_usage, os, os_version, disk_encrypted, os_patches_current, antivirus_enabled,
+                 firewall_enabled, agent_version, status)
+             SELECT d, s, now(), 20, 40, 50, 'debian', '12', true, true, true, true, 'bench', 'healthy'
+             FROM UNNEST($1::text[], $2::text[]) AS t(d, s)",
+        )
+        .bind(&ids)
+        .bind(&serials)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    eprintln!(
+        "wrote {total} devices, certificates and health reports in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let channel = Channel::from_shared(ext_authz.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to ext-authz at {ext_authz}"))?;
+    let client = AuthorizationClient::new(channel);
+    let rss = || async {
+        let text = reqwest::get(metrics).await?.text().await?;
+        let rss = sample(&text, "process_resident_memory_bytes").context("no RSS metric")?;
+        let entries = sample(&text, "edgemesh_authz_cache_entries").unwrap_or(0.0);
+        anyhow::Ok((rss / 1_048_576.0, entries))
+    };
+    let (base, _) = rss().await?;
+    println!("ext-authz resident memory before: {base:.1} MiB");
+    let started = Instant::now();
+    let mut checked = 0u32;
+    let mut allowed = 0u32;
+    let mut sorted = milestones.to_vec();
+    sorted.sort_unstable();
+    for milestone in sorted {
+        // 16 in flight, each device once.
+        let mut tasks = tokio::task::JoinSet::new();
+        while checked < milestone {
+            while tasks.len() < 16 && checked < milestone {
+                let device = &devices[checked as usize];
+                let request = check_request(&device.id, &device.cert_pem);
+                let mut client = client.clone();
+                tasks.spawn(async move { client.check(request).await });
+                checked += 1;
+            }
+            if let Some(done) = tasks.join_next().await {
+                let answer = done??.into_inner();
+                allowed += u32::from(answer.status.is_some_and(|s| s.code == 0));
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            let answer = done??.into_inner();
+            allowed += u32::from(answer.status.is_some_and(|s| s.code == 0));
+        }
+        // Let moka's maintenance settle before reading the entry count.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (rss, entries) = rss().await?;
+        println!(
+            "ext-authz resident memory with {milestone} devices checked ({entries:.0} cached): {rss:.1} MiB \
+             (+{:.1} MiB; {:.0} s)",
+            rss - base,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    ensure!(
+        allowed == checked,
+        "{} of {checked} Checks were not allowed: the seeded devices are not what ext-authz expects",
+        checked - allowed
+    );
+    Ok(())
+}
