@@ -30,6 +30,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 STATE="$ROOT/.edgemesh"
 BIN="$ROOT/target/debug"
+# The transcript holds the numbers, not the services' logs.
+export EDGEMESH_LOG=${EDGEMESH_LOG:-error}
 ENVOY_BIN=${EDGEMESH_ENVOY_BIN:-$ROOT/.venv/bin/envoy}
 mkdir -p "$STATE/bench"
 

@@ -33,8 +33,7 @@ use crate::bench::{CheckArgs, ControlPlane, ProxyArgs};
 users of each role, --devices devices enrolled through the real CSR flow, health reports over mTLS, and \
 requests through Envoy with each device's certificate, under --scenario (steady, revocation, flapping, \
 attack), with a live progress line and a summary. Exit status: 0 ok; 1 a request failed for a reason \
-other than a policy deny, or a scenario could not measure what it had to; 3 an attack succeeded.",
-    args_conflicts_with_subcommands = true
+other than a policy deny, or a scenario could not measure what it had to; 3 an attack succeeded."
 )]
 struct Cli {
     /// The control API's enrollment and admin URL.
