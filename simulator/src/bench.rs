@@ -248,10 +248,12 @@ pub struct CheckArgs {
 /// client-side latency, CPU per request), then a closed-loop run for throughput.
 pub async fn check(control: &ControlPlane<'_>, args: &CheckArgs) -> anyhow::Result<()> {
     let devices = healthy_fleet(control, args.devices).await?;
-    let requests: Arc<Vec<CheckRequest>> = Arc::new(devices
+    let requests: Arc<Vec<CheckRequest>> = Arc::new(
+        devices
             .iter()
             .map(|d| check_request(&d.id, &d.cert_pem))
-            .collect());
+            .collect(),
+    );
     let channel = Channel::from_shared(args.ext_authz.clone())?
         .connect()
         .await
