@@ -2,8 +2,8 @@
 //! verified, the facts about the device from the directory, the decision from the policies. Every path,
 //! including internal errors, ends in an answer: an allow with identity headers or a 403 with reasons.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use edgemesh_core::cert::CertInfo;
@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, Record};
-use crate::directory::{DeviceRecord, Directory};
+use crate::directory::{DeviceRecord, Directory, fingerprint_bytes};
 use crate::metrics::{Metrics, reason_label};
 
 /// The headers EdgeMesh sets for the upstream; a client-sent copy is overwritten, never appended to.
@@ -77,10 +77,9 @@ pub struct Authorizer {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
-    /// Parsed peer certificates by the SHA-256 of their encoded form: a device sends the same
-    /// certificate with every request, so it is parsed once (keyed by digest, not by the kilobyte of
-    /// encoded PEM, to keep 100,000 devices' entries small).
-    pub peers: moka::future::Cache<[u8; 32], Arc<Peer>>,
+    /// Parsed peer certificates: a device sends the same certificate with every request, so it is
+    /// parsed once.
+    pub peers: PeerCache,
 }
 
 /// The identity a peer certificate proves, and what the policy and the audit need of it.
@@ -88,16 +87,64 @@ pub struct Authorizer {
 pub struct Peer {
     device: String,
     serial: String,
-    fingerprint: String,
+    fingerprint: [u8; 32],
     not_after: OffsetDateTime,
 }
 
-/// A cache for [`Authorizer::peers`].
-pub fn peer_cache() -> moka::future::Cache<[u8; 32], Arc<Peer>> {
-    moka::future::Cache::builder()
-        .max_capacity(100_000)
-        .time_to_idle(std::time::Duration::from_secs(3600))
-        .build()
+/// Parsed peer certificates by the SHA-256 of their encoded form (32 bytes per key, not the kilobyte of
+/// encoded PEM). An entry is a fact about a certificate (whom it names), never stale, so the cache
+/// needs no invalidation or expiry, only a bound: a full shard forgets an arbitrary entry. Revocation
+/// is checked against the directory on every request, not here.
+pub struct PeerCache {
+    shards: Vec<Mutex<HashMap<[u8; 32], Arc<Peer>>>>,
+    per_shard: usize,
+}
+
+impl PeerCache {
+    const SHARDS: usize = 16;
+
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..Self::SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: capacity.div_ceil(Self::SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<Peer>>> {
+        // A digest's first byte is uniform: a fine shard index.
+        self.shards[usize::from(key[0]) % Self::SHARDS]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+        self.shard(key).get(key).cloned()
+    }
+
+    pub fn insert(&self, key: [u8; 32], peer: Arc<Peer>) {
+        let mut shard = self.shard(&key);
+        if shard.len() >= self.per_shard
+            && !shard.contains_key(&key)
+            && let Some(evicted) = shard.keys().next().copied()
+        {
+            shard.remove(&evicted);
+        }
+        shard.insert(key, peer);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
+    }
 }
 
 impl Authorizer {
@@ -167,8 +214,8 @@ impl Authorizer {
             decision_id,
             decision: policies.evaluate_value(AUTHZ, input),
             device: Some(record.id.clone()),
-            user: Some(record.owner_id.clone()),
-            role: Some(record.role.clone()),
+            user: Some(record.owner_id.to_string()),
+            role: Some(record.role.to_string()),
             service,
             serial: Some(peer.serial.clone()),
         }
@@ -185,11 +232,11 @@ impl Authorizer {
             return Err("no client certificate was presented".to_owned());
         }
         let key: [u8; 32] = Sha256::digest(encoded.as_bytes()).into();
-        if let Some(peer) = self.peers.get(&key).await {
+        if let Some(peer) = self.peers.get(&key) {
             return Ok(peer);
         }
         let peer = Arc::new(self.parse_peer(encoded)?);
-        self.peers.insert(key, Arc::clone(&peer)).await;
+        self.peers.insert(key, Arc::clone(&peer));
         Ok(peer)
     }
 
@@ -209,7 +256,8 @@ impl Authorizer {
         Ok(Peer {
             device: device.to_string(),
             serial: cert.serial,
-            fingerprint: cert.fingerprint,
+            fingerprint: fingerprint_bytes(&cert.fingerprint)
+                .ok_or_else(|| "the client certificate's fingerprint is malformed".to_owned())?,
             not_after: cert.not_after,
         })
     }
@@ -253,7 +301,7 @@ impl Authorizer {
                 ("disk_encrypted", optional(h.disk_encrypted)),
                 ("firewall_enabled", optional(h.firewall_enabled)),
                 ("collected_at", Value::from(rfc3339(h.collected_at))),
-                ("status", Value::from(h.status.as_str())),
+                ("status", Value::from(&*h.status)),
             ])
         });
         object([
@@ -261,17 +309,17 @@ impl Authorizer {
                 "device",
                 object([
                     ("id", Value::from(record.id.as_str())),
-                    ("type", Value::from(record.device_type.as_str())),
-                    ("status", Value::from(record.status.as_str())),
-                    ("os", Value::from(record.os.as_str())),
-                    ("os_version", Value::from(record.os_version.as_str())),
+                    ("type", Value::from(&*record.device_type)),
+                    ("status", Value::from(&*record.status)),
+                    ("os", Value::from(&*record.os)),
+                    ("os_version", Value::from(&*record.os_version)),
                 ]),
             ),
             (
                 "certificate",
                 object([
                     ("serial", Value::from(peer.serial.as_str())),
-                    ("fingerprint", Value::from(peer.fingerprint.as_str())),
+                    ("fingerprint", Value::from(hex::encode(peer.fingerprint))),
                     ("not_after", Value::from(rfc3339(peer.not_after))),
                     ("revoked", Value::from(revoked)),
                 ]),
@@ -280,8 +328,8 @@ impl Authorizer {
             (
                 "user",
                 object([
-                    ("id", Value::from(record.owner_id.as_str())),
-                    ("role", Value::from(record.role.as_str())),
+                    ("id", Value::from(&*record.owner_id)),
+                    ("role", Value::from(&*record.role)),
                 ]),
             ),
             ("service", optional(service)),
@@ -472,5 +520,44 @@ impl Authorization for Authorizer {
             peer: peer_address(&request),
         });
         Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(device: &str) -> Arc<Peer> {
+        Arc::new(Peer {
+            device: device.to_owned(),
+            serial: "01".to_owned(),
+            fingerprint: [0xab; 32],
+            not_after: OffsetDateTime::UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn the_peer_cache_stays_within_its_bound() {
+        let cache = PeerCache::new(64);
+        for i in 0..1000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            key[0] = (i % 256) as u8;
+            cache.insert(key, peer(&format!("pi-{i}")));
+            assert_eq!(
+                cache.get(&key).map(|p| p.device.clone()),
+                Some(format!("pi-{i}"))
+            );
+        }
+        assert!(cache.len() <= 64, "{} entries", cache.len());
+        let mut same = [7u8; 32];
+        cache.insert(same, peer("a"));
+        cache.insert(same, peer("b"));
+        assert_eq!(
+            cache.get(&same).map(|p| p.device.clone()),
+            Some("b".to_owned())
+        );
+        same[31] = 8;
+        assert!(cache.get(&same).is_none());
     }
 }

@@ -28,12 +28,15 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_millis(300);
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceRecord {
     pub id: String,
-    pub device_type: String,
-    pub status: String,
-    pub os: String,
-    pub os_version: String,
-    pub owner_id: String,
-    pub role: String,
+    /// The few distinct values of these fields are shared by every device that has them (see
+    /// `Directory::intern`): 100,000 cached devices hold a handful of copies, not 100,000.
+    pub device_type: Arc<str>,
+    pub status: Arc<str>,
+    pub os: Arc<str>,
+    pub os_version: Arc<str>,
+    /// Shared too: a user's devices name the same owner.
+    pub owner_id: Arc<str>,
+    pub role: Arc<str>,
     /// The device's certificates that have not expired.
     pub certificates: Vec<CertificateRecord>,
     pub health: Option<HealthRecord>,
@@ -42,7 +45,8 @@ pub struct DeviceRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateRecord {
     pub serial: String,
-    pub fingerprint: String,
+    /// SHA-256 of the certificate's DER (stored as 32 bytes, not 64 hex characters).
+    pub fingerprint: [u8; 32],
     pub revoked: bool,
 }
 
@@ -58,7 +62,7 @@ pub struct HealthRecord {
     pub os_patches_current: Option<bool>,
     pub antivirus_enabled: Option<bool>,
     pub firewall_enabled: Option<bool>,
-    pub status: String,
+    pub status: Arc<str>,
 }
 
 impl HealthRecord {
@@ -80,7 +84,13 @@ pub struct Directory {
     /// True while the notification listener is connected: only then may cached entries be used.
     listening: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Shared copies of low-cardinality values (see [`Directory::intern`]).
+    names: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
 }
+
+/// More distinct values than this (OS versions reported by a large, varied fleet) and the set of shared
+/// copies starts over; copies in use stay valid.
+const MAX_NAMES: usize = 10_000;
 
 impl Directory {
     pub fn new(db: PgPool, capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
@@ -95,7 +105,25 @@ impl Directory {
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             listening: AtomicBool::new(false),
             metrics,
+            names: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// The shared copy of `value`.
+    fn intern(&self, value: String) -> Arc<str> {
+        let mut names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(shared) = names.get(value.as_str()) {
+            return Arc::clone(shared);
+        }
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        let shared: Arc<str> = Arc::from(value);
+        names.insert(Arc::clone(&shared));
+        shared
     }
 
     pub fn is_listening(&self) -> bool {
@@ -161,10 +189,13 @@ impl Directory {
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .map(|(serial, fingerprint, revoked)| CertificateRecord {
-            serial,
-            fingerprint,
-            revoked,
+        // A fingerprint that is not 64 hex digits matches no presented certificate.
+        .filter_map(|(serial, fingerprint, revoked)| {
+            Some(CertificateRecord {
+                serial,
+                fingerprint: fingerprint_bytes(&fingerprint)?,
+                revoked,
+            })
         })
         .collect();
         type HealthRow = (
@@ -197,16 +228,16 @@ impl Directory {
             os_patches_current: h.6,
             antivirus_enabled: h.7,
             firewall_enabled: h.8,
-            status: h.9,
+            status: self.intern(h.9),
         });
         Ok(Some(Arc::new(DeviceRecord {
             id,
-            device_type,
-            status,
-            os,
-            os_version,
-            owner_id,
-            role,
+            device_type: self.intern(device_type),
+            status: self.intern(status),
+            os: self.intern(os),
+            os_version: self.intern(os_version),
+            owner_id: self.intern(owner_id),
+            role: self.intern(role),
             certificates,
             health,
         })))
@@ -226,7 +257,7 @@ impl Directory {
                 if self
                     .cache
                     .invalidate_entries_if(move |_, entry| {
-                        entry.as_ref().is_none_or(|d| d.owner_id == owner)
+                        entry.as_ref().is_none_or(|d| *d.owner_id == *owner)
                     })
                     .is_err()
                 {
@@ -303,6 +334,13 @@ impl Directory {
     }
 }
 
+/// The 32 bytes of a fingerprint written as 64 hex digits.
+pub fn fingerprint_bytes(hex_digits: &str) -> Option<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut bytes).ok()?;
+    Some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,7 +357,7 @@ mod tests {
             os_patches_current: None,
             antivirus_enabled: None,
             firewall_enabled: None,
-            status: "healthy".to_owned(),
+            status: "healthy".into(),
         }
     }
 

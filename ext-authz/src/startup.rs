@@ -72,7 +72,9 @@ pub async fn serve(
         },
         metrics: Arc::clone(&metrics),
         audit,
-        peers: crate::check::peer_cache(),
+        peers: crate::check::PeerCache::new(
+            usize::try_from(config.cache_capacity).unwrap_or(usize::MAX),
+        ),
     });
     if let Some(at) = config.clock {
         tracing::warn!(clock = %at, "deciding with a fixed clock");

@@ -139,6 +139,18 @@ pub async fn memory(
         let entries = sample(&text, "edgemesh_authz_cache_entries").unwrap_or(0.0);
         anyhow::Ok((rss / 1_048_576.0, entries))
     };
+    // The writes above notify ext-authz once per row; let it finish applying them, or late
+    // invalidations would empty entries the Checks below fill.
+    let mut last = -1.0;
+    loop {
+        let text = reqwest::get(metrics).await?.text().await?;
+        let applied = sample(&text, "edgemesh_authz_cache_invalidations_total").unwrap_or(0.0);
+        if applied == last {
+            break;
+        }
+        last = applied;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
     let (base, _) = rss().await?;
     println!("ext-authz resident memory before: {base:.1} MiB");
     let started = Instant::now();
@@ -176,10 +188,15 @@ pub async fn memory(
             started.elapsed().as_secs_f64()
         );
     }
+    // A few denies are possible (a lookup that timed out under this load); many mean the seeded
+    // devices are not what ext-authz expects, and the entries measured are not the ones meant.
     ensure!(
-        allowed == checked,
+        u64::from(checked - allowed) * 1000 <= u64::from(checked),
         "{} of {checked} Checks were not allowed: the seeded devices are not what ext-authz expects",
         checked - allowed
     );
+    if allowed < checked {
+        println!("({} of {checked} Checks were denied)", checked - allowed);
+    }
     Ok(())
 }
