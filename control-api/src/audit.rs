@@ -202,10 +202,14 @@ pub async fn maintain(
     Ok(done)
 }
 
-/// Runs [`maintain`] now and then daily until `stop` turns true. A failed pass is logged and retried
-/// at the next.
+/// Runs [`maintain`] daily until `stop` turns true (the first pass ran at start-up, in
+/// `Application::build`). A failed pass is logged and retried at the next.
 pub async fn keep_partitions(db: PgPool, retention: Retention, mut stop: watch::Receiver<bool>) {
     loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
         match maintain(&db, retention, OffsetDateTime::now_utc()).await {
             Ok(done) => {
                 if !done.created.is_empty() || !done.dropped.is_empty() {
@@ -216,10 +220,6 @@ pub async fn keep_partitions(db: PgPool, retention: Retention, mut stop: watch::
                 error = format!("{e:#}"),
                 "audit partition maintenance failed"
             ),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
         }
     }
 }

@@ -4,6 +4,25 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// `POST /api/v1/enroll`, authenticated by an enrollment token.
+/// A user's role: what the policies grant its devices.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Developer,
+    Analyst,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Developer => "developer",
+            Self::Analyst => "analyst",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrollRequest {
     pub device_id: String,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use edgemesh_core::api::HealthReport;
+use edgemesh_core::api::{HealthReport, Role};
 use edgemesh_core::id::DeviceId;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -121,23 +121,6 @@ fn share(s: &str) -> Result<f64, String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Admin,
-    Developer,
-    Analyst,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Developer => "developer",
-            Self::Analyst => "analyst",
-        }
-    }
-}
-
 /// The health a device reports: fixed traits (chosen once per device), varying load.
 #[derive(Debug, Clone, Copy)]
 struct Traits {
@@ -203,7 +186,7 @@ pub async fn run(control: &ControlPlane<'_>, args: RunArgs) -> anyhow::Result<Su
         Scenario::Steady => 0,
     };
     ensure!(
-        admins >= needed.max(u32::from(args.scenario == Scenario::Attack)),
+        admins >= needed,
         "{} needs {needed} admins' devices, and {admins} of the {} devices are admins' (about 20%): \
          use more --devices",
         format!("{:?}", args.scenario).to_lowercase(),

@@ -8,6 +8,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use base64::Engine;
+use edgemesh_core::api::Role;
 use edgemesh_core::id::{DeviceId, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -62,24 +63,6 @@ async fn require_admin(
 }
 
 // ---- users
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Developer,
-    Analyst,
-}
-
-impl Role {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Developer => "developer",
-            Self::Analyst => "analyst",
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 struct CreateUser {

@@ -78,9 +78,10 @@ impl Cluster {
             .to_owned()
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// Runs a PostgreSQL tool as the cluster's owner.
+    fn output(&self, tool: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
         let program = self.bin.join(tool);
-        let output = if self.as_root {
+        if self.as_root {
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
                 .arg(&program)
@@ -89,7 +90,10 @@ impl Cluster {
         } else {
             Command::new(&program).args(args).output()
         }
-        .expect(tool);
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self.output(tool, args).expect(tool);
         assert!(
             output.status.success(),
             "{tool} {args:?}: {}",
@@ -131,17 +135,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let data = self.data();
-        let program = self.bin.join("pg_ctl");
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let _ = if self.as_root {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&program).args(args).output()
-        };
+        let _ = self.output(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
     }
 }
