@@ -192,7 +192,7 @@ impl State {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    edgemesh_core::telemetry::init();
+    let _log = edgemesh_core::telemetry::init();
     edgemesh_core::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli).await {

@@ -40,7 +40,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    edgemesh_core::telemetry::init();
+    let _log = edgemesh_core::telemetry::init();
     let cli = Cli::parse();
     let config = cli.config;
     let done = match cli.command {

@@ -32,6 +32,8 @@ use crate::metrics::Metrics;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records per insert statement.
 const BATCH: usize = 1000;
+/// How long the writer waits for a batch to fill before it writes what it has.
+const LINGER: Duration = Duration::from_millis(100);
 /// How often the replay task looks at the spool.
 const REPLAY_EVERY: Duration = Duration::from_millis(500);
 /// Longest path kept in a record (a request path can be tens of kilobytes).
@@ -144,17 +146,38 @@ async fn write(
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let mut received = 0;
-        let stopping = tokio::select! {
+        let mut stopping = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => {
                 received = n;
                 false
             }
             _ = stop.wait_for(|stop| *stop) => true,
         };
+        // A batch that is not full waits a moment for more: a statement for every record or two
+        // costs PostgreSQL more CPU per record than the decision itself cost (measured: ~90 µs per
+        // record at 2,700 decisions/s). A backlog fills whole batches and is written without waiting.
+        if !stopping && received > 0 && received < BATCH {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                _ = stop.wait_for(|stop| *stop) => stopping = true,
+            }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(record) => {
+                        batch.push(record);
+                        received += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         if stopping {
             // No new records from here on (a late one is spooled by `record`); drain the rest.
             rx.close();
-            received = rx.recv_many(&mut batch, BATCH).await;
+            let room = BATCH - batch.len();
+            if room > 0 {
+                received += rx.recv_many(&mut batch, room).await;
+            }
         }
         if received == 0 {
             return;
@@ -245,10 +268,31 @@ async fn replay(
 }
 
 /// Inserts the records; a record already stored is skipped. Answers how many were new.
+///
+/// A batch is first inserted plainly; only a batch that holds a record already stored (a replay after
+/// a write that timed out but committed, or after a crash) is inserted again with `ON CONFLICT DO
+/// NOTHING`, whose speculative insertion costs PostgreSQL more per row on every batch.
 pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
     if records.is_empty() {
         return Ok(0);
     }
+    match insert_batch(db, records, false).await {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            insert_batch(db, records, true).await
+        }
+        done => done,
+    }
+}
+
+/// Separates a record's reasons in the one text value PostgreSQL splits back into `text[]` (cheaper
+/// per row than a JSON array); the separator cannot occur in a reason.
+const REASON_SEPARATOR: char = '\u{1f}';
+
+async fn insert_batch(
+    db: &PgPool,
+    records: &[Record],
+    skip_stored: bool,
+) -> Result<u64, sqlx::Error> {
     let mut ids = Vec::with_capacity(records.len());
     let mut times = Vec::with_capacity(records.len());
     let mut devices = Vec::with_capacity(records.len());
@@ -276,44 +320,73 @@ pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error>
         methods.push(r.method.as_deref());
         paths.push(r.path.as_deref());
         decisions.push(if r.allow { "allow" } else { "deny" });
-        reasons.push(serde_json::Value::from(r.reasons.clone()));
+        reasons.push(joined_reasons(&r.reasons));
         versions.push(r.policy_version.as_str());
         serials.push(r.serial.as_deref());
         latencies.push(r.latency_us);
         peers.push(r.peer.as_deref());
     }
-    let done = sqlx::query(
-        "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role, service,
-             method, path, decision, reasons, policy_version, certificate_serial, latency_us,
-             peer_address)
-         SELECT u.id, u.at, 'authorization', 'check', u.device, u.usr, u.role, u.service, u.method,
-             u.path, u.decision, ARRAY(SELECT jsonb_array_elements_text(u.reasons)), u.version,
-             u.serial, u.latency, u.peer
-         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::text[],
-                     $13::bigint[], $14::text[])
-             AS u(id, at, device, usr, role, service, method, path, decision, reasons, version,
-                  serial, latency, peer)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(ids)
-    .bind(times)
-    .bind(devices)
-    .bind(users)
-    .bind(roles)
-    .bind(services)
-    .bind(methods)
-    .bind(paths)
-    .bind(decisions)
-    .bind(reasons)
-    .bind(versions)
-    .bind(serials)
-    .bind(latencies)
-    .bind(peers)
-    .execute(db)
-    .await?;
+    let statement = if skip_stored {
+        INSERT_RECORDS_SKIPPING_STORED
+    } else {
+        INSERT_RECORDS
+    };
+    let done = sqlx::query(statement)
+        .bind(ids)
+        .bind(times)
+        .bind(devices)
+        .bind(users)
+        .bind(roles)
+        .bind(services)
+        .bind(methods)
+        .bind(paths)
+        .bind(decisions)
+        .bind(reasons)
+        .bind(versions)
+        .bind(serials)
+        .bind(latencies)
+        .bind(peers)
+        .execute(db)
+        .await?;
     Ok(done.rows_affected())
 }
+
+/// The reasons as one text: joined by [`REASON_SEPARATOR`], which a reason may not contain (replaced).
+fn joined_reasons(reasons: &[String]) -> String {
+    let mut joined = String::new();
+    for (i, reason) in reasons.iter().enumerate() {
+        if i > 0 {
+            joined.push(REASON_SEPARATOR);
+        }
+        joined.extend(
+            reason
+                .chars()
+                .map(|c| if c == REASON_SEPARATOR { '\u{fffd}' } else { c }),
+        );
+    }
+    joined
+}
+
+macro_rules! insert_records {
+    ($suffix:literal) => {
+        concat!(
+            "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
+                 service, method, path, decision, reasons, policy_version, certificate_serial,
+                 latency_us, peer_address)
+             SELECT u.id, u.at, 'authorization', 'check', u.device, u.usr, u.role, u.service,
+                 u.method, u.path, u.decision, string_to_array(u.reasons, E'\\x1f'), u.version,
+                 u.serial, u.latency, u.peer
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                         $12::text[], $13::bigint[], $14::text[])
+                 AS u(id, at, device, usr, role, service, method, path, decision, reasons,
+                      version, serial, latency, peer)",
+            $suffix
+        )
+    };
+}
+const INSERT_RECORDS: &str = insert_records!("");
+const INSERT_RECORDS_SKIPPING_STORED: &str = insert_records!(" ON CONFLICT DO NOTHING");
 
 /// The append-only spool: one JSON record per line in `audit.spool`, and in `audit.offset` how many of
 /// its bytes are already in Postgres. Emptied (truncated) once everything is replayed.

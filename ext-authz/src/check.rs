@@ -9,7 +9,7 @@ use std::time::Instant;
 use edgemesh_core::cert::CertInfo;
 use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore, Value};
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+    CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
 };
 use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
@@ -18,7 +18,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use crate::audit::{AuditLog, Record};
 use crate::directory::{DeviceRecord, Directory, fingerprint_bytes};
@@ -148,6 +148,67 @@ impl PeerCache {
 }
 
 impl Authorizer {
+    /// Answers one Check call: decides, counts, logs and audits the decision.
+    pub async fn answer(&self, request: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let at = OffsetDateTime::now_utc();
+        let verdict = self.decide(request).await;
+        let answer = response(request, &verdict);
+        let elapsed = started.elapsed();
+        self.metrics.latency.observe(elapsed.as_secs_f64());
+        self.metrics
+            .decisions
+            .with_label_values(&[
+                if verdict.decision.allow {
+                    "allow"
+                } else {
+                    "deny"
+                },
+                service_label(verdict.service.as_deref()),
+                reason_label(verdict.decision.allow, &verdict.decision.reasons),
+            ])
+            .inc();
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        tracing::info!(
+            decision_id = %verdict.decision_id,
+            allow = verdict.decision.allow,
+            device = verdict.device.as_deref().unwrap_or("-"),
+            user = verdict.user.as_deref().unwrap_or("-"),
+            role = verdict.role.as_deref().unwrap_or("-"),
+            service = verdict.service.as_deref().unwrap_or("-"),
+            method = http.map_or("-", |h| h.method.as_str()),
+            path = http.map_or("-", |h| h.path.as_str()),
+            reasons = ?verdict.decision.reasons,
+            policy_version = %verdict.decision.policy_version,
+            latency_us = elapsed.as_micros() as u64,
+            "decision"
+        );
+        let (method, path) = http.map_or((None, None), |h| {
+            (Some(h.method.clone()), Some(Record::bounded_path(&h.path)))
+        });
+        self.audit.record(Record {
+            id: verdict.decision_id,
+            at_us: Record::at(at),
+            device: verdict.device,
+            user: verdict.user,
+            role: verdict.role,
+            service: verdict.service,
+            method,
+            path,
+            allow: verdict.decision.allow,
+            reasons: verdict.decision.reasons,
+            policy_version: verdict.decision.policy_version,
+            serial: verdict.serial,
+            latency_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
+            peer: peer_address(request),
+        });
+        answer
+    }
+
     /// Decides one request. Never fails: anything unexpected is a deny with a reason.
     pub async fn decide(&self, request: &CheckRequest) -> Verdict {
         let decision_id = uuid::Uuid::new_v4();
@@ -454,73 +515,6 @@ pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
         response.set_http_response(denied);
     }
     response
-}
-
-#[tonic::async_trait]
-impl Authorization for Authorizer {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let started = Instant::now();
-        let at = OffsetDateTime::now_utc();
-        let request = request.into_inner();
-        let verdict = self.decide(&request).await;
-        let answer = response(&request, &verdict);
-        let elapsed = started.elapsed();
-        self.metrics.latency.observe(elapsed.as_secs_f64());
-        self.metrics
-            .decisions
-            .with_label_values(&[
-                if verdict.decision.allow {
-                    "allow"
-                } else {
-                    "deny"
-                },
-                service_label(verdict.service.as_deref()),
-                reason_label(verdict.decision.allow, &verdict.decision.reasons),
-            ])
-            .inc();
-        let http = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        tracing::info!(
-            decision_id = %verdict.decision_id,
-            allow = verdict.decision.allow,
-            device = verdict.device.as_deref().unwrap_or("-"),
-            user = verdict.user.as_deref().unwrap_or("-"),
-            role = verdict.role.as_deref().unwrap_or("-"),
-            service = verdict.service.as_deref().unwrap_or("-"),
-            method = http.map_or("-", |h| h.method.as_str()),
-            path = http.map_or("-", |h| h.path.as_str()),
-            reasons = ?verdict.decision.reasons,
-            policy_version = %verdict.decision.policy_version,
-            latency_us = elapsed.as_micros() as u64,
-            "decision"
-        );
-        let (method, path) = http.map_or((None, None), |h| {
-            (Some(h.method.clone()), Some(Record::bounded_path(&h.path)))
-        });
-        self.audit.record(Record {
-            id: verdict.decision_id,
-            at_us: Record::at(at),
-            device: verdict.device,
-            user: verdict.user,
-            role: verdict.role,
-            service: verdict.service,
-            method,
-            path,
-            allow: verdict.decision.allow,
-            reasons: verdict.decision.reasons,
-            policy_version: verdict.decision.policy_version,
-            serial: verdict.serial,
-            latency_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
-            peer: peer_address(&request),
-        });
-        Ok(Response::new(answer))
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod check;
 pub mod config;
 pub mod directory;
+pub mod grpc;
 pub mod metrics;
 pub mod startup;
 

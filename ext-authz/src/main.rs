@@ -52,7 +52,7 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    edgemesh_core::telemetry::init();
+    let _log = edgemesh_core::telemetry::init();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(config) => return serve(config, &cli.policy_dir),
@@ -68,8 +68,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &edgemesh_ext_authz::Config, policy_dir: &Path) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
+    let mut builder = if config.worker_threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(threads) = config.worker_threads.filter(|t| *t > 1) {
         builder.worker_threads(threads);
     }
     let runtime = match builder.enable_all().build() {

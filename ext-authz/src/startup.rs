@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgemesh_core::policy::{PolicyStore, Reload, valid_timezone};
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::audit::{self, WRITE_TIMEOUT};
@@ -19,6 +17,9 @@ use crate::check::{Authorizer, Clock, Settings};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::metrics::{self, Metrics};
+
+/// The name of Envoy's authorization service in the gRPC health service.
+const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 /// Runs the server until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
@@ -100,7 +101,7 @@ pub async fn serve(
     tokio::spawn(metrics::serve(Arc::clone(&metrics), metrics_listener));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
-        .set_not_serving::<AuthorizationServer<Authorizer>>()
+        .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)
         .await;
     reporter
         .set_service_status("", ServingStatus::NotServing)
@@ -116,18 +117,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     tracing::info!(addr = %config.listen, "ext-authz listening");
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight checks");
         let _ = stop_tx.send(true);
     };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(AuthorizationServer::from_arc(authorizer))
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await
-        .context("gRPC server failed")?;
+    crate::grpc::serve(listener, authorizer, health_service, signal).await;
     // Every decision made is written or spooled before the process ends.
     if tokio::time::timeout(WRITE_TIMEOUT * 5, audit_done)
         .await
@@ -161,7 +156,7 @@ async fn report_readiness(
             };
             reporter.set_service_status("", status).await;
             reporter
-                .set_service_status("envoy.service.auth.v3.Authorization", status)
+                .set_service_status(AUTHORIZATION_SERVICE, status)
                 .await;
             serving = Some(now);
         }

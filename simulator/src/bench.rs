@@ -376,6 +376,9 @@ pub struct ProxyArgs {
     pub connections: usize,
     pub rounds: u32,
     pub phase: Duration,
+    /// Processes whose CPU per request is reported for each authorizer (name, pid; a process's
+    /// CPU includes its children's, so a PostgreSQL postmaster counts its backends).
+    pub watch: Vec<(String, u32)>,
 }
 
 const AUTHORIZERS: [&str; 3] = ["none", "do-nothing", "edgemesh"];
@@ -401,6 +404,15 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
     let mut errors = [0u64; 3];
     let mut cpu = 0.0;
     let mut edgemesh_checks = 0.0;
+    // CPU seconds of each watched process (and the simulator itself, last) per authorizer.
+    let mut watched = vec![[0.0f64; 3]; args.watch.len() + 1];
+    let watched_cpu = || -> Vec<f64> {
+        args.watch
+            .iter()
+            .map(|(_, pid)| process_tree_cpu_seconds(*pid))
+            .chain([process_tree_cpu_seconds(std::process::id())])
+            .collect()
+    };
     for _ in 0..args.rounds {
         for (index, base) in args.targets.iter().enumerate() {
             let before = (index == 2).then(|| ServerSide::scrape(&args.metrics));
@@ -408,7 +420,14 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
                 Some(f) => Some(f.await?),
                 None => None,
             };
+            let watched_before = watched_cpu();
             let (samples, failed, elapsed) = load(&clients, base, args.phase).await;
+            for (total, (after, before)) in watched
+                .iter_mut()
+                .zip(watched_cpu().iter().zip(&watched_before))
+            {
+                total[index] += after - before;
+            }
             if let Some(before) = before {
                 let after = ServerSide::scrape(&args.metrics).await?;
                 cpu += after.cpu_seconds() - before.cpu_seconds();
@@ -454,11 +473,54 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
         "edgemesh authorizer CPU {:.1} µs per request ({edgemesh_checks:.0} checks)",
         cpu / edgemesh_checks.max(1.0) * 1e6
     );
+    println!("CPU per request (µs)      none   do-nothing   edgemesh");
+    let names = args
+        .watch
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .chain(["load generator"]);
+    for (name, seconds) in names.zip(&watched) {
+        let per = |i: usize| seconds[i] / (latencies[i].len().max(1) as f64) * 1e6;
+        println!(
+            "{name:<22} {:>7.1} {:>12.1} {:>10.1}",
+            per(0),
+            per(1),
+            per(2)
+        );
+    }
     ensure!(
         errors.iter().all(|e| *e == 0),
         "requests failed: {errors:?}"
     );
     Ok(())
+}
+
+/// CPU seconds (user + system) used so far by a process and its descendants that are still
+/// running; 0 for a process that is gone.
+fn process_tree_cpu_seconds(pid: u32) -> f64 {
+    // Linux reports both in clock ticks, 100 per second on every platform it supports.
+    const TICKS: f64 = 100.0;
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    let children: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .map(process_tree_cpu_seconds)
+        .sum();
+    own / TICKS + children
 }
 
 /// One closed-loop phase: every client sends GETs back to back for `phase`.

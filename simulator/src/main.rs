@@ -124,6 +124,10 @@ enum Command {
         rounds: u32,
         #[arg(long, default_value_t = 5)]
         phase_secs: u64,
+        /// NAME=PID of a process whose CPU per request to report for each authorizer (with its
+        /// children's: a PostgreSQL postmaster counts its backends); repeatable.
+        #[arg(long, value_parser = parse_watch)]
+        watch: Vec<(String, u32)>,
     },
     /// The ext-authz audit writer alone, into a bench database: its drain rate with a full queue,
     /// then the queue depth at half that rate.
@@ -181,7 +185,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    edgemesh_core::telemetry::init();
+    let _log = edgemesh_core::telemetry::init();
     edgemesh_core::tls::install_crypto_provider();
     let cli = Cli::parse();
     let result = if cli.command.is_some() {
@@ -295,6 +299,7 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             connections,
             rounds,
             phase_secs,
+            ref watch,
         } => {
             let token = admin_token()?;
             let args = ProxyArgs {
@@ -303,10 +308,21 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 rounds,
                 phase: Duration::from_secs(phase_secs),
+                watch: watch.clone(),
             };
             bench::proxy(&control(&token), &args).await
         }
     }
+}
+
+fn parse_watch(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PID, got {text:?}"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?} is not a process id"))?;
+    Ok((name.to_owned(), pid))
 }
 
 fn read_admin_token(path: &std::path::Path) -> anyhow::Result<String> {
