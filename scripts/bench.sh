@@ -87,6 +87,7 @@ run "$BIN/edgemesh-simulator" --devices 400 --duration 60s --rate 50 --scenario 
 echo "== through Envoy: no authorizer, the do-nothing authorizer, EdgeMesh's (same route, one run)"
 "$BIN/edgemesh-simulator" noop-authz --listen 127.0.0.1:9193 >"$STATE/bench/noop-authz.log" 2>&1 &
 pids+=($!)
+noop_pid=$!
 sed -e "s|@ADMIN_PORT@|9902|; s|@NONE_PORT@|10001|g; s|@NOOP_PORT@|10002|g; s|@EDGEMESH_PORT@|10003|g" \
     -e "s|@EXT_AUTHZ_PORT@|9191|; s|@NOOP_AUTHZ_PORT@|9193|; s|@UPSTREAM_PORT@|8081|" \
     -e "s|@TRUST_DOMAIN@|${EDGEMESH_TRUST_DOMAIN:-edgemesh.local}|" \
@@ -96,6 +97,11 @@ sed -e "s|@ADMIN_PORT@|9902|; s|@NONE_PORT@|10001|g; s|@NOOP_PORT@|10002|g; s|@E
 "$ENVOY_BIN" -c "$STATE/bench/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warn \
     >"$STATE/bench/envoy.log" 2>&1 &
 pids+=($!)
+envoy_pid=$!
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:9902/ready >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf http://127.0.0.1:9902/ready >/dev/null || { tail "$STATE/bench/envoy.log"; exit 1; }
-run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 3 --phase-secs 5
+# Each process's CPU per request, by authorizer (PostgreSQL: the postmaster and its backends).
+run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 4 --phase-secs 5 \
+  --watch "envoy=$envoy_pid" --watch "ext-authz=$(cat "$STATE/pids/ext-authz.pid")" \
+  --watch "do-nothing authz=$noop_pid" --watch "upstream=$(cat "$STATE/pids/upstream.pid")" \
+  --watch "postgres=$(head -1 "$STATE/pg/data/postmaster.pid")"

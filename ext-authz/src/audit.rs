@@ -269,124 +269,123 @@ async fn replay(
 
 /// Inserts the records; a record already stored is skipped. Answers how many were new.
 ///
-/// A batch is first inserted plainly; only a batch that holds a record already stored (a replay after
-/// a write that timed out but committed, or after a crash) is inserted again with `ON CONFLICT DO
-/// NOTHING`, whose speculative insertion costs PostgreSQL more per row on every batch.
+/// A batch is sent with `COPY` (about half PostgreSQL's CPU per row of an `INSERT`, measured in
+/// BENCHMARKS.md). Only a batch holding a record already stored (a replay after a write that timed
+/// out but committed, or after a crash) fails it; that batch is copied into a temporary table and
+/// moved over with `ON CONFLICT DO NOTHING`, whose speculative insertion would cost every batch more.
 pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
     if records.is_empty() {
         return Ok(0);
     }
-    match insert_batch(db, records, false).await {
+    let mut csv = String::with_capacity(records.len() * 256);
+    for record in records {
+        csv_row(&mut csv, record);
+    }
+    let mut conn = db.acquire().await?;
+    match copy_csv(&mut conn, "audit_log", &csv).await {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            insert_batch(db, records, true).await
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::query(
+                "CREATE TEMPORARY TABLE audit_incoming (LIKE audit_log INCLUDING DEFAULTS)
+                 ON COMMIT DROP",
+            )
+            .execute(&mut *tx)
+            .await?;
+            copy_csv(&mut tx, "audit_incoming", &csv).await?;
+            let done = sqlx::query(
+                "INSERT INTO audit_log SELECT * FROM audit_incoming ON CONFLICT DO NOTHING",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
         }
         done => done,
     }
 }
 
-/// Separates a record's reasons in the one text value PostgreSQL splits back into `text[]` (cheaper
-/// per row than a JSON array); the separator cannot occur in a reason.
-const REASON_SEPARATOR: char = '\u{1f}';
-
-async fn insert_batch(
-    db: &PgPool,
-    records: &[Record],
-    skip_stored: bool,
+/// `COPY`s CSV lines of [`csv_row`] into `table`; answers the rows copied.
+async fn copy_csv(
+    conn: &mut sqlx::PgConnection,
+    table: &'static str,
+    csv: &str,
 ) -> Result<u64, sqlx::Error> {
-    let mut ids = Vec::with_capacity(records.len());
-    let mut times = Vec::with_capacity(records.len());
-    let mut devices = Vec::with_capacity(records.len());
-    let mut users = Vec::with_capacity(records.len());
-    let mut roles = Vec::with_capacity(records.len());
-    let mut services = Vec::with_capacity(records.len());
-    let mut methods = Vec::with_capacity(records.len());
-    let mut paths = Vec::with_capacity(records.len());
-    let mut decisions = Vec::with_capacity(records.len());
-    let mut reasons = Vec::with_capacity(records.len());
-    let mut versions = Vec::with_capacity(records.len());
-    let mut serials = Vec::with_capacity(records.len());
-    let mut latencies = Vec::with_capacity(records.len());
-    let mut peers = Vec::with_capacity(records.len());
-    for r in records {
-        ids.push(r.id);
-        times.push(
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.at_us) * 1000)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        );
-        devices.push(r.device.as_deref());
-        users.push(r.user.as_deref());
-        roles.push(r.role.as_deref());
-        services.push(r.service.as_deref());
-        methods.push(r.method.as_deref());
-        paths.push(r.path.as_deref());
-        decisions.push(if r.allow { "allow" } else { "deny" });
-        reasons.push(joined_reasons(&r.reasons));
-        versions.push(r.policy_version.as_str());
-        serials.push(r.serial.as_deref());
-        latencies.push(r.latency_us);
-        peers.push(r.peer.as_deref());
-    }
-    let statement = if skip_stored {
-        INSERT_RECORDS_SKIPPING_STORED
-    } else {
-        INSERT_RECORDS
-    };
-    let done = sqlx::query(statement)
-        .bind(ids)
-        .bind(times)
-        .bind(devices)
-        .bind(users)
-        .bind(roles)
-        .bind(services)
-        .bind(methods)
-        .bind(paths)
-        .bind(decisions)
-        .bind(reasons)
-        .bind(versions)
-        .bind(serials)
-        .bind(latencies)
-        .bind(peers)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
+    let statement = format!(
+        "COPY {table} (id, occurred_at, event_type, action, device_id, user_id, role, service,
+             method, path, decision, reasons, policy_version, certificate_serial, latency_us,
+             peer_address) FROM STDIN (FORMAT csv)"
+    );
+    let mut copy = conn.copy_in_raw(&statement).await?;
+    copy.send(csv.as_bytes()).await?;
+    copy.finish().await
 }
 
-/// The reasons as one text: joined by [`REASON_SEPARATOR`], which a reason may not contain (replaced).
-fn joined_reasons(reasons: &[String]) -> String {
-    let mut joined = String::new();
-    for (i, reason) in reasons.iter().enumerate() {
-        if i > 0 {
-            joined.push(REASON_SEPARATOR);
+/// One record as a CSV line for [`copy_csv`]: every text quoted (an unquoted empty field is NULL),
+/// the reasons as a quoted `text[]` literal.
+fn csv_row(out: &mut String, r: &Record) {
+    use std::fmt::Write;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.at_us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let _ = write!(
+        out,
+        "{},{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00,authorization,check,",
+        r.id,
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    );
+    for field in [&r.device, &r.user, &r.role, &r.service, &r.method, &r.path] {
+        if let Some(text) = field {
+            csv_text(out, text.chars());
         }
-        joined.extend(
-            reason
-                .chars()
-                .map(|c| if c == REASON_SEPARATOR { '\u{fffd}' } else { c }),
-        );
+        out.push(',');
     }
-    joined
+    out.push_str(if r.allow { "allow," } else { "deny," });
+    let mut array = String::from("{");
+    for (i, reason) in r.reasons.iter().enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push('"');
+        for c in reason.chars() {
+            if c == '"' || c == '\\' {
+                array.push('\\');
+            }
+            array.push(c);
+        }
+        array.push('"');
+    }
+    array.push('}');
+    csv_text(out, array.chars());
+    out.push(',');
+    csv_text(out, r.policy_version.chars());
+    out.push(',');
+    if let Some(serial) = &r.serial {
+        csv_text(out, serial.chars());
+    }
+    let _ = write!(out, ",{},", r.latency_us);
+    if let Some(peer) = &r.peer {
+        csv_text(out, peer.chars());
+    }
+    out.push('\n');
 }
 
-macro_rules! insert_records {
-    ($suffix:literal) => {
-        concat!(
-            "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
-                 service, method, path, decision, reasons, policy_version, certificate_serial,
-                 latency_us, peer_address)
-             SELECT u.id, u.at, 'authorization', 'check', u.device, u.usr, u.role, u.service,
-                 u.method, u.path, u.decision, string_to_array(u.reasons, E'\\x1f'), u.version,
-                 u.serial, u.latency, u.peer
-             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                         $12::text[], $13::bigint[], $14::text[])
-                 AS u(id, at, device, usr, role, service, method, path, decision, reasons,
-                      version, serial, latency, peer)",
-            $suffix
-        )
-    };
+/// A quoted CSV field; NUL, which PostgreSQL text cannot hold, becomes U+FFFD.
+fn csv_text(out: &mut String, text: impl Iterator<Item = char>) {
+    out.push('"');
+    for c in text {
+        match c {
+            '"' => out.push_str("\"\""),
+            '\0' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
-const INSERT_RECORDS: &str = insert_records!("");
-const INSERT_RECORDS_SKIPPING_STORED: &str = insert_records!(" ON CONFLICT DO NOTHING");
 
 /// The append-only spool: one JSON record per line in `audit.spool`, and in `audit.offset` how many of
 /// its bytes are already in Postgres. Emptied (truncated) once everything is replayed.

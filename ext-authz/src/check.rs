@@ -362,7 +362,7 @@ impl Authorizer {
                 ("disk_encrypted", optional(h.disk_encrypted)),
                 ("firewall_enabled", optional(h.firewall_enabled)),
                 ("collected_at", Value::from(rfc3339(h.collected_at))),
-                ("status", Value::from(&*h.status)),
+                ("status", shared(&h.status)),
             ])
         });
         object([
@@ -370,10 +370,10 @@ impl Authorizer {
                 "device",
                 object([
                     ("id", Value::from(record.id.as_str())),
-                    ("type", Value::from(&*record.device_type)),
-                    ("status", Value::from(&*record.status)),
-                    ("os", Value::from(&*record.os)),
-                    ("os_version", Value::from(&*record.os_version)),
+                    ("type", shared(&record.device_type)),
+                    ("status", shared(&record.status)),
+                    ("os", shared(&record.os)),
+                    ("os_version", shared(&record.os_version)),
                 ]),
             ),
             (
@@ -389,8 +389,8 @@ impl Authorizer {
             (
                 "user",
                 object([
-                    ("id", Value::from(&*record.owner_id)),
-                    ("role", Value::from(&*record.role)),
+                    ("id", shared(&record.owner_id)),
+                    ("role", shared(&record.role)),
                 ]),
             ),
             ("service", optional(service)),
@@ -443,6 +443,11 @@ fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
             .map(|(name, value)| (Value::from(name), value))
             .collect::<BTreeMap<_, _>>(),
     )
+}
+
+/// A string the directory shares between devices, shared with the policy input too (no copy).
+fn shared(text: &Arc<str>) -> Value {
+    Value::String(Arc::clone(text))
 }
 
 fn optional<T: Into<Value>>(value: Option<T>) -> Value {

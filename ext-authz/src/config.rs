@@ -59,7 +59,7 @@ pub struct Config {
     pub cache_ttl_secs: u64,
 
     /// Threads answering Check calls (default: one per core). Next to Envoy on a small machine, fewer
-    /// threads than cores can cost less CPU per Check.
+    /// threads than cores cost less CPU per Check; with 1, everything runs on one thread.
     #[arg(long, env = "EDGEMESH_EXT_AUTHZ_WORKERS",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub worker_threads: Option<usize>,

@@ -68,6 +68,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: &edgemesh_ext_authz::Config, policy_dir: &Path) -> ExitCode {
+    // One thread: everything on it, no hand-offs between threads (Tokio's current-thread runtime).
     let mut builder = if config.worker_threads == Some(1) {
         tokio::runtime::Builder::new_current_thread()
     } else {

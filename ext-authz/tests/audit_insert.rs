@@ -55,30 +55,78 @@ async fn a_batch_written_again_is_stored_once(db: PgPool) {
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn reasons_are_stored_as_given(db: PgPool) {
+async fn every_field_is_stored_as_given(db: PgPool) {
+    let awkward = "a \"quoted\", {braced} back\\slash\nnew line \u{1f} and NUL\0 ✓";
+    let mut odd = record(2, &[awkward, "", "antivirus is not enabled"]);
+    odd.path = Some(format!("/api/{awkward}"));
+    let mut unknown = record(3, &["no client certificate was presented"]);
+    (
+        unknown.device,
+        unknown.user,
+        unknown.role,
+        unknown.serial,
+        unknown.peer,
+    ) = (None, None, None, None, None);
     let records = vec![
         record(0, &[]),
         record(1, &["role analyst may not use service database"]),
-        record(
-            2,
-            &["antivirus is not enabled", "", "disk, \"encryption\" {off}"],
-        ),
-        // The one character the writer uses to separate reasons cannot split a reason.
-        record(3, &["a\u{1f}b"]),
+        odd,
+        unknown,
     ];
     assert_eq!(insert(&db, &records).await.expect("insert"), 4);
-    let reasons: Vec<Vec<String>> = stored(&db).await.into_iter().map(|(_, r)| r).collect();
-    assert_eq!(
-        reasons,
-        vec![
-            vec![],
-            vec!["role analyst may not use service database".to_owned()],
-            vec![
-                "antivirus is not enabled".to_owned(),
-                String::new(),
-                "disk, \"encryption\" {off}".to_owned()
-            ],
-            vec!["a\u{fffd}b".to_owned()],
-        ]
+    type Row = (
+        uuid::Uuid,
+        OffsetDateTime,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        Vec<String>,
+        String,
+        Option<String>,
+        i64,
+        Option<String>,
     );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, occurred_at, device_id, user_id, role, service, path, decision, reasons,
+                policy_version, certificate_serial, latency_us, peer_address
+         FROM audit_log WHERE event_type = 'authorization' AND action = 'check' ORDER BY occurred_at",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("stored records");
+    assert_eq!(rows.len(), 4);
+    // PostgreSQL text cannot hold NUL: it is stored as U+FFFD.
+    let stored_awkward = awkward.replace('\0', "\u{fffd}");
+    for r in &records {
+        let row = rows
+            .iter()
+            .find(|row| row.0 == r.id)
+            .expect("every record stored");
+        assert_eq!(Record::at(row.1), r.at_us);
+        assert_eq!(
+            (&row.2, &row.3, &row.4, &row.5),
+            (&r.device, &r.user, &r.role, &r.service)
+        );
+        assert_eq!(row.6, r.path.as_ref().map(|p| p.replace('\0', "\u{fffd}")));
+        assert_eq!(row.7, if r.allow { "allow" } else { "deny" });
+        assert_eq!(
+            row.8,
+            r.reasons
+                .iter()
+                .map(|x| x.replace('\0', "\u{fffd}"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (&row.9, &row.10, row.11, &row.12),
+            (&r.policy_version, &r.serial, r.latency_us, &r.peer)
+        );
+    }
+    let odd = rows
+        .iter()
+        .find(|row| row.0 == records[2].id)
+        .expect("stored");
+    assert_eq!(odd.8[0], stored_awkward);
 }
