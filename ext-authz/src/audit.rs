@@ -1,9 +1,9 @@
 //! The decision audit trail, written without ever making a Check wait and without losing a record.
 //!
 //! The Check path hands each decision to [`AuditLog::record`], which puts it on a bounded queue (never
-//! waiting). One writer task takes what is queued, up to a batch at a time, and inserts the batch into
-//! `audit_log` with one statement. When Postgres is unreachable or slow (no answer within
-//! [`WRITE_TIMEOUT`]), the batch is appended to a local append-only spool file instead; while the
+//! waiting). One writer task takes what is queued, up to a batch at a time (waiting a moment for a
+//! batch to fill), and copies the batch into `audit_log` with one `COPY`. When Postgres is unreachable
+//! or slow (no answer within [`WRITE_TIMEOUT`]), the batch is appended to a local append-only spool file instead; while the
 //! spool holds anything, new batches go behind it, so the order is kept. A replay task inserts the
 //! spool's records in file order once Postgres answers again, and records how far it got in an offset
 //! file, so a restart continues where it stopped. Records carry their decision id and time, which are
