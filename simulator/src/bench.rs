@@ -495,17 +495,23 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
     Ok(())
 }
 
-/// CPU seconds (user + system) used so far by a process and its descendants that are still
-/// running; 0 for a process that is gone.
+/// CPU seconds (user + system) used so far by a process and its descendants: the running ones and
+/// those it has reaped (a PostgreSQL backend or autovacuum worker that ended); 0 for a process that
+/// is gone.
 fn process_tree_cpu_seconds(pid: u32) -> f64 {
-    // Linux reports both in clock ticks, 100 per second on every platform it supports.
+    // Linux reports them in clock ticks, 100 per second on every platform it supports.
     const TICKS: f64 = 100.0;
     let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
-            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            // Fields after the parenthesised command name: utime, stime, cutime and cstime are the
+            // 12th to the 15th.
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+            fields
+                .get(11..15)?
+                .iter()
+                .map(|f| f.parse::<f64>().ok())
+                .sum::<Option<f64>>()
         })
         .unwrap_or(0.0);
     let children: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
