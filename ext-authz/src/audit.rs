@@ -153,13 +153,6 @@ async fn write(
             _ = stop.wait_for(|stop| *stop) => true,
         };
         metrics.audit_queue_depth.sub(batch.len() as i64);
-        if !stopping && spool.pending_bytes() == 0 {
-            // The usual case: stream this and what follows for a moment into one COPY.
-            let outcome = stream(&db, &mut rx, &mut batch, &metrics, &mut stop).await;
-            settle(&db, &spool, &metrics, &batch, outcome).await;
-            batch.clear();
-            continue;
-        }
         if stopping {
             // No new records from here on (a late one is spooled by `record`); drain the rest.
             rx.close();
@@ -176,7 +169,8 @@ async fn write(
         if spool.pending_bytes() > 0 {
             spill(&spool, &metrics, &batch);
         } else {
-            let outcome = bounded(insert(&db, &batch)).await;
+            // This and what follows for a moment (nothing more once stopping), in one COPY.
+            let outcome = stream(&db, &mut rx, &mut batch, &metrics, &mut stop).await;
             settle(&db, &spool, &metrics, &batch, outcome).await;
         }
         batch.clear();
@@ -251,7 +245,7 @@ async fn settle(
 ) {
     let outcome = match outcome {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            bounded(insert(db, batch)).await
+            bounded(insert_skipping_stored(db, &csv_rows(batch))).await
         }
         outcome => outcome,
     };
@@ -337,31 +331,40 @@ pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error>
     if records.is_empty() {
         return Ok(0);
     }
+    let csv = csv_rows(records);
+    match copy_csv(&mut *db.acquire().await?, "audit_log", &csv).await {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            insert_skipping_stored(db, &csv).await
+        }
+        done => done,
+    }
+}
+
+/// Stores CSV lines of [`csv_row`] some of which are already stored (so a plain `COPY` fails): through
+/// a temporary table and `ON CONFLICT DO NOTHING`. Answers how many were new.
+async fn insert_skipping_stored(db: &PgPool, csv: &str) -> Result<u64, sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query(
+        "CREATE TEMPORARY TABLE audit_incoming (LIKE audit_log INCLUDING DEFAULTS) ON COMMIT DROP",
+    )
+    .execute(&mut *tx)
+    .await?;
+    copy_csv(&mut tx, "audit_incoming", csv).await?;
+    let done =
+        sqlx::query("INSERT INTO audit_log SELECT * FROM audit_incoming ON CONFLICT DO NOTHING")
+            .execute(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
+fn csv_rows(records: &[Record]) -> String {
     let mut csv = String::with_capacity(records.len() * 256);
     for record in records {
         csv_row(&mut csv, record);
     }
-    let mut conn = db.acquire().await?;
-    match copy_csv(&mut conn, "audit_log", &csv).await {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            sqlx::query(
-                "CREATE TEMPORARY TABLE audit_incoming (LIKE audit_log INCLUDING DEFAULTS)
-                 ON COMMIT DROP",
-            )
-            .execute(&mut *tx)
-            .await?;
-            copy_csv(&mut tx, "audit_incoming", &csv).await?;
-            let done = sqlx::query(
-                "INSERT INTO audit_log SELECT * FROM audit_incoming ON CONFLICT DO NOTHING",
-            )
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(done.rows_affected())
-        }
-        done => done,
-    }
+    csv
 }
 
 /// The `COPY` of CSV lines of [`csv_row`] into `table`.

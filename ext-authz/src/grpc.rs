@@ -25,8 +25,10 @@ use tonic::codegen::Service;
 
 use crate::check::Authorizer;
 
-/// The one method answered on the short path.
-pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+/// Envoy's authorization service, as the gRPC health service names it.
+pub const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+/// Its one method, answered on the short path.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// How long calls in flight may take to finish at shutdown.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Largest request message accepted (tonic's default): a CheckRequest with a certificate and headers

@@ -16,10 +16,8 @@ use crate::audit::{self, WRITE_TIMEOUT};
 use crate::check::{Authorizer, Clock, Settings};
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::grpc::{self, AUTHORIZATION_SERVICE};
 use crate::metrics::{self, Metrics};
-
-/// The name of Envoy's authorization service in the gRPC health service.
-const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 /// Runs the server until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
@@ -122,7 +120,7 @@ pub async fn serve(
         tracing::info!("shutting down: draining in-flight checks");
         let _ = stop_tx.send(true);
     };
-    crate::grpc::serve(listener, authorizer, health_service, signal).await;
+    grpc::serve(listener, authorizer, health_service, signal).await;
     // Every decision made is written or spooled before the process ends.
     if tokio::time::timeout(WRITE_TIMEOUT * 5, audit_done)
         .await
