@@ -2,36 +2,32 @@
 //! verified, the facts about the device from the directory, the decision from the policies. Every path,
 //! including internal errors, ends in an answer: an allow with identity headers or a 403 with reasons.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use edgemesh_core::cert::CertInfo;
-use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore, Value};
-use envoy_types::ext_authz::v3::pb::{
-    CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
-};
+use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{
-    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tonic::Status;
 
 use crate::audit::{AuditLog, Record};
-use crate::directory::{DeviceRecord, Directory, fingerprint_bytes};
+use crate::directory::{Directory, fingerprint_bytes};
+use crate::input::{Facts, document};
 use crate::metrics::{Metrics, reason_label};
+use crate::request::CheckRequest;
 
 /// The headers EdgeMesh sets for the upstream; a client-sent copy is overwritten, never appended to.
 pub const DEVICE_HEADER: &str = "x-edgemesh-device-id";
 pub const USER_HEADER: &str = "x-edgemesh-user-id";
 pub const ROLE_HEADER: &str = "x-edgemesh-role";
 pub const DECISION_HEADER: &str = "x-edgemesh-decision-id";
-
-/// Request headers handed to the policy (the rest are not its business).
-const POLICY_HEADERS: [&str; 3] = ["user-agent", "content-type", "x-request-id"];
 
 /// What "now" is for decisions.
 #[derive(Debug, Clone, Copy)]
@@ -85,10 +81,10 @@ pub struct Authorizer {
 /// The identity a peer certificate proves, and what the policy and the audit need of it.
 #[derive(Debug)]
 pub struct Peer {
-    device: String,
-    serial: String,
-    fingerprint: [u8; 32],
-    not_after: OffsetDateTime,
+    pub device: String,
+    pub serial: String,
+    pub fingerprint: [u8; 32],
+    pub not_after: OffsetDateTime,
 }
 
 /// Parsed peer certificates by the SHA-256 of their encoded form (32 bytes per key, not the kilobyte of
@@ -168,11 +164,7 @@ impl Authorizer {
                 reason_label(verdict.decision.allow, &verdict.decision.reasons),
             ])
             .inc();
-        let http = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
+        let http = request.http();
         tracing::info!(
             decision_id = %verdict.decision_id,
             allow = verdict.decision.allow,
@@ -204,7 +196,7 @@ impl Authorizer {
             policy_version: verdict.decision.policy_version,
             serial: verdict.serial,
             latency_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
-            peer: peer_address(request),
+            peer: request.peer_address(),
         });
         answer
     }
@@ -213,11 +205,7 @@ impl Authorizer {
     pub async fn decide(&self, request: &CheckRequest) -> Verdict {
         let decision_id = uuid::Uuid::new_v4();
         let policies = self.policies.current();
-        let service = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.context_extensions.get("service"))
-            .cloned();
+        let service = request.service().map(str::to_owned);
         let deny = |reason: String, peer: Option<&Peer>| Verdict {
             decision_id,
             decision: Decision {
@@ -264,12 +252,16 @@ impl Authorizer {
                 Some(&peer),
             );
         };
-        let input = self.input(
-            request,
-            &peer,
-            &record,
-            certificate.revoked,
-            service.as_deref(),
+        let input = document(
+            &self.settings,
+            &Facts {
+                request,
+                peer: &peer,
+                record: &record,
+                revoked: certificate.revoked,
+                service: service.as_deref(),
+                now: self.settings.clock.now(),
+            },
         );
         Verdict {
             decision_id,
@@ -283,16 +275,11 @@ impl Authorizer {
     }
 
     async fn peer(&self, request: &CheckRequest) -> Result<Arc<Peer>, String> {
-        let encoded = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.source.as_ref())
-            .map(|s| s.certificate.as_str())
-            .unwrap_or_default();
+        let encoded = request.certificate();
         if encoded.is_empty() {
             return Err("no client certificate was presented".to_owned());
         }
-        let key: [u8; 32] = Sha256::digest(encoded.as_bytes()).into();
+        let key: [u8; 32] = Sha256::digest(encoded).into();
         if let Some(peer) = self.peers.get(&key) {
             return Ok(peer);
         }
@@ -301,9 +288,9 @@ impl Authorizer {
         Ok(peer)
     }
 
-    fn parse_peer(&self, encoded: &str) -> Result<Peer, String> {
+    fn parse_peer(&self, encoded: &[u8]) -> Result<Peer, String> {
         // Envoy sends the peer certificate as URL-encoded PEM.
-        let pem = percent_encoding::percent_decode_str(encoded)
+        let pem = percent_encoding::percent_decode(encoded)
             .decode_utf8()
             .map_err(|_| "the client certificate is not valid PEM".to_owned())?;
         let cert = CertInfo::from_pem(&pem)
@@ -322,107 +309,6 @@ impl Authorizer {
             not_after: cert.not_after,
         })
     }
-
-    /// The policy input document (documented in `policies/README.md`), built directly in the policy
-    /// engine's value type.
-    fn input(
-        &self,
-        request: &CheckRequest,
-        peer: &Peer,
-        record: &DeviceRecord,
-        revoked: bool,
-        service: Option<&str>,
-    ) -> Value {
-        let now = self.settings.clock.now();
-        let http = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let headers: BTreeMap<Value, Value> = request
-            .get_client_headers()
-            .map(|h| {
-                POLICY_HEADERS
-                    .iter()
-                    .filter_map(|name| {
-                        h.get(*name)
-                            .map(|v| (Value::from(*name), Value::from(v.as_str())))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let health = record.health.as_ref().map_or(Value::Null, |h| {
-            object([
-                ("age_seconds", Value::from(h.age_seconds(now))),
-                ("cpu_usage", optional(h.cpu_usage)),
-                ("memory_usage", optional(h.memory_usage)),
-                ("disk_usage", optional(h.disk_usage)),
-                ("os_patches_current", optional(h.os_patches_current)),
-                ("antivirus_enabled", optional(h.antivirus_enabled)),
-                ("disk_encrypted", optional(h.disk_encrypted)),
-                ("firewall_enabled", optional(h.firewall_enabled)),
-                ("collected_at", Value::from(rfc3339(h.collected_at))),
-                ("status", shared(&h.status)),
-            ])
-        });
-        object([
-            (
-                "device",
-                object([
-                    ("id", Value::from(record.id.as_str())),
-                    ("type", shared(&record.device_type)),
-                    ("status", shared(&record.status)),
-                    ("os", shared(&record.os)),
-                    ("os_version", shared(&record.os_version)),
-                ]),
-            ),
-            (
-                "certificate",
-                object([
-                    ("serial", Value::from(peer.serial.as_str())),
-                    ("fingerprint", Value::from(hex::encode(peer.fingerprint))),
-                    ("not_after", Value::from(rfc3339(peer.not_after))),
-                    ("revoked", Value::from(revoked)),
-                ]),
-            ),
-            ("health", health),
-            (
-                "user",
-                object([
-                    ("id", shared(&record.owner_id)),
-                    ("role", shared(&record.role)),
-                ]),
-            ),
-            ("service", optional(service)),
-            (
-                "request",
-                object([
-                    ("method", optional(http.map(|h| h.method.as_str()))),
-                    ("path", optional(http.map(|h| h.path.as_str()))),
-                    ("host", optional(http.map(|h| h.host.as_str()))),
-                    ("headers", Value::from(headers)),
-                ]),
-            ),
-            (
-                "time",
-                object([
-                    (
-                        "now_ns",
-                        Value::from(i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX)),
-                    ),
-                    ("rfc3339", Value::from(rfc3339(now))),
-                    ("timezone", Value::from(self.settings.timezone.as_str())),
-                ]),
-            ),
-            (
-                "config",
-                object([(
-                    "max_health_age_seconds",
-                    Value::from(self.settings.max_health_age_seconds),
-                )]),
-            ),
-        ])
-    }
 }
 
 /// The service label: the known services, or `other` (route configuration is not metric cardinality).
@@ -433,51 +319,6 @@ fn service_label(service: Option<&str>) -> &'static str {
         Some("storage") => "storage",
         Some("analytics") => "analytics",
         _ => "other",
-    }
-}
-
-fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    Value::from(
-        fields
-            .into_iter()
-            .map(|(name, value)| (Value::from(name), value))
-            .collect::<BTreeMap<_, _>>(),
-    )
-}
-
-/// A string the directory shares between devices, shared with the policy input too (no copy).
-fn shared(text: &Arc<str>) -> Value {
-    Value::String(Arc::clone(text))
-}
-
-fn optional<T: Into<Value>>(value: Option<T>) -> Value {
-    value.map_or(Value::Null, Into::into)
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-/// The client's address as Envoy saw it (`ip:port`).
-fn peer_address(request: &CheckRequest) -> Option<String> {
-    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
-    let address = request
-        .attributes
-        .as_ref()?
-        .source
-        .as_ref()?
-        .address
-        .as_ref()?
-        .address
-        .as_ref()?;
-    match address {
-        address::Address::SocketAddress(socket) => Some(match socket.port_specifier {
-            Some(socket_address::PortSpecifier::PortValue(port)) => {
-                format!("{}:{port}", socket.address)
-            }
-            _ => socket.address.clone(),
-        }),
-        _ => None,
     }
 }
 
@@ -497,13 +338,12 @@ pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
             ok.add_header(name, value.unwrap_or_default(), overwrite, true);
         }
         // Any other client-sent x-edgemesh-* header could pass for ours upstream: remove it.
-        if let Some(headers) = request.get_client_headers() {
-            for name in headers.keys().filter(|k| {
+        if let Some(http) = request.http() {
+            for name in http.header_names().filter(|k| {
                 k.starts_with("x-edgemesh-")
-                    && ![DEVICE_HEADER, USER_HEADER, ROLE_HEADER, DECISION_HEADER]
-                        .contains(&k.as_str())
+                    && ![DEVICE_HEADER, USER_HEADER, ROLE_HEADER, DECISION_HEADER].contains(k)
             }) {
-                ok.remove_header(name.clone());
+                ok.remove_header(name.to_owned());
             }
         }
         response.set_status(Status::ok("allowed"));

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::ext_authz::v3::pb::CheckRequest;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::combinators::WithTrailers;
@@ -24,6 +23,7 @@ use tokio::net::TcpListener;
 use tonic::codegen::Service;
 
 use crate::check::Authorizer;
+use crate::request::CheckRequest;
 
 /// Envoy's authorization service, as the gRPC health service names it.
 pub const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";

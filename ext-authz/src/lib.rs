@@ -6,7 +6,9 @@ pub mod check;
 pub mod config;
 pub mod directory;
 pub mod grpc;
+pub mod input;
 pub mod metrics;
+pub mod request;
 pub mod startup;
 
 pub use config::Config;

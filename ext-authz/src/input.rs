@@ -1,0 +1,316 @@
+//! The policy input document (described in `policies/README.md`), built per decision directly in the
+//! policy engine's value type. Its objects have fixed keys, so each object's layout is built once (keys
+//! allocated and sorted a single time, see [`Shape`]) and a decision only fills in the values.
+
+use std::sync::{Arc, LazyLock};
+
+use edgemesh_core::policy::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::check::{Peer, Settings};
+use crate::directory::DeviceRecord;
+use crate::request::CheckRequest;
+
+/// Request headers handed to the policy (the rest are not its business).
+pub const POLICY_HEADERS: [&str; 3] = ["user-agent", "content-type", "x-request-id"];
+
+/// An object with fixed keys, laid out once: [`Shape::with`] copies the layout and fills in the values
+/// in the order the keys were given.
+struct Shape<const N: usize> {
+    keys: [Value; N],
+    /// The object with every value `null`, in the engine's compact sorted form.
+    layout: Value,
+}
+
+impl<const N: usize> Shape<N> {
+    fn new(names: [&str; N]) -> Self {
+        let keys = names.map(Value::from);
+        let mut layout = Value::new_object();
+        if let Ok(object) = layout.as_object_mut() {
+            for key in &keys {
+                object.insert(key.clone(), Value::Null);
+            }
+        }
+        // Into the engine's compact form, which keeps its layout when only values change.
+        let layout = match layout {
+            Value::Object(object) => Value::from((*object).clone()),
+            other => other,
+        };
+        Self { keys, layout }
+    }
+
+    fn with(&self, values: [Value; N]) -> Value {
+        let mut object = self.layout.clone();
+        if let Ok(fields) = object.as_object_mut() {
+            for (key, value) in self.keys.iter().zip(values) {
+                if let Some(slot) = fields.get_mut(key) {
+                    *slot = value;
+                }
+            }
+        }
+        object
+    }
+}
+
+/// The shapes of the document's objects.
+struct Shapes {
+    document: Shape<8>,
+    device: Shape<5>,
+    certificate: Shape<4>,
+    health: Shape<10>,
+    user: Shape<2>,
+    request: Shape<4>,
+    time: Shape<3>,
+    config: Shape<1>,
+}
+
+static SHAPES: LazyLock<Shapes> = LazyLock::new(|| Shapes {
+    document: Shape::new([
+        "device",
+        "certificate",
+        "health",
+        "user",
+        "service",
+        "request",
+        "time",
+        "config",
+    ]),
+    device: Shape::new(["id", "type", "status", "os", "os_version"]),
+    certificate: Shape::new(["serial", "fingerprint", "not_after", "revoked"]),
+    health: Shape::new([
+        "age_seconds",
+        "cpu_usage",
+        "memory_usage",
+        "disk_usage",
+        "os_patches_current",
+        "antivirus_enabled",
+        "disk_encrypted",
+        "firewall_enabled",
+        "collected_at",
+        "status",
+    ]),
+    user: Shape::new(["id", "role"]),
+    request: Shape::new(["method", "path", "host", "headers"]),
+    time: Shape::new(["now_ns", "rfc3339", "timezone"]),
+    config: Shape::new(["max_health_age_seconds"]),
+});
+
+/// What a decision knows, as the policy sees it.
+pub struct Facts<'a> {
+    pub request: &'a CheckRequest,
+    pub peer: &'a Peer,
+    pub record: &'a DeviceRecord,
+    pub revoked: bool,
+    pub service: Option<&'a str>,
+    pub now: OffsetDateTime,
+}
+
+/// The input document for `facts`.
+pub fn document(settings: &Settings, facts: &Facts<'_>) -> Value {
+    let shapes = &*SHAPES;
+    let (record, peer, now) = (facts.record, facts.peer, facts.now);
+    let http = facts.request.http();
+    let mut headers = Value::new_object();
+    if let (Some(http), Ok(object)) = (http, headers.as_object_mut()) {
+        for name in POLICY_HEADERS {
+            if let Some(value) = http.header(name) {
+                object.insert(Value::from(name), Value::from(value));
+            }
+        }
+    }
+    let health = record.health.as_ref().map_or(Value::Null, |h| {
+        shapes.health.with([
+            Value::from(h.age_seconds(now)),
+            optional(h.cpu_usage),
+            optional(h.memory_usage),
+            optional(h.disk_usage),
+            optional(h.os_patches_current),
+            optional(h.antivirus_enabled),
+            optional(h.disk_encrypted),
+            optional(h.firewall_enabled),
+            Value::from(rfc3339(h.collected_at)),
+            shared(&h.status),
+        ])
+    });
+    shapes.document.with([
+        shapes.device.with([
+            Value::from(record.id.as_str()),
+            shared(&record.device_type),
+            shared(&record.status),
+            shared(&record.os),
+            shared(&record.os_version),
+        ]),
+        shapes.certificate.with([
+            Value::from(peer.serial.as_str()),
+            Value::from(hex::encode(peer.fingerprint)),
+            Value::from(rfc3339(peer.not_after)),
+            Value::from(facts.revoked),
+        ]),
+        health,
+        shapes
+            .user
+            .with([shared(&record.owner_id), shared(&record.role)]),
+        optional(facts.service),
+        shapes.request.with([
+            optional(http.map(|h| h.method.as_str())),
+            optional(http.map(|h| h.path.as_str())),
+            optional(http.map(|h| h.host.as_str())),
+            headers,
+        ]),
+        shapes.time.with([
+            Value::from(i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX)),
+            Value::from(rfc3339(now)),
+            Value::from(settings.timezone.as_str()),
+        ]),
+        shapes
+            .config
+            .with([Value::from(settings.max_health_age_seconds)]),
+    ])
+}
+
+/// A string the directory shares between devices, shared with the policy input too (no copy).
+fn shared(text: &Arc<str>) -> Value {
+    Value::String(Arc::clone(text))
+}
+
+fn optional<T: Into<Value>>(value: Option<T>) -> Value {
+    value.map_or(Value::Null, Into::into)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use envoy_types::pb::envoy::service::auth::v3 as envoy;
+    use prost::Message;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::check::Clock;
+    use crate::directory::HealthRecord;
+
+    /// Every value lands under its own key: the shapes are filled by position, so a value given out of
+    /// order would swap two facts (CPU for memory, say) without failing to build.
+    #[test]
+    fn the_document_holds_each_fact_under_its_key() {
+        let request = envoy::CheckRequest {
+            attributes: Some(envoy::AttributeContext {
+                request: Some(envoy::attribute_context::Request {
+                    http: Some(envoy::attribute_context::HttpRequest {
+                        method: "GET".to_owned(),
+                        path: "/api/orders".to_owned(),
+                        host: "edgemesh.local".to_owned(),
+                        headers: HashMap::from([
+                            ("user-agent".to_owned(), "curl/8.5.0".to_owned()),
+                            ("x-request-id".to_owned(), "r-1".to_owned()),
+                            ("cookie".to_owned(), "not the policy's business".to_owned()),
+                        ]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let request = CheckRequest::decode(Bytes::from(request.encode_to_vec())).expect("decodes");
+        let record = DeviceRecord {
+            id: "pi-1".to_owned(),
+            device_type: "raspberrypi".into(),
+            status: "active".into(),
+            os: "debian".into(),
+            os_version: "12".into(),
+            owner_id: "alice".into(),
+            role: "developer".into(),
+            certificates: Vec::new(),
+            health: Some(HealthRecord {
+                received_at: datetime!(2026-11-18 10:29:31 UTC),
+                collected_at: datetime!(2026-11-18 10:29:30 UTC),
+                cpu_usage: Some(22.5),
+                memory_usage: Some(41.5),
+                disk_usage: Some(57.25),
+                disk_encrypted: Some(true),
+                os_patches_current: Some(false),
+                antivirus_enabled: Some(true),
+                firewall_enabled: None,
+                status: "unhealthy".into(),
+            }),
+        };
+        let peer = Peer {
+            device: "pi-1".to_owned(),
+            serial: "4132f0bb".to_owned(),
+            fingerprint: [0xab; 32],
+            not_after: datetime!(2026-12-22 09:45:05 UTC),
+        };
+        let now = datetime!(2026-11-18 10:30:00 UTC);
+        let settings = Settings {
+            trust_domain: "edgemesh.local".to_owned(),
+            max_health_age_seconds: 300,
+            timezone: "Europe/Berlin".to_owned(),
+            clock: Clock::Fixed(now),
+        };
+        let facts = Facts {
+            request: &request,
+            peer: &peer,
+            record: &record,
+            revoked: false,
+            service: Some("api"),
+            now,
+        };
+        let document = serde_json::to_value(document(&settings, &facts)).expect("serialises");
+        assert_eq!(
+            document,
+            serde_json::json!({
+                "device": {"id": "pi-1", "type": "raspberrypi", "status": "active", "os": "debian", "os_version": "12"},
+                "certificate": {
+                    "serial": "4132f0bb",
+                    "fingerprint": "ab".repeat(32),
+                    "not_after": "2026-12-22T09:45:05Z",
+                    "revoked": false,
+                },
+                "health": {
+                    "age_seconds": 30,
+                    "cpu_usage": 22.5,
+                    "memory_usage": 41.5,
+                    "disk_usage": 57.25,
+                    "os_patches_current": false,
+                    "antivirus_enabled": true,
+                    "disk_encrypted": true,
+                    "firewall_enabled": null,
+                    "collected_at": "2026-11-18T10:29:30Z",
+                    "status": "unhealthy",
+                },
+                "user": {"id": "alice", "role": "developer"},
+                "service": "api",
+                "request": {
+                    "method": "GET",
+                    "path": "/api/orders",
+                    "host": "edgemesh.local",
+                    "headers": {"user-agent": "curl/8.5.0", "x-request-id": "r-1"},
+                },
+                "time": {"now_ns": 1_794_997_800_000_000_000_i64, "rfc3339": "2026-11-18T10:30:00Z", "timezone": "Europe/Berlin"},
+                "config": {"max_health_age_seconds": 300},
+            })
+        );
+    }
+
+    #[test]
+    fn a_shape_fills_its_keys_with_the_values_in_order() {
+        let shape = Shape::new(["zeta", "alpha", "mid"]);
+        let filled = shape.with([Value::from(1), Value::from("two"), Value::Null]);
+        let expected: serde_json::Value =
+            serde_json::json!({"zeta": 1, "alpha": "two", "mid": null});
+        assert_eq!(serde_json::to_value(&filled).expect("serialises"), expected);
+        // The layout is shared, never written through: a second object starts from nulls again.
+        let second = shape.with([Value::Null, Value::Null, Value::from(true)]);
+        assert_eq!(
+            serde_json::to_value(&second).expect("serialises"),
+            serde_json::json!({"zeta": null, "alpha": null, "mid": true})
+        );
+    }
+}
