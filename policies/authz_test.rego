@@ -90,6 +90,12 @@ test_unknown_service_is_denied if {
 	"unknown service payroll" in authz.reasons with input as inp
 }
 
+test_a_route_without_a_service_is_denied if {
+	inp := object.remove(base, ["service"])
+	not authz.allow with input as inp
+	authz.reasons == {"the route names no service (the context extension `service`)"} with input as inp
+}
+
 test_business_hours_bind_non_admins_only if {
 	weekend := object.union(base, {"time": {"now_ns": saturday_morning, "timezone": "UTC"}})
 	not authz.allow with input as weekend
@@ -127,7 +133,8 @@ test_missing_identity_is_denied if {
 	"no usable device identity in the client certificate" in authz.reasons with input as inp
 }
 
-test_unknown_health_age_is_stale if {
+test_unknown_health_age_is_denied_with_its_reason if {
 	inp := with_health("age_seconds", null)
 	not authz.allow with input as inp
+	authz.reasons == {"the device's health report has no age (health.age_seconds)"} with input as inp
 }

@@ -412,6 +412,122 @@ mod tests {
         assert!(failed.is_empty(), "failing Rego tests: {failed:?}");
     }
 
+    /// Runs the `reasons` rule alone (a decision skips it for an allow).
+    fn reasons_of(set: &PolicySet, rules: Rules, input: &serde_json::Value) -> Vec<String> {
+        let mut vm = set.vm().expect("a VM");
+        vm.set_input(serde_json::from_value(input.clone()).expect("an input value"));
+        match vm
+            .execute_entry_point_by_name(rules.reasons)
+            .expect("reasons evaluate")
+        {
+            Value::Set(reasons) => reasons.iter().map(|r| r.to_string()).collect(),
+            other => panic!("reasons is not a set: {other:?}"),
+        }
+    }
+
+    /// `allow` and `compliant` spell their checks out for speed while `reasons` goes through the named
+    /// rules: for the allowed example changed in one or two ways (every check failed, passed at its
+    /// boundary, missing or of the wrong type), each is true exactly when its reasons are empty (and,
+    /// for `compliant`, the device reported).
+    #[test]
+    fn a_decision_allows_exactly_when_it_has_no_reason() {
+        use serde_json::json;
+        let set = PolicySet::load_dir(&policies_dir(), Files::Policies).expect("policies load");
+        let example: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(policies_dir().join("examples/allow-healthy-developer.json"))
+                .expect("read"),
+        )
+        .expect("json");
+        // `None` removes the field.
+        let changes: Vec<(&str, Option<serde_json::Value>)> = vec![
+            ("/device/id", Some(json!(""))),
+            ("/device/id", Some(json!(7))),
+            ("/device/id", None),
+            ("/device/status", Some(json!("suspended"))),
+            ("/device/os", Some(json!("windows"))),
+            ("/device/os", Some(json!("MacOS"))),
+            ("/device/os", None),
+            ("/device/os_version", Some(json!("14.1"))),
+            ("/device/os_version", Some(json!("11"))),
+            ("/device/os_version", Some(json!(12))),
+            ("/certificate/revoked", Some(json!(true))),
+            ("/certificate/revoked", Some(json!(null))),
+            ("/certificate/revoked", None),
+            ("/health", Some(json!(null))),
+            ("/health", Some(json!("healthy"))),
+            ("/health/age_seconds", Some(json!(300))),
+            ("/health/age_seconds", Some(json!(301))),
+            ("/health/age_seconds", Some(json!("30"))),
+            ("/health/age_seconds", None),
+            ("/config/max_health_age_seconds", Some(json!(10))),
+            ("/health/os_patches_current", Some(json!(false))),
+            ("/health/os_patches_current", Some(json!(null))),
+            ("/health/antivirus_enabled", Some(json!(false))),
+            ("/health/antivirus_enabled", None),
+            ("/health/disk_encrypted", Some(json!("true"))),
+            ("/health/cpu_usage", Some(json!(89.9))),
+            ("/health/cpu_usage", Some(json!(90))),
+            ("/health/cpu_usage", Some(json!(null))),
+            ("/health/memory_usage", Some(json!(95))),
+            ("/health/memory_usage", Some(json!("5"))),
+            ("/user/role", Some(json!("admin"))),
+            ("/user/role", Some(json!("analyst"))),
+            ("/user/role", Some(json!("intern"))),
+            ("/user/role", Some(json!(null))),
+            ("/service", Some(json!("analytics"))),
+            ("/service", Some(json!("storage"))),
+            ("/service", Some(json!("mainframe"))),
+            ("/service", None),
+            // Saturday 10:30, Wednesday 08:59 and 17:00 UTC; Wednesday 10:30 UTC is 19:30 in Tokyo.
+            ("/time/now_ns", Some(json!(1_795_257_000_000_000_000_i64))),
+            ("/time/now_ns", Some(json!(1_794_992_340_000_000_000_i64))),
+            ("/time/now_ns", Some(json!(1_795_021_200_000_000_000_i64))),
+            ("/time/timezone", Some(json!("Asia/Tokyo"))),
+        ];
+        let changed = |applied: &[&(&str, Option<serde_json::Value>)]| {
+            let mut input = example["input"].clone();
+            for (pointer, value) in applied {
+                let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+                let object = input.pointer_mut(parent).and_then(|p| p.as_object_mut());
+                // Changing a field of a health that is no longer an object changes nothing.
+                if let Some(object) = object {
+                    match value {
+                        Some(value) => object.insert(key.to_owned(), value.clone()),
+                        None => object.remove(key),
+                    };
+                }
+            }
+            input
+        };
+        let (mut allowed, mut denied) = (0, 0);
+        for (i, first) in changes.iter().enumerate() {
+            for second in std::iter::once(None).chain(changes[i + 1..].iter().map(Some)) {
+                let applied: Vec<_> = std::iter::once(first).chain(second).collect();
+                let input = changed(&applied);
+                // A device that never reported is not compliant, with no health reason: "never
+                // reported" is authz's reason for it.
+                let reported = input["health"].is_object();
+                for rules in [AUTHZ, COMPLIANCE] {
+                    let allow = set.evaluate(rules, &input).allow;
+                    let reasons = reasons_of(&set, rules, &input);
+                    assert_eq!(
+                        allow,
+                        reasons.is_empty() && (reported || rules.allow == AUTHZ.allow),
+                        "{} after {applied:?}: allow {allow}, reasons {reasons:?}",
+                        rules.allow
+                    );
+                    if rules.allow == AUTHZ.allow {
+                        if allow { allowed += 1 } else { denied += 1 }
+                    }
+                }
+            }
+        }
+        assert!(
+            allowed >= 10 && denied >= 100,
+            "{allowed} allowed, {denied} denied"
+        );
+    }
+
     /// Every example input document decides as its `expect` field says.
     #[test]
     fn the_examples_decide_as_documented() {
