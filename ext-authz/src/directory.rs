@@ -156,7 +156,9 @@ impl Directory {
         let stripe = self.stripe(device);
         let before = stripe.load(Ordering::SeqCst);
         // Answer (a deny) before Envoy's own timeout gives up on the Check, when Postgres is away.
-        let entry = tokio::time::timeout(LOOKUP_TIMEOUT, self.load(device))
+        // Boxed: the load's future is kilobytes, and inline it would make every Check's future (and
+        // what is copied to start one) that large, cache hit or not.
+        let entry = tokio::time::timeout(LOOKUP_TIMEOUT, Box::pin(self.load(device)))
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
         if trusted && self.is_listening() && stripe.load(Ordering::SeqCst) == before {
