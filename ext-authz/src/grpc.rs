@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -34,6 +34,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Largest request message accepted (tonic's default): a CheckRequest with a certificate and headers
 /// is a few kilobytes.
 const MAX_MESSAGE: usize = 4 << 20;
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// A unary gRPC answer: the message (if any) and the trailers with the status.
 type Unary = WithTrailers<Full<Bytes>, Ready<Option<Result<HeaderMap, Infallible>>>>;
@@ -181,11 +184,17 @@ fn frame(body: &Bytes) -> Result<Bytes, (Code, &'static str)> {
 /// A response with `message` (if any) and the status in the trailers.
 fn unary(message: Option<Bytes>, code: Code, why: &str) -> Response<Unary> {
     let mut trailers = HeaderMap::with_capacity(2);
-    trailers.insert("grpc-status", HeaderValue::from(code as u16));
+    trailers.insert(
+        GRPC_STATUS,
+        match code {
+            Code::Ok => HeaderValue::from_static("0"),
+            code => HeaderValue::from(code as u16),
+        },
+    );
     if !why.is_empty()
         && let Ok(value) = HeaderValue::from_str(why)
     {
-        trailers.insert("grpc-message", value);
+        trailers.insert(GRPC_MESSAGE, value);
     }
     let body = Full::new(message.unwrap_or_default()).with_trailers(ready(Some(Ok(trailers))));
     let mut response = Response::new(body);
