@@ -333,6 +333,60 @@ async fn partitions_are_created_ahead_and_dropped_after_retention(db: PgPool) {
     assert_eq!(again, Default::default(), "maintenance is idempotent");
 }
 
+/// Every partition, those the migrations made and those made later, keeps statistics only for the
+/// columns queries filter on and is analysed after growing by half.
+#[sqlx::test(migrations = "../migrations")]
+async fn every_partition_has_the_audit_statistics_settings(db: PgPool) {
+    use edgemesh_control_api::audit::{Retention, maintain};
+    use time::macros::datetime;
+
+    let retention = Retention {
+        months_ahead: 1,
+        keep_days: None,
+    };
+    let done = maintain(&db, retention, datetime!(2031-02-10 08:00 UTC))
+        .await
+        .expect("maintain");
+    assert_eq!(done.created, ["audit_log_p203102", "audit_log_p203103"]);
+    let all = partitions(&db).await;
+    assert!(
+        all.len() >= 6,
+        "the migration's months, the default and the new: {all:?}"
+    );
+    for partition in all {
+        let (options,): (Option<Vec<String>>,) =
+            sqlx::query_as("SELECT reloptions::text[] FROM pg_class WHERE relname = $1")
+                .bind(&partition)
+                .fetch_one(&db)
+                .await
+                .expect("reloptions");
+        assert_eq!(
+            options.unwrap_or_default(),
+            ["autovacuum_analyze_scale_factor=0.5"],
+            "{partition}"
+        );
+        let targets: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT attname::text, attstattarget::int FROM pg_attribute
+             WHERE attrelid = $1::regclass AND attname IN ('device_id', 'occurred_at', 'path', 'reasons')
+             ORDER BY 1",
+        )
+        .bind(&partition)
+        .fetch_all(&db)
+        .await
+        .expect("statistics targets");
+        assert_eq!(
+            targets,
+            [
+                ("device_id".to_owned(), -1),
+                ("occurred_at".to_owned(), -1),
+                ("path".to_owned(), 0),
+                ("reasons".to_owned(), 0)
+            ],
+            "{partition}"
+        );
+    }
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn metrics_count_enrollments_and_health(db: PgPool) {
     let app = spawn_app(db).await;
