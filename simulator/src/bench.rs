@@ -384,7 +384,7 @@ pub struct ProxyArgs {
 const AUTHORIZERS: [&str; 3] = ["none", "do-nothing", "edgemesh"];
 
 /// Requests through Envoy with each device's own certificate, the three authorizers interleaved in
-/// rounds so that the machine's noise falls on all three alike.
+/// rounds (each round in a rotated order) so that the machine's noise falls on all three alike.
 pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Result<()> {
     let devices = healthy_fleet(control, args.connections as u32).await?;
     let clients = devices
@@ -413,8 +413,12 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
             .chain([process_tree_cpu_seconds(std::process::id())])
             .collect()
     };
-    for _ in 0..args.rounds {
-        for (index, base) in args.targets.iter().enumerate() {
+    for round in 0..args.rounds as usize {
+        // Each round starts one authorizer later, so what a phase leaves behind (PostgreSQL's
+        // autovacuum after EdgeMesh's audit writes, say) falls on each of the three in turn.
+        for step in 0..args.targets.len() {
+            let index = (round + step) % args.targets.len();
+            let base = &args.targets[index];
             let before = (index == 2).then(|| ServerSide::scrape(&args.metrics));
             let before = match before {
                 Some(f) => Some(f.await?),
