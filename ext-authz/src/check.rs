@@ -260,7 +260,6 @@ impl Authorizer {
                 record: &record,
                 revoked: certificate.revoked,
                 service: service.as_deref(),
-                now: self.settings.clock.now(),
             },
         );
         Verdict {

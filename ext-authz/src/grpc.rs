@@ -155,9 +155,10 @@ async fn check(authorizer: &Authorizer, request: Request<Incoming>) -> Response<
         }
     };
     let answer = authorizer.answer(&request).await;
-    let mut out = BytesMut::with_capacity(5 + answer.encoded_len());
+    let len = answer.encoded_len();
+    let mut out = BytesMut::with_capacity(5 + len);
     out.put_u8(0);
-    out.put_u32(u32::try_from(answer.encoded_len()).unwrap_or(u32::MAX));
+    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     // Cannot fail: the buffer was sized for the message.
     let _ = answer.encode(&mut out);
     unary(Some(out.freeze()), Code::Ok, "")

@@ -2,6 +2,7 @@
 //! policy engine's value type. Its objects have fixed keys, so each object's layout is built once (keys
 //! allocated and sorted a single time, see [`Shape`]) and a decision only fills in the values.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use edgemesh_core::policy::Value;
@@ -26,17 +27,13 @@ struct Shape<const N: usize> {
 impl<const N: usize> Shape<N> {
     fn new(names: [&str; N]) -> Self {
         let keys = names.map(Value::from);
-        let mut layout = Value::new_object();
-        if let Ok(object) = layout.as_object_mut() {
-            for key in &keys {
-                object.insert(key.clone(), Value::Null);
-            }
-        }
-        // Into the engine's compact form, which keeps its layout when only values change.
-        let layout = match layout {
-            Value::Object(object) => Value::from((*object).clone()),
-            other => other,
-        };
+        // The conversion stores the object in the engine's compact form, which keeps its layout when
+        // only values change.
+        let layout = Value::from(
+            keys.iter()
+                .map(|key| (key.clone(), Value::Null))
+                .collect::<BTreeMap<_, _>>(),
+        );
         Self { keys, layout }
     }
 
@@ -103,13 +100,12 @@ pub struct Facts<'a> {
     pub record: &'a DeviceRecord,
     pub revoked: bool,
     pub service: Option<&'a str>,
-    pub now: OffsetDateTime,
 }
 
 /// The input document for `facts`.
 pub fn document(settings: &Settings, facts: &Facts<'_>) -> Value {
     let shapes = &*SHAPES;
-    let (record, peer, now) = (facts.record, facts.peer, facts.now);
+    let (record, peer, now) = (facts.record, facts.peer, settings.clock.now());
     let http = facts.request.http();
     let mut headers = Value::new_object();
     if let (Some(http), Ok(object)) = (http, headers.as_object_mut()) {
@@ -268,7 +264,6 @@ mod tests {
             record: &record,
             revoked: false,
             service: Some("api"),
-            now,
         };
         let document = serde_json::to_value(document(&settings, &facts)).expect("serialises");
         assert_eq!(
