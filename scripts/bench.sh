@@ -88,8 +88,13 @@ echo "== through Envoy: no authorizer, the do-nothing authorizer, EdgeMesh's (sa
 "$BIN/edgemesh-simulator" noop-authz --listen 127.0.0.1:9193 >"$STATE/bench/noop-authz.log" 2>&1 &
 pids+=($!)
 noop_pid=$!
+# The route's upstream answers every request alike: the demo upstream's echo of the identity headers
+# would give EdgeMesh's requests (and only them) bigger responses.
+"$BIN/edgemesh-simulator" upstream --plain --listen 127.0.0.1:8091 >"$STATE/bench/upstream.log" 2>&1 &
+pids+=($!)
+upstream_pid=$!
 sed -e "s|@ADMIN_PORT@|9902|; s|@NONE_PORT@|10001|g; s|@NOOP_PORT@|10002|g; s|@EDGEMESH_PORT@|10003|g" \
-    -e "s|@EXT_AUTHZ_PORT@|9191|; s|@NOOP_AUTHZ_PORT@|9193|; s|@UPSTREAM_PORT@|8081|" \
+    -e "s|@EXT_AUTHZ_PORT@|9191|; s|@NOOP_AUTHZ_PORT@|9193|; s|@UPSTREAM_PORT@|8091|" \
     -e "s|@TRUST_DOMAIN@|${EDGEMESH_TRUST_DOMAIN:-edgemesh.local}|" \
     -e "s|@SERVER_CERT@|$STATE/envoy/server.pem|; s|@SERVER_KEY@|$STATE/envoy/server-key.pem|" \
     -e "s|@CA_CERT@|$STATE/ca.pem|" \
@@ -103,5 +108,5 @@ curl -sf http://127.0.0.1:9902/ready >/dev/null || { tail "$STATE/bench/envoy.lo
 # Each process's CPU per request, by authorizer (PostgreSQL: the postmaster and its backends).
 run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 4 --phase-secs 5 \
   --watch "envoy=$envoy_pid" --watch "ext-authz=$(cat "$STATE/pids/ext-authz.pid")" \
-  --watch "do-nothing authz=$noop_pid" --watch "upstream=$(cat "$STATE/pids/upstream.pid")" \
+  --watch "do-nothing authz=$noop_pid" --watch "upstream=$upstream_pid" \
   --watch "postgres=$(head -1 "$STATE/pg/data/postmaster.pid")"

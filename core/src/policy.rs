@@ -181,15 +181,21 @@ impl PolicySet {
     pub fn evaluate(&self, rules: Rules, input: &serde_json::Value) -> Decision {
         // Deserialising from the borrowed document saves cloning it first.
         match <Value as serde::Deserialize>::deserialize(input) {
-            Ok(input) => self.evaluate_value(rules, input),
+            Ok(input) => self
+                .evaluate_value(rules, input)
+                .unwrap_or_else(|deny| deny),
             Err(e) => self.decision(Err(e.into())),
         }
     }
 
     /// Evaluates `rules` over an input document already in the engine's value type (what the hot
-    /// path builds, skipping JSON).
-    pub fn evaluate_value(&self, rules: Rules, input: Value) -> Decision {
-        self.decision(self.try_evaluate(rules, input))
+    /// path builds, skipping JSON). `Err` is the deny an evaluation error makes (its reason says
+    /// what failed), told apart for a caller that remembers decisions: an error may not recur.
+    pub fn evaluate_value(&self, rules: Rules, input: Value) -> Result<Decision, Decision> {
+        match self.try_evaluate(rules, input) {
+            Ok(outcome) => Ok(self.decision(Ok(outcome))),
+            Err(e) => Err(self.decision(Err(e))),
+        }
     }
 
     fn decision(&self, outcome: anyhow::Result<(bool, Vec<String>)>) -> Decision {

@@ -3,6 +3,7 @@
 //! including internal errors, ends in an answer: an allow with identity headers or a 403 with reasons.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -75,7 +76,9 @@ pub struct Authorizer {
     pub audit: AuditLog,
     /// Parsed peer certificates: a device sends the same certificate with every request, so it is
     /// parsed once.
-    pub peers: PeerCache,
+    pub peers: Bounded<[u8; 32], Arc<Peer>>,
+    /// Decisions by their facts, each with the policy version it was made under.
+    pub decisions: Bounded<Facts, Decision>,
 }
 
 /// The identity a peer certificate proves, and what the policy and the audit need of it.
@@ -87,16 +90,18 @@ pub struct Peer {
     pub not_after: OffsetDateTime,
 }
 
-/// Parsed peer certificates by the SHA-256 of their encoded form (32 bytes per key, not the kilobyte of
-/// encoded PEM). An entry is a fact about a certificate (whom it names), never stale, so the cache
-/// needs no invalidation or expiry, only a bound: a full shard forgets an arbitrary entry. Revocation
-/// is checked against the directory on every request, not here.
-pub struct PeerCache {
-    shards: Vec<Mutex<HashMap<[u8; 32], Arc<Peer>>>>,
+/// A map that stays within a bound: a full shard forgets an arbitrary entry. For what is never stale,
+/// only costly to work out again: parsed peer certificates (by the SHA-256 of their encoded form, 32
+/// bytes per key rather than the kilobyte of PEM; whom a certificate names never changes, and
+/// revocation is checked against the directory on every request, not here) and decisions (by their
+/// facts, see [`Facts`]).
+pub struct Bounded<K, V> {
+    shards: Vec<Mutex<HashMap<K, V>>>,
     per_shard: usize,
+    hasher: RandomState,
 }
 
-impl PeerCache {
+impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
     const SHARDS: usize = 16;
 
     pub fn new(capacity: usize) -> Self {
@@ -105,29 +110,30 @@ impl PeerCache {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             per_shard: capacity.div_ceil(Self::SHARDS).max(1),
+            hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, key: &[u8; 32]) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<Peer>>> {
-        // A digest's first byte is uniform: a fine shard index.
-        self.shards[usize::from(key[0]) % Self::SHARDS]
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+        let index = self.hasher.hash_one(key) as usize % Self::SHARDS;
+        self.shards[index]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+    pub fn get(&self, key: &K) -> Option<V> {
         self.shard(key).get(key).cloned()
     }
 
-    pub fn insert(&self, key: [u8; 32], peer: Arc<Peer>) {
+    pub fn insert(&self, key: K, value: V) {
         let mut shard = self.shard(&key);
         if shard.len() >= self.per_shard
             && !shard.contains_key(&key)
-            && let Some(evicted) = shard.keys().next().copied()
+            && let Some(evicted) = shard.keys().next().cloned()
         {
             shard.remove(&evicted);
         }
-        shard.insert(key, peer);
+        shard.insert(key, value);
     }
 
     #[cfg(test)]
@@ -252,19 +258,32 @@ impl Authorizer {
                 Some(&peer),
             );
         };
-        let input = document(
-            &self.settings,
-            &Facts {
-                request,
-                peer: &peer,
-                record: &record,
-                revoked: certificate.revoked,
-                service: service.as_deref(),
-            },
+        let facts = Facts::new(
+            request,
+            &peer,
+            &record,
+            certificate.revoked,
+            self.settings.clock.now(),
         );
+        // The same facts make the same input document, so a decision made under the policies in force
+        // holds for them (a device repeating a request within the second, typically).
+        let decision = match self
+            .decisions
+            .get(&facts)
+            .filter(|d| d.policy_version == policies.version())
+        {
+            Some(decision) => decision,
+            None => match policies.evaluate_value(AUTHZ, document(&self.settings, &facts)) {
+                Ok(decision) => {
+                    self.decisions.insert(facts, decision.clone());
+                    decision
+                }
+                Err(deny) => deny,
+            },
+        };
         Verdict {
             decision_id,
-            decision: policies.evaluate_value(AUTHZ, input),
+            decision,
             device: Some(record.id.clone()),
             user: Some(record.owner_id.to_string()),
             role: Some(record.role.to_string()),
@@ -375,8 +394,8 @@ mod tests {
     }
 
     #[test]
-    fn the_peer_cache_stays_within_its_bound() {
-        let cache = PeerCache::new(64);
+    fn a_bounded_map_stays_within_its_bound() {
+        let cache = Bounded::new(64);
         for i in 0..1000u32 {
             let mut key = [0u8; 32];
             key[..4].copy_from_slice(&i.to_be_bytes());

@@ -1,8 +1,10 @@
-//! The policy input document (described in `policies/README.md`), built per decision directly in the
-//! policy engine's value type. Its objects have fixed keys, so each object's layout is built once (keys
-//! allocated and sorted a single time, see [`Shape`]) and a decision only fills in the values.
+//! The policy input document (described in `policies/README.md`), built directly in the policy
+//! engine's value type from a decision's [`Facts`]. Its objects have fixed keys, so each object's
+//! layout is built once (keys allocated and sorted a single time, see [`Shape`]) and a decision only
+//! fills in the values.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use edgemesh_core::policy::Value;
@@ -11,10 +13,11 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::check::{Peer, Settings};
 use crate::directory::DeviceRecord;
-use crate::request::CheckRequest;
+use crate::request::{CheckRequest, HttpRequest};
 
-/// Request headers handed to the policy (the rest are not its business).
-pub const POLICY_HEADERS: [&str; 3] = ["user-agent", "content-type", "x-request-id"];
+/// Request headers handed to the policy (the rest are not its business). Per-request identifiers such
+/// as `x-request-id` stay out: they decide nothing and would make every decision's facts unique.
+pub const POLICY_HEADERS: [&str; 2] = ["user-agent", "content-type"];
 
 /// An object with fixed keys, laid out once: [`Shape::with`] copies the layout and fills in the values
 /// in the order the keys were given.
@@ -93,25 +96,85 @@ static SHAPES: LazyLock<Shapes> = LazyLock::new(|| Shapes {
     config: Shape::new(["max_health_age_seconds"]),
 });
 
-/// What a decision knows, as the policy sees it.
-pub struct Facts<'a> {
-    pub request: &'a CheckRequest,
-    pub peer: &'a Peer,
-    pub record: &'a DeviceRecord,
+/// Everything an input document is made of, besides the server's settings (fixed for its life): the
+/// document is a function of these alone, so equal facts make equal documents and equal decisions,
+/// which is what lets the authorizer remember decisions by their facts. The device's record and the
+/// parsed certificate are compared by identity: the directory replaces a record (a new `Arc`) when
+/// anything about the device changes, and never changes one in place.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Facts {
+    pub record: Same<DeviceRecord>,
+    pub peer: Same<Peer>,
     pub revoked: bool,
-    pub service: Option<&'a str>,
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    /// The values of [`POLICY_HEADERS`], in that order.
+    pub headers: [Option<String>; POLICY_HEADERS.len()],
+    /// The time of the decision in whole seconds since the Unix epoch: finer would tell a policy of
+    /// hours and days nothing, and would make every decision's facts unique.
+    pub now: i64,
+}
+
+impl Facts {
+    pub fn new(
+        request: &CheckRequest,
+        peer: &Arc<Peer>,
+        record: &Arc<DeviceRecord>,
+        revoked: bool,
+        now: OffsetDateTime,
+    ) -> Self {
+        let http = request.http();
+        let text = |field: fn(&HttpRequest) -> &str| http.map(|h| field(h).to_owned());
+        Self {
+            record: Same(Arc::clone(record)),
+            peer: Same(Arc::clone(peer)),
+            revoked,
+            service: request.service().map(str::to_owned),
+            method: text(|h| &h.method),
+            path: text(|h| &h.path),
+            host: text(|h| &h.host),
+            headers: POLICY_HEADERS
+                .map(|name| http.and_then(|h| h.header(name)).map(str::to_owned)),
+            now: now.unix_timestamp(),
+        }
+    }
+}
+
+/// An `Arc` compared and hashed by identity (the pointer), not by value.
+pub struct Same<T>(pub Arc<T>);
+
+impl<T> Clone for Same<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> PartialEq for Same<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Same<T> {}
+
+impl<T> Hash for Same<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
 }
 
 /// The input document for `facts`.
-pub fn document(settings: &Settings, facts: &Facts<'_>) -> Value {
+pub fn document(settings: &Settings, facts: &Facts) -> Value {
     let shapes = &*SHAPES;
-    let (record, peer, now) = (facts.record, facts.peer, settings.clock.now());
-    let http = facts.request.http();
+    let now = OffsetDateTime::from_unix_timestamp(facts.now).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let (record, peer) = (&*facts.record.0, &*facts.peer.0);
     let mut headers = Value::new_object();
-    if let (Some(http), Ok(object)) = (http, headers.as_object_mut()) {
-        for name in POLICY_HEADERS {
-            if let Some(value) = http.header(name) {
-                object.insert(Value::from(name), Value::from(value));
+    if let Ok(object) = headers.as_object_mut() {
+        for (name, value) in POLICY_HEADERS.iter().zip(&facts.headers) {
+            if let Some(value) = value {
+                object.insert(Value::from(*name), Value::from(value.as_str()));
             }
         }
     }
@@ -147,11 +210,11 @@ pub fn document(settings: &Settings, facts: &Facts<'_>) -> Value {
         shapes
             .user
             .with([shared(&record.owner_id), shared(&record.role)]),
-        optional(facts.service),
+        optional(facts.service.as_deref()),
         shapes.request.with([
-            optional(http.map(|h| h.method.as_str())),
-            optional(http.map(|h| h.path.as_str())),
-            optional(http.map(|h| h.host.as_str())),
+            optional(facts.method.as_deref()),
+            optional(facts.path.as_deref()),
+            optional(facts.host.as_deref()),
             headers,
         ]),
         shapes.time.with([
@@ -189,6 +252,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::hash::BuildHasher;
 
     use bytes::Bytes;
     use envoy_types::pb::envoy::service::auth::v3 as envoy;
@@ -200,7 +264,8 @@ mod tests {
     use crate::directory::HealthRecord;
 
     /// Every value lands under its own key: the shapes are filled by position, so a value given out of
-    /// order would swap two facts (CPU for memory, say) without failing to build.
+    /// order would swap two facts (CPU for memory, say) without failing to build. The time is whole
+    /// seconds and per-request identifiers stay out.
     #[test]
     fn the_document_holds_each_fact_under_its_key() {
         let request = envoy::CheckRequest {
@@ -213,12 +278,14 @@ mod tests {
                         headers: HashMap::from([
                             ("user-agent".to_owned(), "curl/8.5.0".to_owned()),
                             ("x-request-id".to_owned(), "r-1".to_owned()),
+                            ("content-type".to_owned(), "application/json".to_owned()),
                             ("cookie".to_owned(), "not the policy's business".to_owned()),
                         ]),
                         ..Default::default()
                     }),
                     ..Default::default()
                 }),
+                context_extensions: HashMap::from([("service".to_owned(), "api".to_owned())]),
                 ..Default::default()
             }),
         };
@@ -251,20 +318,20 @@ mod tests {
             fingerprint: [0xab; 32],
             not_after: datetime!(2026-12-22 09:45:05 UTC),
         };
-        let now = datetime!(2026-11-18 10:30:00 UTC);
+        let now = datetime!(2026-11-18 10:30:00.987654321 UTC);
         let settings = Settings {
             trust_domain: "edgemesh.local".to_owned(),
             max_health_age_seconds: 300,
             timezone: "Europe/Berlin".to_owned(),
             clock: Clock::Fixed(now),
         };
-        let facts = Facts {
-            request: &request,
-            peer: &peer,
-            record: &record,
-            revoked: false,
-            service: Some("api"),
-        };
+        let facts = Facts::new(
+            &request,
+            &Arc::new(peer),
+            &Arc::new(record),
+            false,
+            settings.clock.now(),
+        );
         let document = serde_json::to_value(document(&settings, &facts)).expect("serialises");
         assert_eq!(
             document,
@@ -294,12 +361,121 @@ mod tests {
                     "method": "GET",
                     "path": "/api/orders",
                     "host": "edgemesh.local",
-                    "headers": {"user-agent": "curl/8.5.0", "x-request-id": "r-1"},
+                    "headers": {"user-agent": "curl/8.5.0", "content-type": "application/json"},
                 },
                 "time": {"now_ns": 1_794_997_800_000_000_000_i64, "rfc3339": "2026-11-18T10:30:00Z", "timezone": "Europe/Berlin"},
                 "config": {"max_health_age_seconds": 300},
             })
         );
+    }
+
+    /// Facts are equal exactly when every part is: the same record and certificate (the same
+    /// objects, not equal copies), revocation, route, request, policy headers and second.
+    #[test]
+    fn facts_differ_when_any_part_does() {
+        let request = |path: &str, headers: &[(&str, &str)]| {
+            let request = envoy::CheckRequest {
+                attributes: Some(envoy::AttributeContext {
+                    request: Some(envoy::attribute_context::Request {
+                        http: Some(envoy::attribute_context::HttpRequest {
+                            method: "GET".to_owned(),
+                            path: path.to_owned(),
+                            host: "edgemesh.local".to_owned(),
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                                .collect(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    context_extensions: HashMap::from([("service".to_owned(), "api".to_owned())]),
+                    ..Default::default()
+                }),
+            };
+            CheckRequest::decode(Bytes::from(request.encode_to_vec())).expect("decodes")
+        };
+        let record = Arc::new(DeviceRecord {
+            id: "pi-1".to_owned(),
+            device_type: "raspberrypi".into(),
+            status: "active".into(),
+            os: "debian".into(),
+            os_version: "12".into(),
+            owner_id: "alice".into(),
+            role: "developer".into(),
+            certificates: Vec::new(),
+            health: None,
+        });
+        let certificate = || {
+            Arc::new(Peer {
+                device: "pi-1".to_owned(),
+                serial: "01".to_owned(),
+                fingerprint: [1; 32],
+                not_after: datetime!(2026-12-22 09:45:05 UTC),
+            })
+        };
+        let peer = certificate();
+        let at = datetime!(2026-11-18 10:30:00.25 UTC);
+        let plain = request("/api/orders", &[("user-agent", "agent/1")]);
+        let base = Facts::new(&plain, &peer, &record, false, at);
+        let hasher = std::hash::RandomState::new();
+        let same = |a: &Facts, b: &Facts| a == b && hasher.hash_one(a) == hasher.hash_one(b);
+        // Another request id, another connection, the same second: the same facts.
+        let again = request(
+            "/api/orders",
+            &[("user-agent", "agent/1"), ("x-request-id", "r-2")],
+        );
+        assert!(same(
+            &base,
+            &Facts::new(
+                &again,
+                &peer,
+                &record,
+                false,
+                at + time::Duration::milliseconds(700)
+            ),
+        ));
+        let copy = Arc::new((*record).clone());
+        let differing = [
+            Facts::new(&plain, &peer, &copy, false, at),
+            Facts::new(&plain, &certificate(), &record, false, at),
+            Facts::new(&plain, &peer, &record, true, at),
+            Facts::new(
+                &plain,
+                &peer,
+                &record,
+                false,
+                at + time::Duration::seconds(1),
+            ),
+            Facts::new(
+                &request("/api/other", &[("user-agent", "agent/1")]),
+                &peer,
+                &record,
+                false,
+                at,
+            ),
+            Facts::new(
+                &request("/api/orders", &[("user-agent", "agent/2")]),
+                &peer,
+                &record,
+                false,
+                at,
+            ),
+            Facts::new(
+                &request(
+                    "/api/orders",
+                    &[("user-agent", "agent/1"), ("content-type", "text/plain")],
+                ),
+                &peer,
+                &record,
+                false,
+                at,
+            ),
+            Facts::new(&request("/api/orders", &[]), &peer, &record, false, at),
+        ];
+        for (i, facts) in differing.iter().enumerate() {
+            assert!(base != *facts, "variant {i} equals the base");
+        }
     }
 
     #[test]

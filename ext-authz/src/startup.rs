@@ -13,11 +13,15 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 use crate::audit::{self, WRITE_TIMEOUT};
-use crate::check::{Authorizer, Clock, Settings};
+use crate::check::{Authorizer, Bounded, Clock, Settings};
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::grpc::{self, AUTHORIZATION_SERVICE};
 use crate::metrics::{self, Metrics};
+
+/// Decisions remembered by their facts. The facts hold the time to the second, so what matters is the
+/// requests of one second from distinct devices and routes; a few kilobytes per hundred entries.
+const DECISIONS: usize = 4096;
 
 /// Runs the server until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
@@ -71,9 +75,8 @@ pub async fn serve(
         },
         metrics: Arc::clone(&metrics),
         audit,
-        peers: crate::check::PeerCache::new(
-            usize::try_from(config.cache_capacity).unwrap_or(usize::MAX),
-        ),
+        peers: Bounded::new(usize::try_from(config.cache_capacity).unwrap_or(usize::MAX)),
+        decisions: Bounded::new(DECISIONS),
     });
     if let Some(at) = config.clock {
         tracing::warn!(clock = %at, "deciding with a fixed clock");

@@ -175,6 +175,11 @@ enum Command {
             default_value = "127.0.0.1:8081"
         )]
         listen: SocketAddr,
+        /// Answer every request with the same small body instead of the echo (bench-proxy's upstream:
+        /// the echo of EdgeMesh's identity headers would make its responses, and so Envoy's and the
+        /// client's work, bigger than the other authorizers').
+        #[arg(long)]
+        plain: bool,
     },
     /// Serve a do-nothing ext_authz server that allows everything (bench only: the protocol's ceiling).
     NoopAuthz {
@@ -259,7 +264,7 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             ref metrics,
             ref milestones,
         } => memory_bench::memory(database_url, ext_authz, metrics, milestones).await,
-        Command::Upstream { listen } => upstream::serve(listen).await,
+        Command::Upstream { listen, plain } => upstream::serve(listen, plain).await,
         Command::NoopAuthz { listen } => noop_authz::serve(listen).await,
         Command::BenchEnroll {
             devices,

@@ -1,6 +1,7 @@
 //! The demo upstream behind Envoy: answers every request with what it learned about the caller (the
 //! identity headers EdgeMesh set and the client certificate details Envoy forwarded), as JSON. It
-//! trusts those headers because only Envoy can reach it (it listens on loopback).
+//! trusts those headers because only Envoy can reach it (it listens on loopback). With `--plain` it
+//! answers every request alike, for benches that compare authorizers.
 
 use std::net::SocketAddr;
 
@@ -8,10 +9,14 @@ use axum::Router;
 use axum::http::{HeaderMap, Method, Uri};
 use serde_json::{Map, Value, json};
 
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, plain: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(addr = %listen, "demo upstream listening");
-    let app = Router::new().fallback(echo);
+    tracing::info!(addr = %listen, plain, "demo upstream listening");
+    let app = if plain {
+        Router::new().fallback(|| async { axum::Json(json!({"ok": true})) })
+    } else {
+        Router::new().fallback(echo)
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(edgemesh_core::shutdown_signal())
         .await?;
