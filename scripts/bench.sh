@@ -105,6 +105,10 @@ pids+=($!)
 envoy_pid=$!
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:9902/ready >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf http://127.0.0.1:9902/ready >/dev/null || { tail "$STATE/bench/envoy.log"; exit 1; }
+# A leftover bench Envoy or helper would answer in their place with another configuration.
+for pid in "$envoy_pid" "$noop_pid" "$upstream_pid"; do
+  kill -0 "$pid" 2>/dev/null || { echo "a bench helper exited (ports 9902, 9193, 8091, 10001-10003 in use?)" >&2; tail "$STATE/bench/"*.log >&2; exit 1; }
+done
 # Each process's CPU per request, by authorizer (PostgreSQL: the postmaster and its backends).
 run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 4 --phase-secs 5 \
   --watch "envoy=$envoy_pid" --watch "ext-authz=$(cat "$STATE/pids/ext-authz.pid")" \
