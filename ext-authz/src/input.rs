@@ -263,24 +263,19 @@ mod tests {
     use crate::check::Clock;
     use crate::directory::HealthRecord;
 
-    /// Every value lands under its own key: the shapes are filled by position, so a value given out of
-    /// order would swap two facts (CPU for memory, say) without failing to build. The time is whole
-    /// seconds and per-request identifiers stay out.
-    #[test]
-    fn the_document_holds_each_fact_under_its_key() {
+    /// The CheckRequest Envoy sends for a GET of `path` on route `api` with `headers`.
+    fn check_request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
         let request = envoy::CheckRequest {
             attributes: Some(envoy::AttributeContext {
                 request: Some(envoy::attribute_context::Request {
                     http: Some(envoy::attribute_context::HttpRequest {
                         method: "GET".to_owned(),
-                        path: "/api/orders".to_owned(),
+                        path: path.to_owned(),
                         host: "edgemesh.local".to_owned(),
-                        headers: HashMap::from([
-                            ("user-agent".to_owned(), "curl/8.5.0".to_owned()),
-                            ("x-request-id".to_owned(), "r-1".to_owned()),
-                            ("content-type".to_owned(), "application/json".to_owned()),
-                            ("cookie".to_owned(), "not the policy's business".to_owned()),
-                        ]),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -289,8 +284,12 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let request = CheckRequest::decode(Bytes::from(request.encode_to_vec())).expect("decodes");
-        let record = DeviceRecord {
+        CheckRequest::decode(Bytes::from(request.encode_to_vec())).expect("decodes")
+    }
+
+    /// Alice's (a developer's) Raspberry Pi `pi-1`, with `health`.
+    fn device(health: Option<HealthRecord>) -> DeviceRecord {
+        DeviceRecord {
             id: "pi-1".to_owned(),
             device_type: "raspberrypi".into(),
             status: "active".into(),
@@ -299,19 +298,36 @@ mod tests {
             owner_id: "alice".into(),
             role: "developer".into(),
             certificates: Vec::new(),
-            health: Some(HealthRecord {
-                received_at: datetime!(2026-11-18 10:29:31 UTC),
-                collected_at: datetime!(2026-11-18 10:29:30 UTC),
-                cpu_usage: Some(22.5),
-                memory_usage: Some(41.5),
-                disk_usage: Some(57.25),
-                disk_encrypted: Some(true),
-                os_patches_current: Some(false),
-                antivirus_enabled: Some(true),
-                firewall_enabled: None,
-                status: "unhealthy".into(),
-            }),
-        };
+            health,
+        }
+    }
+
+    /// Every value lands under its own key: the shapes are filled by position, so a value given out of
+    /// order would swap two facts (CPU for memory, say) without failing to build. The time is whole
+    /// seconds and per-request identifiers stay out.
+    #[test]
+    fn the_document_holds_each_fact_under_its_key() {
+        let request = check_request(
+            "/api/orders",
+            &[
+                ("user-agent", "curl/8.5.0"),
+                ("x-request-id", "r-1"),
+                ("content-type", "application/json"),
+                ("cookie", "not the policy's business"),
+            ],
+        );
+        let record = device(Some(HealthRecord {
+            received_at: datetime!(2026-11-18 10:29:31 UTC),
+            collected_at: datetime!(2026-11-18 10:29:30 UTC),
+            cpu_usage: Some(22.5),
+            memory_usage: Some(41.5),
+            disk_usage: Some(57.25),
+            disk_encrypted: Some(true),
+            os_patches_current: Some(false),
+            antivirus_enabled: Some(true),
+            firewall_enabled: None,
+            status: "unhealthy".into(),
+        }));
         let peer = Peer {
             device: "pi-1".to_owned(),
             serial: "4132f0bb".to_owned(),
@@ -373,39 +389,7 @@ mod tests {
     /// objects, not equal copies), revocation, route, request, policy headers and second.
     #[test]
     fn facts_differ_when_any_part_does() {
-        let request = |path: &str, headers: &[(&str, &str)]| {
-            let request = envoy::CheckRequest {
-                attributes: Some(envoy::AttributeContext {
-                    request: Some(envoy::attribute_context::Request {
-                        http: Some(envoy::attribute_context::HttpRequest {
-                            method: "GET".to_owned(),
-                            path: path.to_owned(),
-                            host: "edgemesh.local".to_owned(),
-                            headers: headers
-                                .iter()
-                                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                                .collect(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    context_extensions: HashMap::from([("service".to_owned(), "api".to_owned())]),
-                    ..Default::default()
-                }),
-            };
-            CheckRequest::decode(Bytes::from(request.encode_to_vec())).expect("decodes")
-        };
-        let record = Arc::new(DeviceRecord {
-            id: "pi-1".to_owned(),
-            device_type: "raspberrypi".into(),
-            status: "active".into(),
-            os: "debian".into(),
-            os_version: "12".into(),
-            owner_id: "alice".into(),
-            role: "developer".into(),
-            certificates: Vec::new(),
-            health: None,
-        });
+        let record = Arc::new(device(None));
         let certificate = || {
             Arc::new(Peer {
                 device: "pi-1".to_owned(),
@@ -416,12 +400,12 @@ mod tests {
         };
         let peer = certificate();
         let at = datetime!(2026-11-18 10:30:00.25 UTC);
-        let plain = request("/api/orders", &[("user-agent", "agent/1")]);
+        let plain = check_request("/api/orders", &[("user-agent", "agent/1")]);
         let base = Facts::new(&plain, &peer, &record, false, at);
         let hasher = std::hash::RandomState::new();
         let same = |a: &Facts, b: &Facts| a == b && hasher.hash_one(a) == hasher.hash_one(b);
         // Another request id, another connection, the same second: the same facts.
-        let again = request(
+        let again = check_request(
             "/api/orders",
             &[("user-agent", "agent/1"), ("x-request-id", "r-2")],
         );
@@ -448,21 +432,21 @@ mod tests {
                 at + time::Duration::seconds(1),
             ),
             Facts::new(
-                &request("/api/other", &[("user-agent", "agent/1")]),
+                &check_request("/api/other", &[("user-agent", "agent/1")]),
                 &peer,
                 &record,
                 false,
                 at,
             ),
             Facts::new(
-                &request("/api/orders", &[("user-agent", "agent/2")]),
+                &check_request("/api/orders", &[("user-agent", "agent/2")]),
                 &peer,
                 &record,
                 false,
                 at,
             ),
             Facts::new(
-                &request(
+                &check_request(
                     "/api/orders",
                     &[("user-agent", "agent/1"), ("content-type", "text/plain")],
                 ),
@@ -471,7 +455,13 @@ mod tests {
                 false,
                 at,
             ),
-            Facts::new(&request("/api/orders", &[]), &peer, &record, false, at),
+            Facts::new(
+                &check_request("/api/orders", &[]),
+                &peer,
+                &record,
+                false,
+                at,
+            ),
         ];
         for (i, facts) in differing.iter().enumerate() {
             assert!(base != *facts, "variant {i} equals the base");
