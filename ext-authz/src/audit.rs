@@ -191,19 +191,20 @@ async fn stream(
     let deadline = tokio::time::Instant::now() + LINGER;
     let mut conn = bounded(db.acquire()).await?;
     let mut copy = bounded(conn.copy_in_raw(&copy_statement("audit_log"))).await?;
-    let mut csv = String::with_capacity(BATCH * 256);
+    let mut rows = Vec::with_capacity(BATCH * 256);
+    rows.extend_from_slice(COPY_HEADER);
     let mut sent = 0;
     loop {
-        if sent < batch.len() {
-            csv.clear();
-            for record in &batch[sent..] {
-                csv_row(&mut csv, record);
-            }
-            bounded(copy.send(csv.as_bytes())).await?;
-            sent = batch.len();
+        for record in &batch[sent..] {
+            copy_row(&mut rows, record);
         }
+        sent = batch.len();
         if batch.len() >= BATCH {
             break;
+        }
+        if !rows.is_empty() {
+            bounded(copy.send(rows.as_slice())).await?;
+            rows.clear();
         }
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
@@ -219,6 +220,10 @@ async fn stream(
         }
         metrics.audit_queue_depth.sub((batch.len() - before) as i64);
     }
+    // The trailer goes with the last rows: a message of its own would wait for the previous one's
+    // acknowledgement (Nagle's algorithm; sqlx's connections do not set TCP_NODELAY).
+    rows.extend_from_slice(COPY_TRAILER);
+    bounded(copy.send(rows.as_slice())).await?;
     bounded(copy.finish()).await
 }
 
@@ -245,7 +250,7 @@ async fn settle(
 ) {
     let outcome = match outcome {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            bounded(insert_skipping_stored(db, &csv_rows(batch))).await
+            bounded(insert_skipping_stored(db, &copy_rows(batch))).await
         }
         outcome => outcome,
     };
@@ -331,18 +336,18 @@ pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error>
     if records.is_empty() {
         return Ok(0);
     }
-    let csv = csv_rows(records);
-    match copy_csv(&mut *db.acquire().await?, "audit_log", &csv).await {
+    let rows = copy_rows(records);
+    match copy_in(&mut *db.acquire().await?, "audit_log", &rows).await {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            insert_skipping_stored(db, &csv).await
+            insert_skipping_stored(db, &rows).await
         }
         done => done,
     }
 }
 
-/// Stores CSV lines of [`csv_row`] some of which are already stored (so a plain `COPY` fails): through
-/// a temporary table and `ON CONFLICT DO NOTHING`. Answers how many were new.
-async fn insert_skipping_stored(db: &PgPool, csv: &str) -> Result<u64, sqlx::Error> {
+/// Stores [`copy_rows`] some of which are already stored (so a plain `COPY` fails): through a
+/// temporary table and `ON CONFLICT DO NOTHING`. Answers how many were new.
+async fn insert_skipping_stored(db: &PgPool, rows: &[u8]) -> Result<u64, sqlx::Error> {
     let mut conn = db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query(
@@ -350,7 +355,7 @@ async fn insert_skipping_stored(db: &PgPool, csv: &str) -> Result<u64, sqlx::Err
     )
     .execute(&mut *tx)
     .await?;
-    copy_csv(&mut tx, "audit_incoming", csv).await?;
+    copy_in(&mut tx, "audit_incoming", rows).await?;
     let done =
         sqlx::query("INSERT INTO audit_log SELECT * FROM audit_incoming ON CONFLICT DO NOTHING")
             .execute(&mut *tx)
@@ -359,99 +364,111 @@ async fn insert_skipping_stored(db: &PgPool, csv: &str) -> Result<u64, sqlx::Err
     Ok(done.rows_affected())
 }
 
-fn csv_rows(records: &[Record]) -> String {
-    let mut csv = String::with_capacity(records.len() * 256);
+/// The start of a binary `COPY`: signature, flags, header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The end of a binary `COPY`.
+const COPY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
+/// The OID of PostgreSQL's `text` type, named in a binary array.
+const TEXT_OID: i32 = 25;
+
+/// `records` as a whole binary `COPY` (header, rows, trailer).
+fn copy_rows(records: &[Record]) -> Vec<u8> {
+    let mut rows = Vec::with_capacity(COPY_HEADER.len() + records.len() * 256 + 2);
+    rows.extend_from_slice(COPY_HEADER);
     for record in records {
-        csv_row(&mut csv, record);
+        copy_row(&mut rows, record);
     }
-    csv
+    rows.extend_from_slice(COPY_TRAILER);
+    rows
 }
 
-/// The `COPY` of CSV lines of [`csv_row`] into `table`.
+/// The binary `COPY` of [`copy_row`]s into `table`: each value in PostgreSQL's own binary form, so
+/// neither side formats or parses text.
 fn copy_statement(table: &'static str) -> String {
     format!(
         "COPY {table} (id, occurred_at, event_type, action, device_id, user_id, role, service,
              method, path, decision, reasons, policy_version, certificate_serial, latency_us,
-             peer_address) FROM STDIN (FORMAT csv)"
+             peer_address) FROM STDIN (FORMAT binary)"
     )
 }
 
-/// `COPY`s CSV lines of [`csv_row`] into `table`; answers the rows copied.
-async fn copy_csv(
+/// `COPY`s [`copy_rows`] into `table`; answers the rows copied.
+async fn copy_in(
     conn: &mut sqlx::PgConnection,
     table: &'static str,
-    csv: &str,
+    rows: &[u8],
 ) -> Result<u64, sqlx::Error> {
     let mut copy = conn.copy_in_raw(&copy_statement(table)).await?;
-    copy.send(csv.as_bytes()).await?;
+    copy.send(rows).await?;
     copy.finish().await
 }
 
-/// One record as a CSV line for [`copy_csv`]: every text quoted (an unquoted empty field is NULL),
-/// the reasons as a quoted `text[]` literal.
-fn csv_row(out: &mut String, r: &Record) {
-    use std::fmt::Write;
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.at_us) * 1000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let _ = write!(
-        out,
-        "{},{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00,authorization,check,",
-        r.id,
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.microsecond()
-    );
-    for field in [&r.device, &r.user, &r.role, &r.service, &r.method, &r.path] {
-        if let Some(text) = field {
-            csv_text(out, text.chars());
+/// One record as a binary `COPY` row of the columns of [`copy_statement`]: the field count, then each
+/// field's length (-1 for NULL) and bytes.
+fn copy_row(out: &mut Vec<u8>, r: &Record) {
+    out.extend_from_slice(&16i16.to_be_bytes());
+    field(out, r.id.as_bytes());
+    field(out, &(r.at_us - POSTGRES_EPOCH_US).to_be_bytes());
+    field(out, b"authorization");
+    field(out, b"check");
+    for value in [&r.device, &r.user, &r.role, &r.service, &r.method, &r.path] {
+        optional_text(out, value.as_deref());
+    }
+    field(out, if r.allow { b"allow" } else { b"deny" });
+    // text[]: dimensions, has-nulls flag, element type, each dimension's length and lower bound,
+    // then the elements.
+    let start = begin_field(out);
+    let dimensions = i32::from(!r.reasons.is_empty());
+    out.extend_from_slice(&dimensions.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&TEXT_OID.to_be_bytes());
+    if dimensions == 1 {
+        let count = i32::try_from(r.reasons.len()).unwrap_or(i32::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        for reason in &r.reasons {
+            text(out, reason);
         }
-        out.push(',');
     }
-    out.push_str(if r.allow { "allow," } else { "deny," });
-    let mut array = String::from("{");
-    for (i, reason) in r.reasons.iter().enumerate() {
-        if i > 0 {
-            array.push(',');
-        }
-        array.push('"');
-        for c in reason.chars() {
-            if c == '"' || c == '\\' {
-                array.push('\\');
-            }
-            array.push(c);
-        }
-        array.push('"');
-    }
-    array.push('}');
-    csv_text(out, array.chars());
-    out.push(',');
-    csv_text(out, r.policy_version.chars());
-    out.push(',');
-    if let Some(serial) = &r.serial {
-        csv_text(out, serial.chars());
-    }
-    let _ = write!(out, ",{},", r.latency_us);
-    if let Some(peer) = &r.peer {
-        csv_text(out, peer.chars());
-    }
-    out.push('\n');
+    end_field(out, start);
+    text(out, &r.policy_version);
+    optional_text(out, r.serial.as_deref());
+    field(out, &r.latency_us.to_be_bytes());
+    optional_text(out, r.peer.as_deref());
 }
 
-/// A quoted CSV field; NUL, which PostgreSQL text cannot hold, becomes U+FFFD.
-fn csv_text(out: &mut String, text: impl Iterator<Item = char>) {
-    out.push('"');
-    for c in text {
-        match c {
-            '"' => out.push_str("\"\""),
-            '\0' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn optional_text(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(value) => text(out, value),
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
     }
-    out.push('"');
+}
+
+/// A text value; NUL, which PostgreSQL text cannot hold, becomes U+FFFD.
+fn text(out: &mut Vec<u8>, value: &str) {
+    if value.contains('\0') {
+        field(out, value.replace('\0', "\u{fffd}").as_bytes());
+    } else {
+        field(out, value.as_bytes());
+    }
+}
+
+/// Reserves a field's length, to be filled in by [`end_field`] once its bytes are written.
+fn begin_field(out: &mut Vec<u8>) -> usize {
+    out.extend_from_slice(&[0; 4]);
+    out.len()
+}
+
+fn end_field(out: &mut [u8], start: usize) {
+    let len = i32::try_from(out.len() - start).unwrap_or(i32::MAX);
+    out[start - 4..start].copy_from_slice(&len.to_be_bytes());
 }
 
 /// The append-only spool: one JSON record per line in `audit.spool`, and in `audit.offset` how many of
