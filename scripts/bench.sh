@@ -51,7 +51,8 @@ run "$BIN/edgemesh-simulator" bench-check --devices 100 --rate 1000 --duration-s
 echo "== the audit trail, in a bench database (edgemesh_bench; the stack's own database is left alone)"
 PG_PORT=${EDGEMESH_PG_PORT:-54329}
 PG_BIN=${EDGEMESH_PG_BIN:-/usr/lib/postgresql/15/bin}
-export EDGEMESH_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/edgemesh_bench
+# Over the cluster's Unix socket, as the stack's services (scripts/stack.sh says why).
+export EDGEMESH_BENCH_DATABASE_URL="postgres://postgres@localhost/edgemesh_bench?host=$(readlink -f "$STATE/pg")/run&port=$PG_PORT"
 "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edgemesh_bench 2>/dev/null || true
 EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL "$BIN/edgemesh-control-api" migrate
 run "$BIN/edgemesh-simulator" bench-audit-writer --records 200000 --steady-secs 10

@@ -17,7 +17,6 @@ ENVOY_BIN=${EDGEMESH_ENVOY_BIN:-$VENV/bin/envoy}
 TRUST_DOMAIN=${EDGEMESH_TRUST_DOMAIN:-edgemesh.local}
 
 export EDGEMESH_POLICY_DIR=${EDGEMESH_POLICY_DIR:-$ROOT/policies}
-export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/edgemesh}
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -43,6 +42,11 @@ pg_base() {
   fi
   readlink -f "$base"
 }
+
+# The services reach PostgreSQL over its Unix socket: no TCP stack on the path, and no wait for
+# acknowledgements between the pieces of the audit's streamed COPY (sqlx 0.9.0 leaves Nagle's
+# algorithm on for TCP).
+export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-postgres://postgres@localhost/edgemesh?host=$(pg_base)/run&port=$PG_PORT}
 
 pg_running() {
   local base; base=$(pg_base)

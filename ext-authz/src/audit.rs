@@ -180,7 +180,10 @@ async fn write(
 /// Streams `batch`, then whatever arrives during the next [`LINGER`] (sent every [`STREAM_EVERY`], up
 /// to a whole [`BATCH`]), into one `COPY`, and commits it. Everything taken off the queue is in
 /// `batch`, to be spooled if the copy fails. Sending as records come spreads PostgreSQL's work over the
-/// window instead of a burst at its end (a burst takes a core from Envoy on a small machine).
+/// window instead of a burst at its end (a burst takes a core from Envoy on a small machine): the
+/// table's volatile `written_at` default makes PostgreSQL insert each row as it arrives (the migration
+/// that adds it says why). Over TCP, sqlx 0.9.0 leaves Nagle's algorithm on, so the pieces reach
+/// PostgreSQL only as fast as it acknowledges them (up to 40 ms); over a Unix socket they do not wait.
 async fn stream(
     db: &PgPool,
     rx: &mut mpsc::Receiver<Record>,

@@ -84,15 +84,18 @@ async fn every_decision_through_envoy_is_audited_once_and_found_by_the_audit_api
     let made: HashSet<&String> = allowed.iter().chain(&denied).collect();
     assert_eq!(stored.len(), 60, "one record per decision");
     assert_eq!(stored.iter().collect::<HashSet<_>>(), made);
-    let (unversioned, unexplained): (i64, i64) = sqlx::query_as(
+    // Each record also says when PostgreSQL stored it: after the decision, within the run.
+    let (unversioned, unexplained, untimed): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE coalesce(policy_version, '') = ''),
-                count(*) FILTER (WHERE decision = 'deny' AND cardinality(reasons) = 0)
+                count(*) FILTER (WHERE decision = 'deny' AND cardinality(reasons) = 0),
+                count(*) FILTER (WHERE written_at IS NULL OR written_at < occurred_at
+                                       OR written_at > now() + interval '1 second')
          FROM audit_log WHERE event_type = 'authorization'",
     )
     .fetch_one(&pool)
     .await
     .expect("query");
-    assert_eq!((unversioned, unexplained), (0, 0));
+    assert_eq!((unversioned, unexplained, untimed), (0, 0, 0));
 
     // The analyst's denies in the window, page by page: newest first, no gaps, no repeats.
     let filter = format!(
