@@ -35,8 +35,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const BATCH: usize = 1000;
 /// How long one `COPY` stays open for records to stream into it before it is committed.
 const LINGER: Duration = Duration::from_millis(100);
-/// How often, within that time, the records that arrived are sent.
-const STREAM_EVERY: Duration = Duration::from_millis(10);
+/// How often, within that time, the records that arrived are sent. PostgreSQL inserts each piece
+/// when it comes: every 3 ms that is a fraction of a millisecond of its work, where every 10 ms it was
+/// 0.7-0.9 ms at a time and the proxy's p99 showed it (BENCHMARKS.md).
+const STREAM_EVERY: Duration = Duration::from_millis(3);
 /// How often the replay task looks at the spool.
 const REPLAY_EVERY: Duration = Duration::from_millis(500);
 /// Longest path kept in a record (a request path can be tens of kilobytes).
