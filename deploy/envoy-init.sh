@@ -10,9 +10,11 @@ state=${EDGEMESH_STATE_DIR:-/var/lib/edgemesh}
 edgemesh-control-api issue-server-cert --names "localhost,127.0.0.1,envoy" \
   --cert-out "$out/server.pem" --key-out "$out/server-key.pem"
 cp "$state/ca.pem" "$out/ca.pem"
-# Same template as `make up`; in compose, Envoy listens on all interfaces of its container and reaches
-# ext-authz and the demo upstream by service name (so the clusters resolve DNS).
-sed -e "s|address: 127.0.0.1, port_value: @ADMIN_PORT@|address: 0.0.0.0, port_value: 9901|" \
+# Same template as `make up`; in compose, Envoy's front door and its stats-only listener (for Prometheus)
+# listen on all interfaces of its container, the admin interface on the container's loopback only, and
+# Envoy reaches ext-authz and the demo upstream by service name (so the clusters resolve DNS).
+sed -e "s|@ADMIN_PORT@|9901|g" \
+    -e "s|address: 127.0.0.1, port_value: @STATS_PORT@|address: 0.0.0.0, port_value: 9902|" \
     -e "s|address: 127.0.0.1, port_value: @LISTEN_PORT@|address: 0.0.0.0, port_value: 10000|" \
     -e "s|address: 127.0.0.1, port_value: @EXT_AUTHZ_PORT@|address: ext-authz, port_value: 9191|" \
     -e "s|address: 127.0.0.1, port_value: @UPSTREAM_PORT@|address: upstream, port_value: 8081|" \

@@ -77,10 +77,12 @@ echo "== ext-authz resident memory with 10,000 and 100,000 devices cached (an ex
 # every device checked, not the last minute's.
 EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
   EDGEMESH_CACHE_TTL_SECS=3600 EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/audit-spool" \
+  EDGEMESH_CA_CERT="$STATE/bench/control-api/ca.pem" \
   EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve >"$STATE/bench/ext-authz.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19192/metrics >/dev/null 2>&1 && break; sleep 0.2; done
-run "$BIN/edgemesh-simulator" bench-memory --milestones 10000,100000
+run "$BIN/edgemesh-simulator" bench-memory --milestones 10000,100000 \
+  --ca-cert "$STATE/bench/control-api/ca.pem" --ca-key "$STATE/bench/control-api/ca-key.pem"
 
 echo "== revocation propagation: 50 revocations during traffic through Envoy (the simulator's scenario)"
 run "$BIN/edgemesh-simulator" --devices 400 --duration 60s --rate 50 --scenario revocation --revocations 50

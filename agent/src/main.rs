@@ -46,15 +46,9 @@ enum Command {
             default_value = "https://127.0.0.1:8444"
         )]
         server: String,
-        /// The enrollment token (prefer the environment variable or --token-file).
-        #[arg(
-            long,
-            env = "EDGEMESH_ENROLLMENT_TOKEN",
-            hide_env_values = true,
-            conflicts_with = "token_file"
-        )]
-        token: Option<String>,
-        /// A file holding the enrollment token.
+        /// A file holding the enrollment token. Without it, the token is read from the environment
+        /// variable EDGEMESH_ENROLLMENT_TOKEN; it is never taken from the command line, where other
+        /// users of the machine could read it (`ps`, /proc/PID/cmdline, shell history).
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// SHA-256 fingerprint of the EdgeMesh CA, given with the token; the CA is refused unless it matches.
@@ -175,9 +169,21 @@ impl State {
                     .and_then(|(_, id)| DeviceId::parse(id).ok())
             })
             .context("the stored certificate names no device")?;
-        let new_key = DeviceKey::generate()?;
+        // The new key is kept until its certificate is stored: a renewal retried after a lost answer
+        // sends the same key, and the control API (where a certificate renews once) answers with the
+        // same certificate instead of refusing a second renewal.
+        let pending = self.dir.join("key.next.pem");
+        let new_key = match std::fs::read_to_string(&pending) {
+            Ok(pem) => DeviceKey::from_pem(&pem)?,
+            Err(_) => {
+                let key = DeviceKey::generate()?;
+                write_atomic(&pending, key.to_pem().as_bytes(), 0o600)?;
+                key
+            }
+        };
         let issued = self.api(server)?.renew(new_key.csr_pem(&device)?).await?;
         self.store(&new_key, &issued)?;
+        let _ = std::fs::remove_file(&pending);
         Ok((device, CertInfo::from_pem(&issued.certificate_pem)?))
     }
 
@@ -214,7 +220,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Enroll {
             server,
-            token,
             token_file,
             ca_fingerprint,
             device_id,
@@ -225,16 +230,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let device = DeviceId::parse(&device_id)
                 .map_err(|e| anyhow::anyhow!("device id {device_id:?} {e}"))?;
-            let token = match (token, token_file) {
-                (Some(t), _) => t,
-                (None, Some(path)) => std::fs::read_to_string(&path)
+            let token = match (token_file, std::env::var("EDGEMESH_ENROLLMENT_TOKEN")) {
+                (Some(path), _) => std::fs::read_to_string(&path)
                     .with_context(|| format!("failed to read {}", path.display()))?
                     .trim()
                     .to_owned(),
-                (None, None) => bail!(
+                (None, Ok(token)) => token.trim().to_owned(),
+                (None, Err(_)) => bail!(
                     "give the enrollment token with --token-file or EDGEMESH_ENROLLMENT_TOKEN"
                 ),
             };
+            anyhow::ensure!(!token.is_empty(), "the enrollment token is empty");
             if state.cert().exists() && !force {
                 bail!(
                     "{} already holds an identity; use --force to replace it",

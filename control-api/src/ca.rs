@@ -152,6 +152,9 @@ impl CertificateAuthority {
                 .try_into()
                 .context("SPIFFE ID is not an IA5 string")?,
         )];
+        // An X.509-SVID leaf (SPIFFE X509-SVID §4): basic constraints present with cA false, key usage
+        // (critical) digitalSignature and neither keyCertSign nor cRLSign, exactly one URI SAN.
+        params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.sign(params, public_key, validity)
@@ -170,6 +173,7 @@ impl CertificateAuthority {
             DnType::CommonName,
             names.first().map_or("edgemesh", String::as_str),
         );
+        params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let issued = self.sign(params, &key, validity)?;

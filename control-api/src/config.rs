@@ -50,6 +50,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(60..=(398 * 24 * 3600)))]
     pub cert_validity_secs: u32,
 
+    /// After a renewal, the certificate it replaced stays valid this long (for connections in flight),
+    /// then it is retired. 0 retires it at once.
+    #[arg(long, env = "EDGEMESH_RENEWAL_OVERLAP_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub renewal_overlap_secs: u32,
+
+    /// Renewals a device may make in an hour; beyond it, 429 with Retry-After.
+    #[arg(long, env = "EDGEMESH_RENEWALS_PER_HOUR", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub renewals_per_hour: u32,
+
     /// DNS names and IP addresses the control API's server certificate is valid for.
     #[arg(
         long,
@@ -72,9 +83,35 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_HEALTH_RATE", default_value_t = 1.0)]
     pub health_rate: f64,
 
+    /// Refused enrolments one source address may cause at once before the sustained rate applies;
+    /// beyond it, its enrolments get 429 without being processed or audited one by one.
+    #[arg(long, env = "EDGEMESH_ENROLL_REFUSAL_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub enroll_refusal_burst: u32,
+
+    /// Sustained refused enrolments per second per source address.
+    #[arg(long, env = "EDGEMESH_ENROLL_REFUSAL_RATE", default_value_t = 0.1)]
+    pub enroll_refusal_rate: f64,
+
     /// A device whose last health report is older than this is shown as stale.
     #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
     pub max_health_age_secs: u64,
+
+    /// Connections each HTTPS listener holds open at once; more are closed when accepted.
+    #[arg(long, env = "EDGEMESH_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections: usize,
+
+    /// Seconds a client has to send a request's headers once its connection is ready for one (after
+    /// the TLS handshake, or after the previous answer on a kept-alive connection).
+    #[arg(long, env = "EDGEMESH_HEADER_READ_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_secs: u64,
+
+    /// A connection that reads and writes nothing for this many seconds is closed.
+    #[arg(long, env = "EDGEMESH_IDLE_TIMEOUT_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
 
     /// Prometheus metrics (`/metrics`, plain HTTP).
     #[arg(

@@ -37,6 +37,11 @@ pub struct Csr {
 }
 
 impl Csr {
+    /// The requested public key (the subjectPublicKey bits).
+    pub fn public_key_raw(&self) -> &[u8] {
+        &self.key
+    }
+
     pub fn from_pem(pem: &str) -> Result<Self, CsrError> {
         let (_, pem) =
             x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| CsrError::NotPem)?;

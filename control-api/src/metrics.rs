@@ -27,7 +27,7 @@ impl Metrics {
         let enrollments = IntCounterVec::new(
             Opts::new(
                 "edgemesh_device_enrollments_total",
-                "Enrollment attempts, by result (enrolled, refused).",
+                "Enrollment attempts, by result (enrolled, refused, rate_limited: refused unseen after too many refusals from one address).",
             ),
             &["result"],
         )?;
@@ -68,7 +68,7 @@ impl Metrics {
         ))?;
         // Known label values are exported from the start, so rates and ratios exist before the first
         // event.
-        for result in ["enrolled", "refused"] {
+        for result in ["enrolled", "refused", "rate_limited"] {
             enrollments.with_label_values(&[result]);
         }
         for status in ["healthy", "unhealthy"] {

@@ -21,10 +21,10 @@ use edgemesh_core::policy::PolicyStore;
 use crate::audit::Retention;
 use crate::ca::CertificateAuthority;
 use crate::config::Config;
-use crate::http::health::RateLimiter;
+use crate::http::limit::RateLimiter;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::server::{local_addr, serve_tls};
+use crate::server::{Limits, local_addr, serve_tls};
 
 /// Validity of the control API's own TLS certificate, issued afresh at every start.
 const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);
@@ -37,6 +37,7 @@ pub struct Application {
     device_tls: Arc<ServerConfig>,
     state: AppState,
     retention: Retention,
+    limits: Limits,
 }
 
 impl Application {
@@ -115,8 +116,16 @@ impl Application {
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             trust_domain: config.trust_domain.as_str().into(),
             cert_validity: time::Duration::seconds(i64::from(config.cert_validity_secs)),
+            renewal: crate::http::device::RenewalRules {
+                overlap: time::Duration::seconds(i64::from(config.renewal_overlap_secs)),
+                per_hour: i64::from(config.renewals_per_hour),
+            },
             policies,
             health_limiter: Arc::new(RateLimiter::new(config.health_burst, config.health_rate)),
+            enroll_refusals: Arc::new(RateLimiter::new(
+                config.enroll_refusal_burst,
+                config.enroll_refusal_rate,
+            )),
             max_health_age: time::Duration::seconds(
                 i64::try_from(config.max_health_age_secs).unwrap_or(i64::MAX),
             ),
@@ -127,6 +136,11 @@ impl Application {
             device_listener,
             metrics_listener,
             retention,
+            limits: Limits {
+                max_connections: config.max_connections,
+                header_read_timeout: std::time::Duration::from_secs(config.header_read_timeout_secs),
+                idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs),
+            },
             api_tls: Arc::new(api_tls),
             device_tls: Arc::new(device_tls),
             state,
@@ -185,12 +199,14 @@ impl Application {
             self.api_listener,
             self.api_tls,
             http::api_router(self.state.clone()),
+            self.limits,
             stop_rx.clone(),
         );
         let device = serve_tls(
             self.device_listener,
             self.device_tls,
             http::device_router(self.state),
+            self.limits,
             stop_rx,
         );
         let stop = async move {

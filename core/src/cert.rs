@@ -58,6 +58,15 @@ pub fn first_pem_der(pem: &str) -> Result<Vec<u8>, CertError> {
     }
 }
 
+/// Whether the certificate `der` carries a valid signature of the CA certificate `ca_der`'s key.
+pub fn signed_by(der: &[u8], ca_der: &[u8]) -> Result<bool, CertError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    let (_, ca) =
+        X509Certificate::from_der(ca_der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    Ok(cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok())
+}
+
 /// What EdgeMesh reads from a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {

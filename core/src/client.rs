@@ -79,8 +79,27 @@ pub async fn fetch_pinned_ca(server: &str, pin: &str) -> anyhow::Result<String> 
         .error_for_status()?
         .text()
         .await?;
-    let der = crate::cert::first_pem_der(&pem).context("control API served no CA certificate")?;
-    let got = sha256_hex(&der);
+    pinned_ca(pem, &pin)
+}
+
+/// `pem` if it holds exactly one PEM item, a certificate whose SHA-256 fingerprint is `pin` (64
+/// lowercase hex digits). Whatever is trusted afterwards is built from this text, so a bundle with
+/// anything beside the pinned certificate (a second CA appended by a server in the path) is refused.
+fn pinned_ca(pem: String, pin: &str) -> anyhow::Result<String> {
+    let items = rustls_pemfile::read_all(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the control API served a CA bundle that is not valid PEM")?;
+    let der = match items.as_slice() {
+        [rustls_pemfile::Item::X509Certificate(der)] => der,
+        [] => anyhow::bail!("the control API served no CA certificate"),
+        [_] => anyhow::bail!("the control API served a PEM item that is not a certificate as its CA"),
+        more => anyhow::bail!(
+            "the control API served {} PEM items where the pinned CA certificate alone was expected: \
+             refusing to trust any of them",
+            more.len()
+        ),
+    };
+    let got = sha256_hex(der);
     anyhow::ensure!(
         got == pin,
         "CA certificate fingerprint {got} does not match the expected {pin}: refusing to trust it"
@@ -151,5 +170,51 @@ impl ControlApi {
             error,
             detail,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str) -> String {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).expect("self-signed").pem()
+    }
+
+    fn pin_of(pem: &str) -> String {
+        sha256_hex(&crate::cert::first_pem_der(pem).expect("pem"))
+    }
+
+    #[test]
+    fn the_pinned_certificate_alone_is_accepted() {
+        let real = ca("real");
+        assert_eq!(
+            pinned_ca(real.clone(), &pin_of(&real)).expect("accepted"),
+            real
+        );
+    }
+
+    #[test]
+    fn anything_beside_or_instead_of_the_pinned_certificate_is_refused() {
+        let (real, other) = (ca("real"), ca("attacker"));
+        let pin = pin_of(&real);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .expect("key")
+            .serialize_pem();
+        for (bundle, why) in [
+            (format!("{real}{other}"), "PEM items"),
+            (format!("{other}{real}"), "PEM items"),
+            (format!("{real}{key}"), "PEM items"),
+            (other.clone(), "does not match"),
+            (key, "not a certificate"),
+            (String::new(), "no CA certificate"),
+        ] {
+            let error = pinned_ca(bundle, &pin).expect_err("refused").to_string();
+            assert!(error.contains(why), "{why}: {error}");
+        }
     }
 }

@@ -13,6 +13,10 @@ pub enum InvalidId {
     TooLong,
     #[error("may only contain letters, digits, '.', '_' and '-'")]
     BadCharacter,
+    /// A SPIFFE ID's path segments may not be `.` or `..`, and a path-normalising upstream would
+    /// read one as another resource.
+    #[error("must not be '.' or '..'")]
+    DotSegment,
 }
 
 const MAX_LEN: usize = 64;
@@ -29,6 +33,9 @@ fn validate(s: &str) -> Result<(), InvalidId> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
         return Err(InvalidId::BadCharacter);
+    }
+    if s == "." || s == ".." {
+        return Err(InvalidId::DotSegment);
     }
     Ok(())
 }
@@ -101,6 +108,10 @@ mod tests {
             ("a b", Err(InvalidId::BadCharacter), "space"),
             ("é", Err(InvalidId::BadCharacter), "non-ASCII"),
             ("a\n", Err(InvalidId::BadCharacter), "newline"),
+            (".", Err(InvalidId::DotSegment), "SPIFFE forbids the dot segment"),
+            ("..", Err(InvalidId::DotSegment), "SPIFFE forbids the dot-dot segment"),
+            ("...", Ok(()), "three dots are a name"),
+            (".a", Ok(()), "a leading dot is a name"),
         ];
         for (input, expected, why) in cases {
             assert_eq!(

@@ -50,6 +50,10 @@ impl Clock {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub trust_domain: String,
+    /// The DER of the EdgeMesh CA certificate. Envoy verifies the client's chain; ext-authz checks the
+    /// signature again, so a caller that reaches the gRPC port directly cannot present a certificate
+    /// of its own making and have it decided (and audited) as a device's.
+    pub ca_der: Arc<[u8]>,
     pub max_health_age_seconds: u64,
     pub timezone: String,
     pub clock: Clock,
@@ -282,7 +286,7 @@ impl Authorizer {
             request,
             &peer,
             &record,
-            certificate.revoked,
+            certificate.revoked(OffsetDateTime::now_utc()),
             self.settings.clock.now(),
         );
         // The same facts make the same input document, so a decision made under the policies in force
@@ -331,8 +335,13 @@ impl Authorizer {
         let pem = percent_encoding::percent_decode(encoded)
             .decode_utf8()
             .map_err(|_| "the client certificate is not valid PEM".to_owned())?;
-        let cert = CertInfo::from_pem(&pem)
+        let der = edgemesh_core::cert::first_pem_der(&pem)
+            .map_err(|_| "the client certificate is not valid PEM".to_owned())?;
+        let cert = CertInfo::from_der(&der)
             .map_err(|e| format!("the client certificate does not parse: {e}"))?;
+        if !edgemesh_core::cert::signed_by(&der, &self.settings.ca_der).unwrap_or(false) {
+            return Err("the client certificate is not issued by the EdgeMesh CA".to_owned());
+        }
         let device = cert.device_id(&self.settings.trust_domain).ok_or_else(|| {
             format!(
                 "the client certificate names no device of trust domain {}",
@@ -360,6 +369,15 @@ fn service_label(service: Option<&str>) -> &'static str {
     }
 }
 
+/// Whether a client-sent header `name` could pass for one EdgeMesh sets, other than ours themselves
+/// (those are overwritten): any `x-edgemesh-*` in any case, and spellings with underscores, which
+/// CGI-style upstreams (WSGI, Rack, PHP) read as the same `HTTP_X_EDGEMESH_*` variable as ours.
+fn passes_for_ours(name: &str) -> bool {
+    let normalised = name.to_ascii_lowercase().replace('_', "-");
+    normalised.starts_with("x-edgemesh-")
+        && ![DEVICE_HEADER, USER_HEADER, ROLE_HEADER, DECISION_HEADER].contains(&name)
+}
+
 /// The answer Envoy acts on.
 pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
     let decision_id = verdict.decision_id.to_string();
@@ -375,12 +393,9 @@ pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
         ] {
             ok.add_header(name, value.unwrap_or_default(), overwrite, true);
         }
-        // Any other client-sent x-edgemesh-* header could pass for ours upstream: remove it.
+        // Any other client-sent header that could pass for ours upstream is removed.
         if let Some(http) = request.http() {
-            for name in http.header_names().filter(|k| {
-                k.starts_with("x-edgemesh-")
-                    && ![DEVICE_HEADER, USER_HEADER, ROLE_HEADER, DECISION_HEADER].contains(k)
-            }) {
+            for name in http.header_names().filter(|k| passes_for_ours(k)) {
                 ok.remove_header(name.to_owned());
             }
         }
@@ -411,6 +426,24 @@ mod tests {
             fingerprint: [0xab; 32],
             not_after: OffsetDateTime::UNIX_EPOCH,
         })
+    }
+
+    #[test]
+    fn headers_that_could_pass_for_ours_are_the_ones_removed() {
+        for (name, removed) in [
+            ("x-edgemesh-role", false),
+            ("x-edgemesh-device-id", false),
+            ("x-edgemesh-extra", true),
+            ("x_edgemesh_role", true),
+            ("x-edgemesh_role", true),
+            ("X-EdgeMesh-Role", true),
+            ("x_EDGEMESH-user-id", true),
+            ("x-edgemeshy", false),
+            ("x-forwarded-for", false),
+            ("accept", false),
+        ] {
+            assert_eq!(passes_for_ours(name), removed, "{name}");
+        }
     }
 
     /// A full map still keeps what is in use: sixteen devices, each repeating its request ten times

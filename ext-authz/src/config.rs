@@ -36,6 +36,10 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_TRUST_DOMAIN", default_value = "edgemesh.local")]
     pub trust_domain: String,
 
+    /// The EdgeMesh CA certificate (PEM): every peer certificate must carry its signature.
+    #[arg(long, env = "EDGEMESH_CA_CERT", default_value = ".edgemesh/ca.pem")]
+    pub ca_cert: std::path::PathBuf,
+
     /// Health older than this is a deny.
     #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
     pub max_health_age_secs: u64,
@@ -57,6 +61,14 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_CACHE_TTL_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cache_ttl_secs: u64,
+
+    /// How often the change listener notifies itself to prove its connection is alive. A heartbeat
+    /// not heard for three intervals makes the cache untrusted (every Check reads the database)
+    /// until the listener is back: the bound on how long a silently dropped connection can hide a
+    /// revocation.
+    #[arg(long, env = "EDGEMESH_NOTIFY_HEARTBEAT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub notify_heartbeat_ms: u64,
 
     /// Threads answering Check calls (default: one per core). Next to Envoy on a small machine, fewer
     /// threads than cores cost less CPU per Check; with 1, everything runs on one thread.

@@ -19,6 +19,8 @@ use sqlx::postgres::PgListener;
 use time::OffsetDateTime;
 
 pub const CHANNEL: &str = "edgemesh_changes";
+/// Payloads of the listeners' heartbeats on `CHANNEL`: `heartbeat:<uuid of the sending process>`.
+const HEARTBEAT_PREFIX: &str = "heartbeat:";
 
 /// Entries loaded concurrently with a notification for the same stripe are not cached (see `lookup`).
 const STRIPES: usize = 256;
@@ -47,7 +49,15 @@ pub struct CertificateRecord {
     pub serial: String,
     /// SHA-256 of the certificate's DER (stored as 32 bytes, not 64 hex characters).
     pub fingerprint: [u8; 32],
-    pub revoked: bool,
+    /// When it is (or was) revoked or retired; a time still ahead is an overlap after a renewal.
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl CertificateRecord {
+    /// Whether it is revoked at `now` (the real clock: revocation is not a what-if).
+    pub fn revoked(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// The device's latest health report.
@@ -77,8 +87,19 @@ impl HealthRecord {
 /// `None`: no such device (cached too, so unknown identities do not reach Postgres every time).
 pub type Entry = Option<Arc<DeviceRecord>>;
 
+/// How the change listener proves it is alive: it notifies itself every `every` through another
+/// connection, and a heartbeat not heard within `timeout` makes the cache untrusted (exactly like a
+/// known disconnect) and the listener reconnect. A half-open connection (a NAT dropping it, a failover)
+/// otherwise looks like a quiet one for as long as the kernel does not notice.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
 pub struct Directory {
     db: PgPool,
+    heartbeat: Heartbeat,
     cache: Cache<String, Entry>,
     stripes: Vec<AtomicU64>,
     /// True while the notification listener is connected: only then may cached entries be used.
@@ -93,7 +114,13 @@ pub struct Directory {
 const MAX_NAMES: usize = 10_000;
 
 impl Directory {
-    pub fn new(db: PgPool, capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        db: PgPool,
+        capacity: u64,
+        ttl: Duration,
+        heartbeat: Heartbeat,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
@@ -101,6 +128,7 @@ impl Directory {
             .build();
         Arc::new(Self {
             db,
+            heartbeat,
             cache,
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             listening: AtomicBool::new(false),
@@ -172,19 +200,29 @@ impl Directory {
 
     async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
         let mut conn = self.db.acquire().await?;
-        let row: Option<(String, String, String, String, String, String, String)> = sqlx::query_as(
-            "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role
+        type DeviceRow = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OffsetDateTime,
+        );
+        let row: Option<DeviceRow> = sqlx::query_as(
+            "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role, d.enrolled_at
              FROM devices d JOIN users u ON u.id = d.owner_id
              WHERE d.id = $1",
         )
         .bind(device)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some((id, device_type, status, os, os_version, owner_id, role)) = row else {
+        let Some((id, device_type, status, os, os_version, owner_id, role, enrolled_at)) = row else {
             return Ok(None);
         };
-        let certificates = sqlx::query_as::<_, (String, String, bool)>(
-            "SELECT serial, fingerprint, revoked_at IS NOT NULL FROM certificates
+        let certificates = sqlx::query_as::<_, (String, String, Option<OffsetDateTime>)>(
+            "SELECT serial, fingerprint, revoked_at FROM certificates
              WHERE device_id = $1 AND not_after > now()",
         )
         .bind(device)
@@ -192,11 +230,11 @@ impl Directory {
         .await?
         .into_iter()
         // A fingerprint that is not 64 hex digits matches no presented certificate.
-        .filter_map(|(serial, fingerprint, revoked)| {
+        .filter_map(|(serial, fingerprint, revoked_at)| {
             Some(CertificateRecord {
                 serial,
                 fingerprint: fingerprint_bytes(&fingerprint)?,
-                revoked,
+                revoked_at,
             })
         })
         .collect();
@@ -215,9 +253,12 @@ impl Directory {
         let health: Option<HealthRow> = sqlx::query_as(
             "SELECT received_at, collected_at, cpu_usage, memory_usage, disk_usage, disk_encrypted,
                     os_patches_current, antivirus_enabled, firewall_enabled, status
-             FROM health_reports WHERE device_id = $1 ORDER BY id DESC LIMIT 1",
+             FROM health_reports WHERE device_id = $1 AND received_at >= $2
+             ORDER BY id DESC LIMIT 1",
         )
         .bind(device)
+        // Health belongs to an enrolment: a device id enrolled again starts as never reported.
+        .bind(enrolled_at)
         .fetch_optional(&mut *conn)
         .await?;
         let health = health.map(|h| HealthRecord {
@@ -288,8 +329,11 @@ impl Directory {
     }
 
     /// Listens for change notifications until `shutdown`, reconnecting with back-off. The cache is
-    /// trusted only while listening, and emptied whenever listening (re)starts.
+    /// trusted only while listening, and emptied whenever listening (re)starts: notifications sent
+    /// while nobody listened are lost (PgListener does not replay them).
     pub async fn listen(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        // This process's heartbeats, told apart from other replicas' on the shared channel.
+        let beat_payload = format!("{HEARTBEAT_PREFIX}{}", uuid::Uuid::new_v4());
         let mut backoff = Duration::from_millis(100);
         loop {
             let connected = async {
@@ -298,7 +342,7 @@ impl Directory {
                 listener.listen(CHANNEL).await?;
                 Ok::<_, sqlx::Error>(listener)
             };
-            let mut listener = tokio::select! {
+            let listener = tokio::select! {
                 result = connected => match result {
                     Ok(listener) => listener,
                     Err(e) => {
@@ -319,20 +363,83 @@ impl Directory {
             self.listening.store(true, Ordering::SeqCst);
             backoff = Duration::from_millis(100);
             tracing::info!(channel = CHANNEL, "listening for changes");
-            loop {
-                let next = tokio::select! {
-                    next = listener.try_recv() => next,
-                    _ = shutdown.changed() => return,
-                };
-                match next {
-                    Ok(Some(notification)) => self.invalidate(notification.payload()).await,
-                    Ok(None) | Err(_) => break,
+            let started = std::time::Instant::now();
+            // Milliseconds after `started` when our last heartbeat arrived.
+            let heard = Arc::new(AtomicU64::new(0));
+            // Receiving runs on its own, never cancelled mid-message; it ends when the connection does.
+            let mut receiving = tokio::spawn(Arc::clone(&self).receive(
+                listener,
+                beat_payload.clone(),
+                started,
+                Arc::clone(&heard),
+            ));
+            let mut ticks = tokio::time::interval(self.heartbeat.every);
+            let why = loop {
+                tokio::select! {
+                    _ = &mut receiving => break "the connection ended",
+                    _ = ticks.tick() => {
+                        let age = started.elapsed()
+                            .saturating_sub(Duration::from_millis(heard.load(Ordering::SeqCst)));
+                        self.metrics.notify_heartbeat_age.set(age.as_secs_f64());
+                        if age > self.heartbeat.timeout {
+                            receiving.abort();
+                            break "no heartbeat within the timeout";
+                        }
+                        self.send_heartbeat(&beat_payload);
+                    }
+                    _ = shutdown.changed() => {
+                        receiving.abort();
+                        return;
+                    }
                 }
-            }
+            };
             self.listening.store(false, Ordering::SeqCst);
             self.forget_all();
-            tracing::warn!("lost the change listener; the cache is bypassed until it is back");
+            tracing::warn!(
+                reason = why,
+                "lost the change listener; the cache is bypassed until it is back"
+            );
         }
+    }
+
+    /// Applies notifications until the listening connection is lost; our own heartbeats update
+    /// `heard` (milliseconds after `started`), other replicas' are ignored.
+    async fn receive(
+        self: Arc<Self>,
+        mut listener: PgListener,
+        beat_payload: String,
+        started: std::time::Instant,
+        heard: Arc<AtomicU64>,
+    ) {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let payload = notification.payload();
+                    if payload == beat_payload {
+                        let at = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        heard.store(at, Ordering::SeqCst);
+                    } else if !payload.starts_with(HEARTBEAT_PREFIX) {
+                        self.invalidate(payload).await;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Sends one heartbeat through the pool (another connection than the listener's), without
+    /// waiting for it: a database that does not answer must not stall the watch.
+    fn send_heartbeat(&self, payload: &str) {
+        let (db, payload, limit) = (self.db.clone(), payload.to_owned(), self.heartbeat.every);
+        tokio::spawn(async move {
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&db);
+            if let Ok(Err(e)) = tokio::time::timeout(limit, sent).await {
+                tracing::debug!(error = %e, "heartbeat notification failed");
+            }
+        });
     }
 }
 

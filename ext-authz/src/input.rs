@@ -337,6 +337,7 @@ mod tests {
         let now = datetime!(2026-11-18 10:30:00.987654321 UTC);
         let settings = Settings {
             trust_domain: "edgemesh.local".to_owned(),
+            ca_der: Arc::from(Vec::new()),
             max_health_age_seconds: 300,
             timezone: "Europe/Berlin".to_owned(),
             clock: Clock::Fixed(now),

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     pub cache_invalidations: IntCounter,
     pub cache_entries: IntGauge,
+    pub notify_heartbeat_age: prometheus::Gauge,
     pub policy_reloads: IntCounterVec,
     pub audit_queue_depth: IntGauge,
     pub audit_written: IntCounter,
@@ -64,6 +65,11 @@ impl Metrics {
         )?;
         let cache_entries =
             IntGauge::new("edgemesh_authz_cache_entries", "Devices currently cached.")?;
+        let notify_heartbeat_age = prometheus::Gauge::new(
+            "edgemesh_authz_notify_heartbeat_age_seconds",
+            "Seconds since the change listener last heard its own heartbeat notification; beyond the \
+             timeout the cache is bypassed and the listener reconnected.",
+        )?;
         let policy_reloads = IntCounterVec::new(
             Opts::new(
                 "edgemesh_policy_reloads_total",
@@ -121,6 +127,7 @@ impl Metrics {
         registry.register(Box::new(cache_misses.clone()))?;
         registry.register(Box::new(cache_invalidations.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(notify_heartbeat_age.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         for result in ["replaced", "refused"] {
             policy_reloads.with_label_values(&[result]);
@@ -136,6 +143,7 @@ impl Metrics {
             cache_misses,
             cache_invalidations,
             cache_entries,
+            notify_heartbeat_age,
             policy_reloads,
             audit_queue_depth,
             audit_written,

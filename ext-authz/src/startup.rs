@@ -15,7 +15,7 @@ use tonic_health::ServingStatus;
 use crate::audit::{self, WRITE_TIMEOUT};
 use crate::check::{Authorizer, Bounded, Clock, Settings};
 use crate::config::Config;
-use crate::directory::Directory;
+use crate::directory::{Directory, Heartbeat};
 use crate::grpc::{self, AUTHORIZATION_SERVICE};
 use crate::metrics::{self, Metrics};
 
@@ -39,6 +39,15 @@ pub async fn serve(
             .with_context(|| format!("failed to load the policies in {}", policy_dir.display()))?,
     );
     tracing::info!(policy_version = %policies.current().version(), dir = %policy_dir.display(), "policies loaded");
+    let ca_pem = std::fs::read_to_string(&config.ca_cert).with_context(|| {
+        format!(
+            "failed to read the EdgeMesh CA certificate {} (EDGEMESH_CA_CERT)",
+            config.ca_cert.display()
+        )
+    })?;
+    let ca_der: Arc<[u8]> = edgemesh_core::cert::first_pem_der(&ca_pem)
+        .with_context(|| format!("{} holds no PEM certificate", config.ca_cert.display()))?
+        .into();
     // Lazy: the server starts (not serving) while Postgres is away and becomes ready when it is back.
     let db = PgPoolOptions::new()
         .max_connections(8)
@@ -54,6 +63,10 @@ pub async fn serve(
         db.clone(),
         config.cache_capacity,
         Duration::from_secs(config.cache_ttl_secs),
+        Heartbeat {
+            every: Duration::from_millis(config.notify_heartbeat_ms),
+            timeout: Duration::from_millis(3 * config.notify_heartbeat_ms),
+        },
         Arc::clone(&metrics),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -69,6 +82,7 @@ pub async fn serve(
         directory: Arc::clone(&directory),
         settings: Settings {
             trust_domain: config.trust_domain.clone(),
+            ca_der,
             max_health_age_seconds: config.max_health_age_secs,
             timezone: config.timezone.clone(),
             clock: config.clock.map_or(Clock::System, Clock::Fixed),

@@ -15,13 +15,17 @@ use time::OffsetDateTime;
 
 use edgemesh_core::client::ClientError;
 
-use crate::fleet::SimDevice;
+use crate::fleet::{Admin, SimDevice};
 use crate::summary::Attack;
 
 /// Where the attacks are aimed, and with what.
 pub struct Targets<'a> {
     pub envoy: &'a str,
     pub device_api: &'a str,
+    /// The control API's enrollment and admin URL, and its admin: the renewal attack enrols a
+    /// device of its own.
+    pub api: &'a str,
+    pub admin: &'a Admin,
     pub trust_domain: &'a str,
     /// A device whose every request is allowed (a healthy admin's): the identity attackers want.
     pub privileged: &'a SimDevice,
@@ -158,7 +162,158 @@ pub async fn run(t: &Targets<'_>) -> anyhow::Result<Vec<Attack>> {
 
     attacks.push(spoofed_headers(t).await?);
     attacks.push(health_for_another_device(t).await?);
+    attacks.extend(path_spellings(t).await?);
+    attacks.push(underscore_headers(t).await?);
+    attacks.push(renewed_certificate_survival(t).await?);
     Ok(attacks)
+}
+
+/// Sends one request written byte for byte (no HTTP library normalising its path first) as `device`
+/// through Envoy; answers the status and the body.
+async fn raw_request(
+    envoy: &str,
+    device: &SimDevice,
+    target: &str,
+    header: Option<(&str, &str)>,
+) -> anyhow::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = edgemesh_core::tls::client_config(
+        &device.ca_pem,
+        Some((&device.cert_pem, &device.key_pem)),
+    )?;
+    let authority = envoy.trim_start_matches("https://");
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("cannot reach Envoy at {envoy}"))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let mut request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    if let Some((name, value)) = header {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    // Envoy closes after answering (connection: close); a close without close_notify is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("Envoy sent no status line")?;
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// The lesser device spells a path to the database as a path under `/api`. Envoy decides and routes
+/// on the path it forwards, so the spelling is harmless when the upstream receives a canonical path
+/// (what it serves is then what was decided); it succeeds when a raw one gets through.
+async fn path_spellings(t: &Targets<'_>) -> anyhow::Result<Vec<Attack>> {
+    let mut attacks = Vec::new();
+    for target in [
+        "/api/../database/attack",
+        "/api/%2e%2e/database/attack",
+        "/api/..%2fdatabase/attack",
+        "/api/..%5cdatabase/attack",
+        "//database/attack",
+    ] {
+        let (status, body) = raw_request(t.envoy, t.lesser, target, None).await?;
+        let served = body["service"].as_str().unwrap_or_default();
+        let path = body["path"].as_str().unwrap_or_default();
+        attacks.push(Attack {
+            name: format!("path spelling {target}"),
+            refused: status != 200 || canonical(path),
+            detail: if status == 200 {
+                format!("served {path} as {served}")
+            } else {
+                format!("refused: HTTP {status}")
+            },
+        });
+    }
+    Ok(attacks)
+}
+
+/// Whether `path` has nothing a normalising upstream would read differently: no dot segments, no
+/// escaped dots or (back)slashes, no empty segments.
+fn canonical(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !["%2e", "%2f", "%5c", "\\", "//"]
+            .iter()
+            .any(|s| lower.contains(s))
+        && path.split('/').skip(1).all(|seg| seg != "." && seg != "..")
+}
+
+/// The lesser device sends `x_edgemesh_role: admin`, which a CGI-style upstream reads as
+/// HTTP_X_EDGEMESH_ROLE, the variable of EdgeMesh's own header.
+async fn underscore_headers(t: &Targets<'_>) -> anyhow::Result<Attack> {
+    let (status, body) = raw_request(
+        t.envoy,
+        t.lesser,
+        "/api/attack",
+        Some(("x_edgemesh_role", "admin")),
+    )
+    .await?;
+    let passed = body["headers"].get("x_edgemesh_role").is_some();
+    Ok(Attack {
+        name: "identity header spelt with underscores".to_owned(),
+        refused: status != 200 || !passed,
+        detail: if passed {
+            "the upstream received x_edgemesh_role".to_owned()
+        } else {
+            format!("refused: HTTP {status}")
+        },
+    })
+}
+
+/// A device renews its certificate; its original serial is revoked (as if its key were stolen
+/// before the renewal). The renewed certificate must stop working too.
+async fn renewed_certificate_survival(t: &Targets<'_>) -> anyhow::Result<Attack> {
+    let name = "renewed certificate outliving its revoked original".to_owned();
+    let owner = format!("sim-{}-renewal-attack", crate::fleet::run_id());
+    let (token, pin) = t.admin.owner_with_token(&owner, "admin", 1).await?;
+    let id = edgemesh_core::id::DeviceId::parse(&format!("{owner}-pi"))
+        .map_err(|e| anyhow::anyhow!("device id: {e}"))?;
+    let original = crate::fleet::enroll_like_the_agent(t.api, &token, &pin, &id).await?;
+    original
+        .report(t.device_api, &crate::fleet::healthy_report())
+        .await?;
+    let key = edgemesh_core::client::DeviceKey::generate()?;
+    let issued = edgemesh_core::client::ControlApi::new(
+        t.device_api,
+        &original.ca_pem,
+        Some((&original.cert_pem, &original.key_pem)),
+    )?
+    .renew(key.csr_pem(&id)?)
+    .await?;
+    let renewed = SimDevice {
+        id: original.id.clone(),
+        key_pem: key.to_pem(),
+        cert_pem: issued.certificate_pem,
+        ca_pem: original.ca_pem.clone(),
+    };
+    let serial = edgemesh_core::cert::CertInfo::from_pem(&original.cert_pem)?.serial;
+    t.admin
+        .post(
+            &format!("/certificates/{serial}/revoke"),
+            serde_json::json!({"reason": "attack scenario: key stolen before renewal"}),
+        )
+        .await?;
+    // Revocation reaches enforcement within a second; give it five.
+    let client = renewed.client()?;
+    let url = format!("{}/api/attack", t.envoy);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let attack = must_not_pass(&name, &client, &url).await;
+        if attack.refused || std::time::Instant::now() >= deadline {
+            return Ok(attack);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The lesser device claims the privileged one's identity in headers EdgeMesh sets for upstreams.
@@ -227,5 +382,28 @@ async fn health_for_another_device(t: &Targets<'_>) -> anyhow::Result<Attack> {
             // Not an answer: the attack could not be tried.
             _ => Err(e.context("the health-report attack could not reach the control API")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn only_paths_a_normalising_upstream_reads_the_same_are_canonical() {
+        for (path, expected) in [
+            ("/database/attack", true),
+            ("/api/attack", true),
+            ("/api/../database/attack", false),
+            ("/api/./attack", false),
+            ("/api/%2e%2e/database", false),
+            ("/api/..%2Fdatabase", false),
+            ("/api/..%5cdatabase", false),
+            ("/api\\..\\database", false),
+            ("//database/attack", false),
+            ("/api/..x/attack", true),
+        ] {
+            assert_eq!(canonical(path), expected, "{path}");
+        }
     }
 }

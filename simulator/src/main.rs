@@ -165,6 +165,12 @@ enum Command {
         /// Devices checked when the memory is read (the largest is how many are written).
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
         milestones: Vec<u32>,
+        /// The CA the bench's ext-authz trusts (EDGEMESH_CA_CERT), and its key, to sign the devices'
+        /// certificates with.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
     },
     /// Serve the demo services Envoy routes to: each request is answered with the identity headers it
     /// arrived with.
@@ -263,7 +269,12 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             ref ext_authz,
             ref metrics,
             ref milestones,
-        } => memory_bench::memory(database_url, ext_authz, metrics, milestones).await,
+            ref ca_cert,
+            ref ca_key,
+        } => {
+            memory_bench::memory(database_url, ext_authz, metrics, milestones, (ca_cert, ca_key))
+                .await
+        }
         Command::Upstream { listen, plain } => upstream::serve(listen, plain).await,
         Command::NoopAuthz { listen } => noop_authz::serve(listen).await,
         Command::BenchEnroll {

@@ -8,7 +8,7 @@ use anyhow::{Context, ensure};
 use edgemesh_core::cert::CertInfo;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
+    CertificateParams, DnType, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
     SanType, SerialNumber,
 };
 use sqlx::postgres::PgPoolOptions;
@@ -30,6 +30,7 @@ pub async fn memory(
     ext_authz: &str,
     metrics: &str,
     milestones: &[u32],
+    (ca_cert, ca_key): (&std::path::Path, &std::path::Path),
 ) -> anyhow::Result<()> {
     let total = milestones.iter().copied().max().unwrap_or(0);
     ensure!(total > 0, "give at least one milestone");
@@ -40,14 +41,14 @@ pub async fn memory(
         .context("cannot connect to the bench database")?;
     let run = run_id();
 
-    // Certificates as the CA would issue them (ext-authz reads them; Envoy, which checks the chain,
-    // is not in this bench): one key, a distinct serial and identity each.
+    // Certificates of the CA the bench's ext-authz trusts (it checks their signature; Envoy is not in
+    // this bench): one key, a distinct serial and identity each.
     let started = Instant::now();
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "bench CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = Issuer::new(ca, ca_key);
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let ca = Issuer::from_ca_cert_pem(&read(ca_cert)?, KeyPair::from_pem(&read(ca_key)?)?)
+        .context("the bench CA is not usable")?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let run_tag = u64::from_str_radix(&run, 16).unwrap_or_default();
     let mut devices = Vec::with_capacity(total as usize);

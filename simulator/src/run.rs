@@ -150,6 +150,8 @@ struct Run {
     args: RunArgs,
     /// The control API's device (mTLS) URL, for health reports.
     device_api: String,
+    /// The control API's enrollment and admin URL.
+    api: String,
     admin: Admin,
     members: Vec<Member>,
     tally: Tally,
@@ -270,6 +272,7 @@ pub async fn run(control: &ControlPlane<'_>, args: RunArgs) -> anyhow::Result<Su
     let run = Arc::new(Run {
         args,
         device_api: control.device_api.to_owned(),
+        api: control.api.to_owned(),
         admin,
         members,
         tally: Tally::default(),
@@ -567,6 +570,8 @@ impl Run {
                 let targets = attack::Targets {
                     envoy: &self.args.envoy,
                     device_api: &self.device_api,
+                    api: &self.api,
+                    admin: &self.admin,
                     trust_domain: &self.args.trust_domain,
                     privileged: &self.members[privileged].device,
                     lesser: &self.members[lesser].device,

@@ -1,5 +1,6 @@
 //! The demo upstream behind Envoy: answers every request with what it learned about the caller (the
-//! identity headers EdgeMesh set and the client certificate details Envoy forwarded), as JSON. It
+//! identity headers EdgeMesh set, the client certificate details and address Envoy forwarded, and
+//! anything a CGI-style upstream would take for an identity header), as JSON. It
 //! trusts those headers because only Envoy can reach it (it listens on loopback). With `--plain` it
 //! answers every request alike, for benches that compare authorizers.
 
@@ -34,7 +35,9 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> axum::Json<Value>
     let identity: Map<String, Value> = headers
         .iter()
         .filter(|(name, _)| {
-            name.as_str().starts_with("x-edgemesh-") || name.as_str() == "x-forwarded-client-cert"
+            // As a CGI-style upstream would read them: `_` and `-` alike.
+            name.as_str().replace('_', "-").starts_with("x-edgemesh-")
+                || ["x-forwarded-client-cert", "x-forwarded-for"].contains(&name.as_str())
         })
         .map(|(name, value)| {
             (

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(get_device))
         .route("/devices/{id}/revoke", post(revoke_device))
+        .route("/devices/{id}/transfer", post(transfer_device))
         .route("/certificates/{serial}/revoke", post(revoke_certificate))
         .merge(super::health::admin_router())
         .merge(super::audit::admin_router())
@@ -330,10 +331,16 @@ struct Certificate {
     not_after: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     issued_at: OffsetDateTime,
+    /// When it stops (or stopped) being valid before its expiry: revoked, or retired by a renewal.
     #[serde(with = "time::serde::rfc3339::option")]
     revoked_at: Option<OffsetDateTime>,
     revocation_reason: Option<String>,
+    /// The serial of the certificate this one was renewed from.
+    renewed_from: Option<String>,
 }
+
+const CERTIFICATE_COLUMNS: &str = "serial, device_id, fingerprint, not_before, not_after, issued_at, \
+     revoked_at, revocation_reason, renewed_from";
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -398,11 +405,9 @@ async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Va
     .await?
     .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?
     .with_staleness(OffsetDateTime::now_utc(), state.max_health_age);
-    let certificates = sqlx::query_as::<_, Certificate>(
-        "SELECT serial, device_id, fingerprint, not_before, not_after, issued_at, revoked_at,
-             revocation_reason
-         FROM certificates WHERE device_id = $1 ORDER BY issued_at DESC",
-    )
+    let certificates = sqlx::query_as::<_, Certificate>(sqlx::AssertSqlSafe(format!(
+        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE device_id = $1 ORDER BY issued_at DESC"
+    )))
     .bind(id.as_str())
     .fetch_all(&state.db)
     .await?;
@@ -461,9 +466,10 @@ async fn revoke_device(
             format!("no device {id}"),
         ));
     }
+    // Retired certificates still in their overlap are revoked now, too.
     let revoked = sqlx::query(
         "UPDATE certificates SET revoked_at = now(), revocation_reason = $2
-         WHERE device_id = $1 AND revoked_at IS NULL",
+         WHERE device_id = $1 AND (revoked_at IS NULL OR revoked_at > now())",
     )
     .bind(id.as_str())
     .bind(&reason)
@@ -482,6 +488,8 @@ async fn revoke_device(
     Ok(axum::Json(device_detail(&state, &id).await?))
 }
 
+/// Revokes a certificate and every certificate renewed from it, at once (a retired one in its overlap
+/// included): a key stolen before a renewal cannot outlive the revocation of the certificate stolen.
 async fn revoke_certificate(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -491,33 +499,117 @@ async fn revoke_certificate(
     let reason = revocation_reason(&body)?;
     let serial = serial.to_ascii_lowercase();
     let mut tx = state.db.begin().await?;
-    let certificate = sqlx::query_as::<_, Certificate>(
-        "UPDATE certificates
-         SET revocation_reason = CASE WHEN revoked_at IS NULL THEN $2 ELSE revocation_reason END,
-             revoked_at = coalesce(revoked_at, now())
-         WHERE serial = $1
-         RETURNING serial, device_id, fingerprint, not_before, not_after, issued_at, revoked_at,
-             revocation_reason",
+    // The row lock first: a renewal of this certificate in flight has then either committed (and its
+    // successor is found below, in a statement that sees it) or waits and finds it revoked.
+    let found: Option<(String,)> =
+        sqlx::query_as("SELECT device_id FROM certificates WHERE serial = $1 FOR UPDATE")
+            .bind(&serial)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((device_id,)) = found else {
+        return Err(ApiError::not_found(
+            "unknown_certificate",
+            format!("no certificate with serial {serial}"),
+        ));
+    };
+    let lineage: Vec<(String,)> = sqlx::query_as(
+        "WITH RECURSIVE lineage AS (
+             SELECT serial FROM certificates WHERE serial = $1
+             UNION
+             SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial
+         )
+         UPDATE certificates
+         SET revocation_reason = CASE WHEN revoked_at IS NULL OR revoked_at > now()
+                                      THEN CASE WHEN serial = $1 THEN $2
+                                                ELSE 'renewed from revoked certificate ' || $1 END
+                                      ELSE revocation_reason END,
+             revoked_at = least(coalesce(revoked_at, now()), now())
+         WHERE serial IN (SELECT serial FROM lineage)
+         RETURNING serial",
     )
     .bind(&serial)
     .bind(&reason)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_certificate",
-            format!("no certificate with serial {serial}"),
-        )
-    })?;
+    .fetch_all(&mut *tx)
+    .await?;
+    let descendants: Vec<String> = lineage
+        .into_iter()
+        .map(|(s,)| s)
+        .filter(|s| *s != serial)
+        .collect();
     Event::new(EventType::Revocation, "revoked")
-        .device(&certificate.device_id)
+        .device(&device_id)
         .serial(&serial)
         .peer(peer)
         .reasons(vec![reason.clone()])
-        .details(serde_json::json!({ "scope": "certificate" }))
+        .details(serde_json::json!({ "scope": "certificate", "descendants_revoked": descendants }))
+        .record(&mut tx)
+        .await?;
+    let certificate = sqlx::query_as::<_, Certificate>(sqlx::AssertSqlSafe(format!(
+        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"
+    )))
+    .bind(&serial)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(%serial, descendants = descendants.len(), "certificate revoked");
+    Ok(axum::Json(certificate))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    owner: UserId,
+}
+
+/// Gives a revoked device's id to another owner, whose token may then enroll it. Audited: upstreams
+/// key data on device ids, so an id changes hands only by an explicit act.
+async fn transfer_device(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    Path(id): Path<DeviceId>,
+    Json(request): Json<TransferRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let mut tx = state.db.begin().await?;
+    let device: Option<(String, String)> =
+        sqlx::query_as("SELECT status, owner_id FROM devices WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((status, previous)) = device else {
+        return Err(ApiError::not_found(
+            "unknown_device",
+            format!("no device {id}"),
+        ));
+    };
+    if status != "revoked" {
+        return Err(ApiError::conflict(
+            "device_active",
+            format!("device {id} is active; revoke it before transferring it"),
+        ));
+    }
+    let owner: Option<(String,)> = sqlx::query_as("SELECT id FROM users WHERE id = $1")
+        .bind(request.owner.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if owner.is_none() {
+        return Err(ApiError::bad_request(
+            "unknown_owner",
+            format!("no user {}", request.owner),
+        ));
+    }
+    sqlx::query("UPDATE devices SET owner_id = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(request.owner.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Event::new(EventType::Enrollment, "transferred")
+        .device(id.as_str())
+        .user(request.owner.as_str())
+        .peer(peer)
+        .details(serde_json::json!({ "previous_owner": previous }))
         .record(&mut tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(%serial, "certificate revoked");
-    Ok(axum::Json(certificate))
+    tracing::info!(device = %id, owner = %request.owner, "device transferred");
+    Ok(axum::Json(device_detail(&state, &id).await?))
 }

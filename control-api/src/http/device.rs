@@ -9,6 +9,7 @@ use edgemesh_core::api::{IssuedCertificate, RenewRequest};
 use edgemesh_core::cert::CertInfo;
 use edgemesh_core::id::DeviceId;
 use sqlx::{PgConnection, Postgres, Transaction};
+use time::OffsetDateTime;
 
 use super::extract::{Json, Peer};
 use super::{ApiError, AppState};
@@ -41,6 +42,21 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
         let info = CertInfo::from_der(&peer.0).map_err(|_| {
             ApiError::unauthorized("bad_certificate", "the client certificate does not parse")
         })?;
+        // The handshake checked the validity period once; a kept-alive connection or a resumed
+        // session outlives it, so every request checks it again.
+        let now = OffsetDateTime::now_utc();
+        if info.not_after <= now {
+            return Err(ApiError::unauthorized(
+                "certificate_expired",
+                "the client certificate has expired; enroll the device again",
+            ));
+        }
+        if info.not_before > now {
+            return Err(ApiError::unauthorized(
+                "certificate_not_yet_valid",
+                "the client certificate is not valid yet",
+            ));
+        }
         let device = info.device_id(&state.trust_domain).ok_or_else(|| {
             ApiError::forbidden(
                 "no_device_identity",
@@ -48,7 +64,7 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             )
         })?;
         let row: Option<(String, bool, String)> = sqlx::query_as(
-            "SELECT c.device_id, c.revoked_at IS NOT NULL, d.status
+            "SELECT c.device_id, coalesce(c.revoked_at <= now(), false), d.status
              FROM certificates c JOIN devices d ON d.id = c.device_id
              WHERE c.serial = $1 AND c.fingerprint = $2",
         )
@@ -81,16 +97,18 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
     }
 }
 
-/// Stores a newly issued certificate.
+/// Stores a newly issued certificate, renewed from the certificate with serial `renewed_from` if any.
 pub async fn record_certificate(
     tx: &mut Transaction<'static, Postgres>,
     device: &DeviceId,
     issued: &Issued,
+    renewed_from: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     let conn: &mut PgConnection = tx;
     sqlx::query(
-        "INSERT INTO certificates (serial, device_id, fingerprint, not_before, not_after, certificate_pem)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO certificates
+             (serial, device_id, fingerprint, not_before, not_after, certificate_pem, renewed_from)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&issued.info.serial)
     .bind(device.as_str())
@@ -98,12 +116,27 @@ pub async fn record_certificate(
     .bind(issued.info.not_before)
     .bind(issued.info.not_after)
     .bind(&issued.pem)
+    .bind(renewed_from)
     .execute(conn)
     .await?;
     Ok(())
 }
 
+/// How renewals are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewalRules {
+    /// How long a renewed certificate stays valid beside its successor.
+    pub overlap: time::Duration,
+    /// Renewals per device per hour.
+    pub per_hour: i64,
+}
+
 /// `POST /api/v1/renew`: a new certificate for the same device, for a key the device sends a CSR for.
+///
+/// A certificate renews once. Its successor records where it came from, the certificate renewed is
+/// retired after a short overlap, and revoking any certificate revokes what was renewed from it: a
+/// stolen key cannot renew itself into a certificate that outlives the stolen one's revocation. A
+/// repeated request for the same key (a retry after a lost answer) gets the successor again.
 #[tracing::instrument(skip_all, fields(device_id = %caller.device))]
 async fn renew(
     State(state): State<AppState>,
@@ -114,8 +147,8 @@ async fn renew(
     let csr = Csr::from_pem(&body.csr_pem)
         .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
     let mut tx = state.db.begin().await?;
-    // Lock the device so a revocation racing this renewal either precedes it (refused) or follows it
-    // (and revokes the new certificate too).
+    // Lock the device, then the certificate: a revocation of either racing this renewal either
+    // precedes it (and the renewal is refused) or waits for it (and then revokes the successor too).
     let status: Option<(String,)> =
         sqlx::query_as("SELECT status FROM devices WHERE id = $1 FOR UPDATE")
             .bind(caller.device.as_str())
@@ -127,18 +160,86 @@ async fn renew(
             "the device is revoked",
         ));
     }
+    let (revoked,): (bool,) = sqlx::query_as(
+        "SELECT coalesce(revoked_at <= now(), false) FROM certificates WHERE serial = $1 FOR UPDATE",
+    )
+    .bind(&caller.serial)
+    .fetch_one(&mut *tx)
+    .await?;
+    if revoked {
+        return Err(ApiError::forbidden(
+            "certificate_revoked",
+            "the client certificate is revoked",
+        ));
+    }
+    let successor: Option<(String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT certificate_pem, not_after FROM certificates WHERE renewed_from = $1",
+    )
+    .bind(&caller.serial)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((pem, not_after)) = successor {
+        return if certifies_key(&pem, csr.public_key_raw()) {
+            Ok(axum::Json(IssuedCertificate {
+                device_id: caller.device.to_string(),
+                certificate_pem: pem,
+                ca_pem: state.ca.cert_pem().to_owned(),
+                not_after,
+            }))
+        } else {
+            Err(ApiError::conflict(
+                "already_renewed",
+                format!(
+                    "certificate {} was already renewed for another key; a certificate renews once",
+                    caller.serial
+                ),
+            ))
+        };
+    }
+    let recent: Option<(i64, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT count(*), min(issued_at) FROM certificates
+         WHERE device_id = $1 AND renewed_from IS NOT NULL AND issued_at > now() - interval '1 hour'",
+    )
+    .bind(caller.device.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((count, Some(oldest))) = recent
+        && count >= state.renewal.per_hour
+    {
+        let wait = (oldest + time::Duration::HOUR - OffsetDateTime::now_utc()).whole_seconds();
+        return Err(ApiError::TooManyRequests {
+            retry_after: u64::try_from(wait.max(1)).unwrap_or(1),
+            detail: format!(
+                "device {} renewed {count} times in the last hour (at most {})",
+                caller.device, state.renewal.per_hour
+            ),
+        });
+    }
     let issued = state.ca.issue_device(
         &caller.device,
         &state.trust_domain,
         &csr,
         state.cert_validity,
     )?;
-    record_certificate(&mut tx, &caller.device, &issued).await?;
+    record_certificate(&mut tx, &caller.device, &issued, Some(&caller.serial)).await?;
+    let retires_at = OffsetDateTime::now_utc() + state.renewal.overlap;
+    sqlx::query(
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3
+         WHERE serial = $1 AND revoked_at IS NULL",
+    )
+    .bind(&caller.serial)
+    .bind(retires_at)
+    .bind(format!("superseded by {}", issued.info.serial))
+    .execute(&mut *tx)
+    .await?;
     Event::new(EventType::Renewal, "created")
         .device(caller.device.as_str())
         .serial(&issued.info.serial)
         .peer(peer)
-        .details(serde_json::json!({ "previous_serial": caller.serial }))
+        .details(serde_json::json!({
+            "previous_serial": caller.serial,
+            "previous_retires_at": retires_at.format(&time::format_description::well_known::Rfc3339).ok(),
+        }))
         .record(&mut tx)
         .await?;
     tx.commit().await?;
@@ -150,4 +251,16 @@ async fn renew(
         ca_pem: state.ca.cert_pem().to_owned(),
         not_after: issued.info.not_after,
     }))
+}
+
+/// Whether the certificate `pem` certifies the public key `key` (subjectPublicKey bits).
+fn certifies_key(pem: &str, key: &[u8]) -> bool {
+    edgemesh_core::cert::first_pem_der(pem)
+        .ok()
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, cert)| cert.public_key().subject_public_key.data.as_ref() == key)
+        })
+        .unwrap_or(false)
 }

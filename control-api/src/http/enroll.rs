@@ -29,6 +29,24 @@ async fn enroll(
     Json(body): Json<EnrollRequest>,
 ) -> Result<(StatusCode, axum::Json<IssuedCertificate>), ApiError> {
     let requested = DeviceId::parse(&body.device_id).ok();
+    // An address whose enrolments keep being refused (a token being guessed, a broken script) is
+    // answered 429 before anything is looked up, and not audited one by one: refusals cannot grow
+    // the audit log without bound.
+    let source = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    if let Some(retry_after) = state
+        .enroll_refusals
+        .exhausted(&source, std::time::Instant::now())
+    {
+        state
+            .metrics
+            .enrollments
+            .with_label_values(&["rate_limited"])
+            .inc();
+        return Err(ApiError::TooManyRequests {
+            retry_after,
+            detail: "too many refused enrollments from this address; try again later".to_owned(),
+        });
+    }
     let result = admit(&state, peer, &headers, body).await;
     match &result {
         Ok(_) => state
@@ -37,6 +55,9 @@ async fn enroll(
             .with_label_values(&["enrolled"])
             .inc(),
         Err(ApiError::Refused { code, detail, .. }) => {
+            let _ = state
+                .enroll_refusals
+                .take(&source, std::time::Instant::now());
             state
                 .metrics
                 .enrollments
@@ -81,11 +102,9 @@ async fn admit(
     bounded_text("device_type", &body.device_type, 64)?;
     bounded_text("os", &body.os, 64)?;
     bounded_text("os_version", &body.os_version, 64)?;
-    let csr = Csr::from_pem(&body.csr_pem)
-        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
     let token_hash = Sha256::digest(token.as_bytes()).to_vec();
 
-    // Refuse an unusable token before doing anything else, without taking a lock.
+    // Refuse an unusable token before anything costly (the CSR's signature), without taking a lock.
     let owner: Option<(String,)> = sqlx::query_as(
         "SELECT owner_id FROM enrollment_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND uses < max_uses",
@@ -96,21 +115,26 @@ async fn admit(
     let Some((owner,)) = owner else {
         return Err(why_unusable(state, &token_hash).await);
     };
+    let csr = Csr::from_pem(&body.csr_pem)
+        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
     // Signing is pure CPU: do it before the transaction so the token's row lock is held briefly.
     let issued = state
         .ca
         .issue_device(&device, &state.trust_domain, &csr, state.cert_validity)?;
 
     let mut tx = state.db.begin().await?;
-    // A new device, or a revoked one enrolling again; an active device keeps its identity (409).
+    // A new device, or a revoked one enrolling again for the same owner (upstreams key data on the
+    // device id: another owner's token must not inherit it). An active device keeps its identity (409).
+    // A new enrolment starts as never reported: health belongs to an enrolment, not to the id.
     let admitted: Option<(String,)> = sqlx::query_as(
         "INSERT INTO devices (id, owner_id, device_type, os, os_version)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET
-             owner_id = excluded.owner_id, device_type = excluded.device_type, os = excluded.os,
+             device_type = excluded.device_type, os = excluded.os,
              os_version = excluded.os_version, status = 'active', enrolled_at = now(),
-             last_seen_at = NULL, revoked_at = NULL
-         WHERE devices.status = 'revoked'
+             last_seen_at = NULL, revoked_at = NULL, health_status = 'unknown',
+             health_reasons = '{}', last_health_at = NULL
+         WHERE devices.status = 'revoked' AND devices.owner_id = excluded.owner_id
          RETURNING id",
     )
     .bind(device.as_str())
@@ -121,15 +145,29 @@ async fn admit(
     .fetch_optional(&mut *tx)
     .await?;
     if admitted.is_none() {
+        let holder: Option<(String, String)> =
+            sqlx::query_as("SELECT status, owner_id FROM devices WHERE id = $1")
+                .bind(device.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.rollback().await?;
-        return Err(ApiError::conflict(
-            "device_exists",
-            format!(
-                "device {device} is already enrolled and active; revoke it first to enroll it again"
+        return Err(match holder {
+            Some((status, _)) if status == "active" => ApiError::conflict(
+                "device_exists",
+                format!(
+                    "device {device} is already enrolled and active; revoke it first to enroll it again"
+                ),
             ),
-        ));
+            _ => ApiError::conflict(
+                "device_owned",
+                format!(
+                    "device {device} was enrolled for another owner; only a token of that owner can \
+                     enroll it again, unless an admin transfers it (POST /api/v1/admin/devices/{device}/transfer)"
+                ),
+            ),
+        });
     }
-    super::device::record_certificate(&mut tx, &device, &issued).await?;
+    super::device::record_certificate(&mut tx, &device, &issued, None).await?;
     // Consuming a use is one conditional UPDATE, last before commit: concurrent enrollments with a
     // one-use token serialise on its row lock and exactly one of them sees `uses < max_uses`; the
     // others roll back their device and certificate.

@@ -2,8 +2,6 @@
 //! are validated, judged by the compliance policy, stored, and change the device's verdict. ext-authz
 //! hears of it from the database triggers' notifications. Admins read the history.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::Router;
@@ -31,39 +29,6 @@ pub fn device_router() -> Router<AppState> {
 /// Mounted under `/api/v1/admin` (behind the admin token).
 pub fn admin_router() -> Router<AppState> {
     Router::new().route("/devices/{id}/health", get(history))
-}
-
-/// A token bucket per device: `burst` reports at once, then `rate` per second.
-#[derive(Debug)]
-pub struct RateLimiter {
-    burst: f64,
-    rate: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    pub fn new(burst: u32, rate: f64) -> Self {
-        Self {
-            burst: f64::from(burst),
-            rate,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a token for `key` at `now`; refused with the whole seconds to wait for the next one.
-    pub fn take(&self, key: &str, now: Instant) -> Result<(), u64> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, last) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
-        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
-        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
-        }
-    }
 }
 
 fn check_percent(field: &str, value: Option<f64>) -> Result<(), ApiError> {
@@ -305,36 +270,3 @@ async fn history(
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn the_limiter_allows_a_burst_then_the_sustained_rate() {
-        let limiter = RateLimiter::new(10, 1.0);
-        let start = Instant::now();
-        for _ in 0..10 {
-            assert!(limiter.take("a", start).is_ok());
-        }
-        assert_eq!(limiter.take("a", start), Err(1));
-        assert!(limiter.take("b", start).is_ok(), "buckets are per device");
-        assert!(
-            limiter
-                .take("a", start + Duration::from_millis(1000))
-                .is_ok()
-        );
-        assert!(
-            limiter
-                .take("a", start + Duration::from_millis(1500))
-                .is_err()
-        );
-        let slow = RateLimiter::new(1, 0.1);
-        assert!(slow.take("a", start).is_ok());
-        assert_eq!(
-            slow.take("a", start),
-            Err(10),
-            "Retry-After in whole seconds"
-        );
-    }
-}

@@ -21,6 +21,7 @@ pub mod enroll;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod limit;
 
 pub use error::ApiError;
 
@@ -36,9 +37,12 @@ pub struct AppState {
     pub admin_token_sha256: [u8; 32],
     pub trust_domain: Arc<str>,
     pub cert_validity: time::Duration,
+    pub renewal: device::RenewalRules,
     /// The policies; control-api evaluates the compliance rules on every health report.
     pub policies: Arc<PolicyStore>,
-    pub health_limiter: Arc<health::RateLimiter>,
+    pub health_limiter: Arc<limit::RateLimiter>,
+    /// Refused enrolments per source address: beyond it, refusals are neither processed nor audited.
+    pub enroll_refusals: Arc<limit::RateLimiter>,
     /// A device whose health is older than this is shown as stale.
     pub max_health_age: time::Duration,
     pub metrics: Arc<crate::metrics::Metrics>,

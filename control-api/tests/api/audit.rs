@@ -409,6 +409,7 @@ async fn metrics_count_enrollments_and_health(db: PgPool) {
     for line in [
         "edgemesh_device_enrollments_total{result=\"enrolled\"} 1",
         "edgemesh_device_enrollments_total{result=\"refused\"} 0",
+        "edgemesh_device_enrollments_total{result=\"rate_limited\"} 0",
         "edgemesh_health_checks_total{status=\"unhealthy\"} 1",
         "edgemesh_devices_total{status=\"active\"} 1",
         "edgemesh_unhealthy_devices 1",

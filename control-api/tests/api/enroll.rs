@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use x509_parser::prelude::*;
 
-use crate::helpers::{enroll_body, error_code, spawn_app};
+use crate::helpers::{enroll_body, error_code, https_client, spawn_app};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
@@ -399,5 +399,197 @@ async fn a_revoked_device_can_enroll_again_with_a_new_token(db: PgPool) {
         (active, revoked),
         (1, 1),
         "the old certificate stays revoked"
+    );
+}
+
+/// Upstreams key data on device ids: a revoked id does not pass to another owner's token, only to a
+/// token of its owner, or by an admin's explicit (audited) transfer.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_revoked_device_id_does_not_pass_to_another_owner_without_an_admin(db: PgPool) {
+    let app = spawn_app(db).await;
+    let erin = app.create_token("erin", 1).await;
+    app.enroll(&erin, "laptop-7").await;
+    assert_eq!(
+        app.admin_post("/devices/laptop-7/revoke", json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mallory = app.create_token("mallory", 1).await;
+    let csr = DeviceKey::generate()
+        .expect("key")
+        .csr_pem(&DeviceId::parse("laptop-7").expect("id"))
+        .expect("csr");
+    let before = app.snapshot().await;
+    let response = app
+        .enroll_raw(Some(&mallory), &enroll_body("laptop-7", &csr))
+        .await;
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::CONFLICT, "device_owned".to_owned())
+    );
+    assert_eq!(app.snapshot().await, before, "the refusal wrote nothing");
+
+    // A transfer of an active device is refused; of the revoked one, it is audited and lets
+    // mallory's (unused) token enroll it.
+    let response = app
+        .admin_post("/devices/laptop-7/transfer", json!({"owner": "nobody"}))
+        .await;
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::BAD_REQUEST, "unknown_owner".to_owned())
+    );
+    let response = app
+        .admin_post("/devices/laptop-7/transfer", json!({"owner": "mallory"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.enroll(&mallory, "laptop-7").await;
+    let response = app
+        .admin_post("/devices/laptop-7/transfer", json!({"owner": "erin"}))
+        .await;
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::CONFLICT, "device_active".to_owned())
+    );
+    let (owner, transfers): (String, i64) = sqlx::query_as(
+        "SELECT (SELECT owner_id FROM devices WHERE id = 'laptop-7'),
+                (SELECT count(*) FROM audit_log WHERE event_type = 'enrollment'
+                   AND action = 'transferred' AND device_id = 'laptop-7' AND user_id = 'mallory'
+                   AND details ->> 'previous_owner' = 'erin')",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("query");
+    assert_eq!((owner.as_str(), transfers), ("mallory", 1));
+}
+
+/// Health belongs to an enrolment: enrolled again, a device starts as never reported.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_device_enrolled_again_starts_as_never_reported(db: PgPool) {
+    let app = spawn_app(db).await;
+    let token = app.create_token("fay", 2).await;
+    let enrolled = app.enroll(&token, "pi-again").await;
+    let client = https_client(&app.ca_pem, Some((&enrolled.cert_pem, &enrolled.key_pem)));
+    let report = client
+        .post(format!("{}/api/v1/health", app.device_api))
+        .json(&json!({
+            "collected_at": ::time::OffsetDateTime::now_utc()
+                .format(&::time::format_description::well_known::Rfc3339)
+                .expect("time"),
+            "agent_version": "test",
+            "disk_encrypted": true,
+            "os_patches_current": true,
+            "antivirus_enabled": true,
+            "firewall_enabled": true,
+        }))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(report.status(), StatusCode::OK);
+    let health = |v: &Value| v["health"].as_str().unwrap_or_default().to_owned();
+    let detail: Value = app
+        .admin_get("/devices/pi-again")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(health(&detail), "unknown", "{detail}");
+    app.admin_post("/devices/pi-again/revoke", json!({})).await;
+    app.enroll(&token, "pi-again").await;
+    let detail: Value = app
+        .admin_get("/devices/pi-again")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health(&detail), "unknown", "{detail}");
+    assert!(detail["last_health_at"].is_null(), "{detail}");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn dot_segment_device_ids_are_refused(db: PgPool) {
+    let app = spawn_app(db).await;
+    let token = app.create_token("gil", 5).await;
+    for id in [".", ".."] {
+        let csr = DeviceKey::generate()
+            .expect("key")
+            .csr_pem(&DeviceId::parse("placeholder").expect("id"))
+            .expect("csr");
+        let response = app.enroll_raw(Some(&token), &enroll_body(id, &csr)).await;
+        assert_eq!(
+            error_code(response).await,
+            (StatusCode::BAD_REQUEST, "invalid_device_id".to_owned()),
+            "{id}"
+        );
+    }
+    // The database refuses them too, whatever writes them.
+    let inserted = sqlx::query(
+        "INSERT INTO devices (id, owner_id, device_type, os, os_version) VALUES ('..', 'gil', 'x', 'x', 'x')",
+    )
+    .execute(&app.db)
+    .await;
+    assert!(inserted.is_err(), "the CHECK constraint refuses '..'");
+}
+
+/// The token is checked before the CSR (whose signature check costs CPU): a request without a usable
+/// token learns nothing about its CSR.
+#[sqlx::test(migrations = "../migrations")]
+async fn the_token_is_checked_before_the_csr(db: PgPool) {
+    let app = spawn_app(db).await;
+    let response = app
+        .enroll_raw(Some("emt_guess"), &enroll_body("dev-y", "not a csr"))
+        .await;
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::UNAUTHORIZED, "invalid_token".to_owned())
+    );
+}
+
+/// Refusals from one address are audited up to a burst, then answered 429 without being processed
+/// or audited, so a token-guessing loop cannot grow the audit log without bound.
+#[sqlx::test(migrations = "../migrations")]
+async fn refused_enrollments_are_rate_limited_per_address(db: PgPool) {
+    let app = crate::helpers::spawn_app_with(
+        db,
+        &["--enroll-refusal-burst", "3", "--enroll-refusal-rate", "0.01"],
+    )
+    .await;
+    let csr = DeviceKey::generate()
+        .expect("key")
+        .csr_pem(&DeviceId::parse("dev-z").expect("id"))
+        .expect("csr");
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let response = app
+            .enroll_raw(Some("emt_guess"), &enroll_body("dev-z", &csr))
+            .await;
+        codes.push(error_code(response).await);
+    }
+    let invalid = (StatusCode::UNAUTHORIZED, "invalid_token".to_owned());
+    let limited = (StatusCode::TOO_MANY_REQUESTS, "rate_limited".to_owned());
+    assert_eq!(
+        codes,
+        [
+            invalid.clone(),
+            invalid.clone(),
+            invalid,
+            limited.clone(),
+            limited.clone(),
+            limited
+        ]
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE event_type = 'enrollment' AND action = 'refused'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("count");
+    assert_eq!(audited, 3, "only the refusals within the burst are audited");
+    // Until the bucket refills, even a good token from that address is answered 429.
+    let token = app.create_token("hana", 1).await;
+    let response = app.enroll_raw(Some(&token), &enroll_body("dev-z", &csr)).await;
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".to_owned())
     );
 }

@@ -15,13 +15,19 @@ pub struct TestApp {
     pub admin_token: String,
     pub ca_pem: String,
     pub http: Client,
-    _state_dir: tempfile::TempDir,
+    pub state_dir: tempfile::TempDir,
     _stop: oneshot::Sender<()>,
 }
 
 pub async fn spawn_app(db: PgPool) -> TestApp {
+    // Tests of other things refuse many enrolments from one address (127.0.0.1).
+    spawn_app_with(db, &["--enroll-refusal-burst", "100000"]).await
+}
+
+/// `spawn_app` with more command-line flags.
+pub async fn spawn_app_with(db: PgPool, flags: &[&str]) -> TestApp {
     let state_dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::try_parse_from_args([
+    let mut args = vec![
         "--state-dir",
         state_dir.path().to_str().expect("utf-8 path"),
         "--api-listen",
@@ -32,7 +38,9 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
         "127.0.0.1:0",
         "--policy-dir",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let config = Config::try_parse_from_args(&args);
     let app = Application::build_with_pool(&config, db.clone())
         .await
         .expect("build app");
@@ -57,7 +65,7 @@ pub async fn spawn_app(db: PgPool) -> TestApp {
         admin_token,
         ca_pem,
         http,
-        _state_dir: state_dir,
+        state_dir,
         _stop: stop,
     }
 }
@@ -73,13 +81,13 @@ pub fn https_client(ca_pem: &str, identity: Option<(&str, &str)>) -> Client {
 }
 
 trait ConfigExt {
-    fn try_parse_from_args<const N: usize>(args: [&str; N]) -> Config;
+    fn try_parse_from_args(args: &[&str]) -> Config;
 }
 
 impl ConfigExt for Config {
-    fn try_parse_from_args<const N: usize>(args: [&str; N]) -> Config {
+    fn try_parse_from_args(args: &[&str]) -> Config {
         use clap::Parser;
-        Config::try_parse_from(std::iter::once("edgemesh-control-api").chain(args)).expect("config")
+        Config::try_parse_from(std::iter::once(&"edgemesh-control-api").chain(args)).expect("config")
     }
 }
 

@@ -6,4 +6,5 @@ mod audit;
 mod enroll;
 mod health;
 mod helpers;
+mod listeners;
 mod renew;

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, error_code, https_client, spawn_app};
+use crate::helpers::{TestApp, error_code, https_client, spawn_app, spawn_app_with};
 
 /// Asks the device listener for a renewal of `device`, with a fresh key, as `client`.
 async fn renew(
@@ -126,5 +126,181 @@ async fn a_certificate_from_another_ca_is_refused(db: PgPool) {
     assert!(
         result.is_err(),
         "a foreign CA's certificate fails the handshake: {result:?}"
+    );
+}
+
+/// A renewal's certificate, key and serial.
+struct Renewed {
+    cert_pem: String,
+    key_pem: String,
+    serial: String,
+}
+
+async fn renew_as(app: &TestApp, cert_pem: &str, key_pem: &str, device: &str) -> Renewed {
+    let client = https_client(&app.ca_pem, Some((cert_pem, key_pem)));
+    let key = DeviceKey::generate().expect("key");
+    let csr = key
+        .csr_pem(&DeviceId::parse(device).expect("id"))
+        .expect("csr");
+    let response = client
+        .post(format!("{}/api/v1/renew", app.device_api))
+        .json(&json!({ "csr_pem": csr }))
+        .send()
+        .await
+        .expect("renew");
+    assert_eq!(response.status(), StatusCode::OK, "renewal");
+    let body: serde_json::Value = response.json().await.expect("json");
+    let cert_pem = body["certificate_pem"].as_str().expect("pem").to_owned();
+    let serial = edgemesh_core::cert::CertInfo::from_pem(&cert_pem)
+        .expect("cert")
+        .serial;
+    Renewed {
+        cert_pem,
+        key_pem: key.to_pem(),
+        serial,
+    }
+}
+
+/// What the device listener answers `cert_pem` (a renewal attempt with a fresh key).
+async fn answer_for(app: &TestApp, cert_pem: &str, key_pem: &str, device: &str) -> (StatusCode, String) {
+    let client = https_client(&app.ca_pem, Some((cert_pem, key_pem)));
+    let response = renew(&client, app, device).await.expect("request");
+    if response.status() == StatusCode::OK {
+        (StatusCode::OK, String::new())
+    } else {
+        error_code(response).await
+    }
+}
+
+/// Renew, then revoke the old serial: a key stolen before the renewal must not keep a certificate
+/// that outlives the revocation of the one stolen.
+#[sqlx::test(migrations = "../migrations")]
+async fn revoking_a_certificate_revokes_what_was_renewed_from_it(db: PgPool) {
+    let app = spawn_app_with(db, &["--renewal-overlap-secs", "0"]).await;
+    let token = app.create_token("hal", 1).await;
+    let device = app.enroll(&token, "pi-lineage").await;
+    let first = edgemesh_core::cert::CertInfo::from_pem(&device.cert_pem)
+        .expect("cert")
+        .serial;
+    // The thief renews the stolen certificate, then renews again.
+    let second = renew_as(&app, &device.cert_pem, &device.key_pem, "pi-lineage").await;
+    let third = renew_as(&app, &second.cert_pem, &second.key_pem, "pi-lineage").await;
+
+    // With no overlap, each renewal retired its predecessor at once.
+    assert_eq!(
+        answer_for(&app, &device.cert_pem, &device.key_pem, "pi-lineage").await,
+        (StatusCode::FORBIDDEN, "certificate_revoked".to_owned())
+    );
+    assert_eq!(
+        answer_for(&app, &second.cert_pem, &second.key_pem, "pi-lineage").await,
+        (StatusCode::FORBIDDEN, "certificate_revoked".to_owned())
+    );
+    let detail: serde_json::Value = app
+        .admin_get("/devices/pi-lineage")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let certificates = detail["certificates"].as_array().expect("certificates");
+    let by_serial = |serial: &str| {
+        certificates
+            .iter()
+            .find(|c| c["serial"] == serial)
+            .unwrap_or_else(|| panic!("{serial} listed: {detail}"))
+            .clone()
+    };
+    assert_eq!(by_serial(&third.serial)["renewed_from"], second.serial.as_str());
+    assert_eq!(by_serial(&second.serial)["renewed_from"], first.as_str());
+    assert!(by_serial(&first)["renewed_from"].is_null());
+
+    // The operator learns the first key was stolen and revokes its serial: the whole line goes.
+    let response = app
+        .admin_post(&format!("/certificates/{first}/revoke"), json!({"reason": "key stolen"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let revoked: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(revoked["revocation_reason"], "key stolen");
+    assert_eq!(
+        answer_for(&app, &third.cert_pem, &third.key_pem, "pi-lineage").await,
+        (StatusCode::FORBIDDEN, "certificate_revoked".to_owned())
+    );
+    let (descendants,): (serde_json::Value,) = sqlx::query_as(
+        "SELECT details -> 'descendants_revoked' FROM audit_log
+         WHERE event_type = 'revocation' AND certificate_serial = $1",
+    )
+    .bind(&first)
+    .fetch_one(&app.db)
+    .await
+    .expect("audited");
+    let mut descendants: Vec<String> =
+        serde_json::from_value(descendants).expect("serial list");
+    descendants.sort();
+    let mut expected = vec![second.serial.clone(), third.serial.clone()];
+    expected.sort();
+    assert_eq!(descendants, expected);
+}
+
+/// A certificate renews once: a second renewal for another key (a copy of the key elsewhere) is
+/// refused, a retry for the same key gets the same certificate, and the predecessor keeps working only
+/// for the overlap.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_certificate_renews_once_and_its_predecessor_retires_after_the_overlap(db: PgPool) {
+    let app = spawn_app_with(db, &["--renewal-overlap-secs", "2"]).await;
+    let token = app.create_token("ida", 1).await;
+    let device = app.enroll(&token, "pi-once").await;
+    let client = https_client(&app.ca_pem, Some((&device.cert_pem, &device.key_pem)));
+    let key = DeviceKey::generate().expect("key");
+    let csr = key
+        .csr_pem(&DeviceId::parse("pi-once").expect("id"))
+        .expect("csr");
+    let mut issued = Vec::new();
+    for _ in 0..2 {
+        let response = client
+            .post(format!("{}/api/v1/renew", app.device_api))
+            .json(&json!({ "csr_pem": csr }))
+            .send()
+            .await
+            .expect("renew");
+        assert_eq!(response.status(), StatusCode::OK, "same key: the same answer");
+        let body: serde_json::Value = response.json().await.expect("json");
+        issued.push(body["certificate_pem"].as_str().expect("pem").to_owned());
+    }
+    assert_eq!(issued[0], issued[1], "a retry gets the certificate already issued");
+    let before = app.snapshot().await;
+    assert_eq!(
+        answer_for(&app, &device.cert_pem, &device.key_pem, "pi-once").await,
+        (StatusCode::CONFLICT, "already_renewed".to_owned())
+    );
+    assert_eq!(app.snapshot().await, before, "a refused renewal writes nothing");
+
+    // After the overlap, the predecessor is retired.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        answer_for(&app, &device.cert_pem, &device.key_pem, "pi-once").await,
+        (StatusCode::FORBIDDEN, "certificate_revoked".to_owned())
+    );
+    let successor = renew_as(&app, &issued[0], &key.to_pem(), "pi-once").await;
+    assert!(!successor.serial.is_empty());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn renewals_per_device_are_rate_limited(db: PgPool) {
+    let app = spawn_app_with(db, &["--renewals-per-hour", "2", "--renewal-overlap-secs", "0"]).await;
+    let token = app.create_token("jo", 1).await;
+    let device = app.enroll(&token, "pi-rate").await;
+    let first = renew_as(&app, &device.cert_pem, &device.key_pem, "pi-rate").await;
+    let second = renew_as(&app, &first.cert_pem, &first.key_pem, "pi-rate").await;
+    let client = https_client(&app.ca_pem, Some((&second.cert_pem, &second.key_pem)));
+    let response = renew(&client, &app, "pi-rate").await.expect("renew");
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        error_code(response).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".to_owned())
     );
 }

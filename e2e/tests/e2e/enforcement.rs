@@ -116,7 +116,7 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
 }
 
 /// Wednesday 2026-11-18 10:30 UTC: business hours, so only roles decide.
-const WEDNESDAY_MORNING: &str = "2026-11-18T10:30:00Z";
+pub const WEDNESDAY_MORNING: &str = "2026-11-18T10:30:00Z";
 
 #[sqlx::test(migrations = false)]
 async fn roles_decide_which_services(_pool: PgPoolOptions, db: PgConnectOptions) {
@@ -441,6 +441,12 @@ async fn ext_authz_is_not_serving_without_its_database(_pool: PgPoolOptions, db:
     let port = crate::helpers::free_port();
     let ports = (port, crate::helpers::free_port());
     let spool = tempfile::tempdir().expect("tempdir");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca
+        .self_signed(&rcgen::KeyPair::generate().expect("key"))
+        .expect("ca");
+    std::fs::write(spool.path().join("ca.pem"), ca.pem()).expect("write ca.pem");
     let mut process = crate::proxy::ExtAuthz::spawn(
         &missing,
         ports,

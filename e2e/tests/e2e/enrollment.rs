@@ -126,3 +126,163 @@ async fn the_ca_survives_a_restart(_pool: PgPoolOptions, db: PgConnectOptions) {
     assert!(renew.success, "{}", renew.stderr);
     assert!(api.stop().await);
 }
+
+/// A server in the path that serves the real CA with its own appended, and a server certificate of its
+/// own CA: the agent must refuse the bundle before it sends its enrollment token anywhere.
+#[sqlx::test(migrations = false)]
+async fn a_ca_bundle_with_a_certificate_beside_the_pinned_one_is_refused(
+    _pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server_state = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(&database_url(&db), server_state.path()).await;
+    let (token, fingerprint) = api.token_for("olga").await;
+    let real_ca = std::fs::read_to_string(server_state.path().join("ca.pem")).expect("ca.pem");
+
+    let attacker_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let attacker_ca = ca_params.self_signed(&attacker_key).expect("ca");
+    let attacker = rcgen::Issuer::new(ca_params, attacker_key);
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&server_key, &attacker)
+        .expect("server cert");
+    let bundle = format!("{real_ca}{}", attacker_ca.pem());
+
+    edgemesh_core::tls::install_crypto_provider();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, log, bundle) = (acceptor.clone(), Arc::clone(&log), bundle.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock()
+                    .expect("log")
+                    .push(head.lines().next().unwrap_or_default().to_owned());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/x-pem-file\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{bundle}",
+                    bundle.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+
+    let device_state = tempfile::tempdir().expect("tempdir");
+    let run = crate::helpers::agent(
+        device_state.path(),
+        &[
+            "enroll",
+            "--server",
+            &format!("https://{addr}"),
+            "--ca-fingerprint",
+            &fingerprint,
+            "--device-id",
+            "pi-mitm",
+        ],
+        &[("EDGEMESH_ENROLLMENT_TOKEN", &token)],
+    )
+    .await;
+    assert!(!run.success, "enrolled through a server in the path");
+    assert!(
+        run.stderr.contains("pinned CA certificate alone"),
+        "{}",
+        run.stderr
+    );
+    let requests = seen.lock().expect("log").clone();
+    assert!(
+        requests.iter().all(|r| r.starts_with("GET /api/v1/ca.pem")),
+        "the agent sent more than the CA request: {requests:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(device_state.path()).expect("dir").count(),
+        0,
+        "nothing written"
+    );
+}
+
+/// The Python interpreter of the project's virtualenv (with py-spiffe, installed by make test).
+fn python() -> std::path::PathBuf {
+    std::env::var_os("EDGEMESH_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python3"),
+        Into::into,
+    )
+}
+
+/// SPIFFE's own library (py-spiffe, not EdgeMesh's parser) accepts an enrolled and a renewed
+/// certificate as X.509-SVIDs for the device's SPIFFE ID, issued by the EdgeMesh CA.
+#[sqlx::test(migrations = false)]
+async fn issued_certificates_are_x509_svids_to_an_independent_spiffe_implementation(
+    _pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let server_state = tempfile::tempdir().expect("tempdir");
+    let api = ControlApi::start(&database_url(&db), server_state.path()).await;
+    let (token, fingerprint) = api.token_for("olga").await;
+    let device_state = tempfile::tempdir().expect("tempdir");
+    let dir = device_state.path();
+    let run = agent_enroll(dir, &api, &token, &fingerprint, "pi-svid").await;
+    assert!(run.success, "enroll: {}", run.stderr);
+    let check = r#"
+import sys
+from cryptography import x509
+from spiffe.svid.x509_svid import X509Svid
+cert, key, ca = (open(p, 'rb').read() for p in sys.argv[1:4])
+svid = X509Svid.parse(cert, key)
+svid.leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+print(svid.spiffe_id)
+"#;
+    for round in ["enrolled", "renewed"] {
+        let output = std::process::Command::new(python())
+            .arg("-c")
+            .arg(check)
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
+            .arg(dir.join("ca.pem"))
+            .output()
+            .expect("run py-spiffe (scripts/stack.sh test-tools-install installs it)");
+        assert!(
+            output.status.success(),
+            "{round}: py-spiffe refused the certificate: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "spiffe://edgemesh.local/device/pi-svid",
+            "{round}"
+        );
+        if round == "enrolled" {
+            let run = agent(
+                dir,
+                &["renew", "--server", &api.device_api],
+                &[],
+            )
+            .await;
+            assert!(run.success, "renew: {}", run.stderr);
+        }
+    }
+}

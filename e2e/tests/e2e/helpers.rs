@@ -60,6 +60,11 @@ impl Process {
         Self { child }
     }
 
+    /// Takes over a child spawned with `kill_on_drop`.
+    pub fn from_child(child: Child) -> Self {
+        Self { child }
+    }
+
     /// Whether it has not exited yet.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()

@@ -2,10 +2,13 @@
 //! binaries, a real PostgreSQL database per test, real TLS. Build the binaries first (`make test` does).
 
 mod audit;
+mod edge;
 mod enforcement;
 mod enrollment;
 mod health;
 mod helpers;
+mod identity;
+mod listener;
 mod observability;
 mod postgres;
 mod proxy;

@@ -49,22 +49,21 @@ pub struct ExtAuthz {
 }
 
 impl ExtAuthz {
-    /// Starts ext-authz and waits until its gRPC health service says SERVING.
+    /// Starts ext-authz with more environment `env` and waits until its gRPC health service says
+    /// SERVING.
     pub async fn start(
         database_url: &str,
         port: u16,
         policy_dir: &Path,
         clock: Option<&str>,
-        spool_dir: &Path,
+        state: &Path,
+        env: &[(&'static str, String)],
     ) -> Self {
         let metrics_port = free_port();
-        let process = Self::spawn(
-            database_url,
-            (port, metrics_port),
-            policy_dir,
-            clock,
-            spool_dir,
-        );
+        let mut command =
+            Self::command(database_url, (port, metrics_port), policy_dir, clock, state);
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let process = Process::spawn(&mut command);
         wait_until("ext-authz", || async move {
             grpc_health(port).await == Some(ServingStatus::Serving)
         })
@@ -76,14 +75,31 @@ impl ExtAuthz {
         }
     }
 
-    /// Starts ext-authz (gRPC and metrics ports) without waiting for it.
+    /// Starts ext-authz (gRPC and metrics ports) without waiting for it. `state` holds the CA
+    /// certificate (`ca.pem`) and gets the audit spool (`audit-spool/`).
     pub fn spawn(
+        database_url: &str,
+        ports: (u16, u16),
+        policy_dir: &Path,
+        clock: Option<&str>,
+        state: &Path,
+    ) -> Process {
+        Process::spawn(&mut Self::command(
+            database_url,
+            ports,
+            policy_dir,
+            clock,
+            state,
+        ))
+    }
+
+    fn command(
         database_url: &str,
         (port, metrics_port): (u16, u16),
         policy_dir: &Path,
         clock: Option<&str>,
-        spool_dir: &Path,
-    ) -> Process {
+        state: &Path,
+    ) -> Command {
         let mut command = Command::new(bin("edgemesh-ext-authz"));
         command
             .arg("serve")
@@ -95,12 +111,13 @@ impl ExtAuthz {
             )
             .env("EDGEMESH_POLICY_DIR", policy_dir)
             .env("EDGEMESH_POLICY_POLL_MS", "100")
-            .env("EDGEMESH_AUDIT_SPOOL_DIR", spool_dir)
+            .env("EDGEMESH_AUDIT_SPOOL_DIR", state.join("audit-spool"))
+            .env("EDGEMESH_CA_CERT", state.join("ca.pem"))
             .env("EDGEMESH_LOG", "warn");
         if let Some(clock) = clock {
             command.env("EDGEMESH_CLOCK", clock);
         }
-        Process::spawn(&mut command)
+        command
     }
 }
 
@@ -128,6 +145,8 @@ pub struct Stack {
     _envoy: Process,
     pub envoy_url: String,
     pub envoy_admin: String,
+    /// Envoy's stats-only listener (`/stats/prometheus`).
+    pub envoy_stats: String,
     _upstream: Process,
     pub state_dir: tempfile::TempDir,
 }
@@ -135,6 +154,10 @@ pub struct Stack {
 pub struct Options<'a> {
     pub policy_dir: PathBuf,
     pub clock: Option<&'a str>,
+    /// ext-authz's database URL, if not the control API's (a relay in between, say).
+    pub ext_authz_database_url: Option<String>,
+    /// More environment for ext-authz.
+    pub ext_authz_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options<'_> {
@@ -142,6 +165,8 @@ impl Default for Options<'_> {
         Self {
             policy_dir: policies_dir(),
             clock: None,
+            ext_authz_database_url: None,
+            ext_authz_env: Vec::new(),
         }
     }
 }
@@ -152,11 +177,15 @@ impl Stack {
         let state = state_dir.path();
         let api = ControlApi::start(database_url, state).await;
         let ext_authz = ExtAuthz::start(
-            database_url,
+            options
+                .ext_authz_database_url
+                .as_deref()
+                .unwrap_or(database_url),
             free_port(),
             &options.policy_dir,
             options.clock,
-            &state.join("audit-spool"),
+            state,
+            &options.ext_authz_env,
         )
         .await;
 
@@ -196,13 +225,14 @@ impl Stack {
             .expect("issue-server-cert");
         assert!(issued.status.success(), "{issued:?}");
 
-        let (listen_port, admin_port) = (free_port(), free_port());
+        let (listen_port, admin_port, stats_port) = (free_port(), free_port(), free_port());
         let template = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml.in"),
         )
         .expect("envoy template");
         let config = template
             .replace("@ADMIN_PORT@", &admin_port.to_string())
+            .replace("@STATS_PORT@", &stats_port.to_string())
             .replace("@LISTEN_PORT@", &listen_port.to_string())
             .replace("@EXT_AUTHZ_PORT@", &ext_authz.port.to_string())
             .replace("@UPSTREAM_PORT@", &upstream_port.to_string())
@@ -237,6 +267,7 @@ impl Stack {
             _envoy: envoy,
             envoy_url: format!("https://127.0.0.1:{listen_port}"),
             envoy_admin,
+            envoy_stats: format!("http://127.0.0.1:{stats_port}"),
             _upstream: upstream,
             state_dir,
         }
