@@ -121,7 +121,7 @@ pub async fn serve_tls(
                 ended = watcher.watch(connection) => if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 },
-                () = activity.idle_for(limits.idle_timeout) => {
+                () = activity.idle_for(limits.idle_timeout, limits.header_read_timeout) => {
                     tracing::debug!(%peer, "idle connection closed");
                 }
             }
@@ -151,28 +151,34 @@ pub fn local_addr(listener: &TcpListener) -> SocketAddr {
 /// When a connection last read or wrote anything.
 struct Activity {
     start: Instant,
-    /// Milliseconds after `start`.
+    /// Milliseconds after `start`; `NOTHING_YET` until the first byte is read.
     last: AtomicU64,
 }
+
+const NOTHING_YET: u64 = u64::MAX;
 
 impl Activity {
     fn new() -> Self {
         Self {
             start: Instant::now(),
-            last: AtomicU64::new(0),
+            last: AtomicU64::new(NOTHING_YET),
         }
     }
 
     fn touch(&self) {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NOTHING_YET - 1);
         self.last.store(now, Ordering::Relaxed);
     }
 
-    /// Completes once nothing has been read or written for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    /// Completes once nothing has been read or written for `limit`, or, before the first byte,
+    /// once nothing has been read for `first` (hyper waits for the first bytes to tell HTTP/1 from
+    /// HTTP/2 before its own header timeout starts).
+    async fn idle_for(&self, limit: Duration, first: Duration) {
         loop {
-            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let deadline = last + limit;
+            let deadline = match self.last.load(Ordering::Relaxed) {
+                NOTHING_YET => self.start + first,
+                ms => self.start + Duration::from_millis(ms) + limit,
+            };
             if Instant::now() >= deadline {
                 return;
             }

@@ -519,10 +519,13 @@ async fn revoke_certificate(
              SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial
          )
          UPDATE certificates
-         SET revocation_reason = CASE WHEN revoked_at IS NULL OR revoked_at > now()
-                                      THEN CASE WHEN serial = $1 THEN $2
-                                                ELSE 'renewed from revoked certificate ' || $1 END
-                                      ELSE revocation_reason END,
+         SET revocation_reason = CASE
+                 -- Revoked before, for a reason of its own: kept. Retired by a renewal: revoked now.
+                 WHEN revoked_at <= now() AND revocation_reason NOT LIKE 'superseded by %'
+                     THEN revocation_reason
+                 WHEN serial = $1 THEN $2
+                 ELSE 'renewed from revoked certificate ' || $1
+             END,
              revoked_at = least(coalesce(revoked_at, now()), now())
          WHERE serial IN (SELECT serial FROM lineage)
          RETURNING serial",

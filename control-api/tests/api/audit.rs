@@ -42,8 +42,8 @@ async fn every_change_is_audited_with_its_transaction(db: PgPool) {
         .await;
     assert_eq!(
         refused.status(),
-        StatusCode::BAD_REQUEST,
-        "the CSR is checked first"
+        StatusCode::UNAUTHORIZED,
+        "the token is checked before the CSR"
     );
     let key = edgemesh_core::client::DeviceKey::generate().expect("key");
     let csr = key
