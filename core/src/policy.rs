@@ -46,6 +46,16 @@ pub const COMPLIANCE: Rules = Rules {
     reasons: "data.edgemesh.compliance.reasons",
 };
 
+/// The reason of a deny that an evaluation error made; the error itself is logged, not sent.
+pub const EVALUATION_FAILED: &str = "policy evaluation failed";
+
+/// An evaluation that failed: the deny it makes, and the error for the log.
+#[derive(Debug, Clone)]
+pub struct EvaluationFailed {
+    pub deny: Decision,
+    pub error: String,
+}
+
 /// The outcome of one evaluation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -180,32 +190,36 @@ impl PolicySet {
     /// Evaluates `rules` over `input`. Errors and undefined results deny, with a reason.
     pub fn evaluate(&self, rules: Rules, input: &serde_json::Value) -> Decision {
         // Deserialising from the borrowed document saves cloning it first.
-        match <Value as serde::Deserialize>::deserialize(input) {
-            Ok(input) => self
-                .evaluate_value(rules, input)
-                .unwrap_or_else(|deny| deny),
-            Err(e) => self.decision(Err(e.into())),
-        }
+        let evaluated = match <Value as serde::Deserialize>::deserialize(input) {
+            Ok(input) => self.evaluate_value(rules, input),
+            Err(e) => Err(self.failed(&e.into())),
+        };
+        evaluated.unwrap_or_else(|failed| {
+            tracing::warn!(error = %failed.error, "policy evaluation failed; denying");
+            failed.deny
+        })
     }
 
     /// Evaluates `rules` over an input document already in the engine's value type (what the hot
-    /// path builds, skipping JSON). `Err` is the deny an evaluation error makes (its reason says
-    /// what failed), told apart for a caller that remembers decisions: an error may not recur.
-    pub fn evaluate_value(&self, rules: Rules, input: Value) -> Result<Decision, Decision> {
+    /// path builds, skipping JSON). `Err` is the deny an evaluation error makes, with the error for
+    /// the caller to log: the deny's reason says only that evaluation failed (it goes to the client;
+    /// the engine's text does not), and it is told apart for a caller that remembers decisions: an
+    /// error may not recur.
+    pub fn evaluate_value(&self, rules: Rules, input: Value) -> Result<Decision, EvaluationFailed> {
         match self.try_evaluate(rules, input) {
-            Ok(outcome) => Ok(self.decision(Ok(outcome))),
-            Err(e) => Err(self.decision(Err(e))),
+            Ok(outcome) => Ok(self.decision(outcome)),
+            Err(e) => Err(self.failed(&e)),
         }
     }
 
-    fn decision(&self, outcome: anyhow::Result<(bool, Vec<String>)>) -> Decision {
-        let (allow, reasons) = match outcome {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(error = %e, "policy evaluation failed; denying");
-                (false, vec![format!("policy evaluation failed: {e}")])
-            }
-        };
+    fn failed(&self, error: &anyhow::Error) -> EvaluationFailed {
+        EvaluationFailed {
+            deny: self.decision((false, vec![EVALUATION_FAILED.to_owned()])),
+            error: format!("{error:#}"),
+        }
+    }
+
+    fn decision(&self, (allow, reasons): (bool, Vec<String>)) -> Decision {
         let mut reasons = reasons;
         if !allow && reasons.is_empty() {
             reasons.push("denied by policy".to_owned());

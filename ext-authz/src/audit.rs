@@ -1,26 +1,27 @@
 //! The decision audit trail, written without ever making a Check wait and without losing a record.
 //!
-//! The Check path hands each decision to [`AuditLog::record`], which puts it on a bounded queue (never
-//! waiting). One writer task takes what is queued, up to a batch at a time (waiting a moment for a
-//! batch to fill), and copies the batch into `audit_log` with one `COPY`. When Postgres is unreachable
-//! or slow (no answer within [`WRITE_TIMEOUT`]), the batch is appended to a local append-only spool file instead; while the
-//! spool holds anything, new batches go behind it, so the order is kept. A replay task inserts the
-//! spool's records in file order once Postgres answers again, and records how far it got in an offset
-//! file, so a restart continues where it stopped. Records carry their decision id and time, which are
-//! the table's primary key: a batch that is written twice (a timeout after the commit, a replay after
-//! a crash) is stored once. If the queue is full, the record goes straight to the spool.
+//! The Check path hands each decision to [`AuditLog::record`] before its answer leaves: the record is
+//! appended to the local spool (a journal, [`crate::spool`]; one `write(2)`, no `fsync`) and queued for
+//! the writer (never waiting). A record in the journal survives the process: after a SIGKILL or an
+//! OOM kill, the next start ships what the journal holds beyond the last offset known to be in
+//! PostgreSQL. One writer task ships the queue in order, streaming each [`LINGER`] window of records
+//! into one `COPY`, and moves the shipped offset on. When PostgreSQL is unreachable or slow (no answer
+//! within [`WRITE_TIMEOUT`]), or the queue was full, or at start, the writer catches up from the
+//! journal instead (in journal order) until it reaches the records still queued. Records carry their
+//! decision id and time, which are the table's primary key: a record shipped twice (a timeout after the
+//! commit, a replay after a crash) is stored once.
 //!
-//! What the queue, the spool and the replay do is in the metrics (`edgemesh_audit_*`); a record that
-//! could not even be spooled (a full disk) is counted as lost and logged as an error.
+//! A crash of the whole machine can take what the kernel had not written to disk: the journal is
+//! flushed every [`FLUSH_EVERY`], so at most that long of decisions, less what PostgreSQL had already
+//! committed (it commits every [`LINGER`] while it is up). A record that could be neither journaled nor
+//! shipped (a full disk while PostgreSQL is away) is counted as lost and logged as an error; so is an
+//! unreadable line in the journal.
 
-use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -28,8 +29,9 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::spool::{FLUSH_EVERY, Span, Spool};
 
-/// A batch not written within this time is spooled instead.
+/// A batch not written within this time is left to the catch-up from the journal.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records per insert statement.
 const BATCH: usize = 1000;
@@ -39,8 +41,10 @@ const LINGER: Duration = Duration::from_millis(100);
 /// when it comes: every 3 ms that is a fraction of a millisecond of its work, where every 10 ms it was
 /// 0.7-0.9 ms at a time and the proxy's p99 showed it (BENCHMARKS.md).
 const STREAM_EVERY: Duration = Duration::from_millis(3);
-/// How often the replay task looks at the spool.
-const REPLAY_EVERY: Duration = Duration::from_millis(500);
+/// How often catching up is tried again while PostgreSQL is away.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How often the shipped offset is written down (a stale one only means a larger replay).
+const SAVE_SHIPPED_EVERY: Duration = Duration::from_secs(1);
 /// Longest path kept in a record (a request path can be tens of kilobytes).
 const MAX_PATH_CHARS: usize = 2048;
 
@@ -79,29 +83,40 @@ impl Record {
     }
 }
 
+/// A queued record, with where the journal holds it (`None`: it could not be journaled).
+struct Entry {
+    record: Record,
+    span: Option<Span>,
+}
+
 /// The Check path's handle.
 pub struct AuditLog {
-    queue: mpsc::Sender<Record>,
+    queue: mpsc::Sender<Entry>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
 }
 
 impl AuditLog {
-    /// Queues a decision for writing; never waits.
+    /// Journals a decision and queues it for writing; never waits on PostgreSQL or the disk.
     pub fn record(&self, record: Record) {
-        match self.queue.try_send(record) {
-            Ok(()) => self.metrics.audit_queue_depth.inc(),
-            Err(
-                mpsc::error::TrySendError::Full(record) | mpsc::error::TrySendError::Closed(record),
-            ) => {
-                spill(&self.spool, &self.metrics, &[record]);
+        let queued = self.spool.append(record, |record, span| {
+            let journaled = span.is_some();
+            (self.queue.try_send(Entry { record, span }).is_ok(), journaled)
+        });
+        match queued {
+            (true, _) => self.metrics.audit_queue_depth.inc(),
+            // The writer finds the gap in the offsets and ships it from the journal.
+            (false, true) => {}
+            (false, false) => {
+                self.metrics.audit_lost.inc();
+                tracing::error!("AUDIT RECORD LOST: neither journaled nor queued");
             }
         }
     }
 }
 
-/// Starts the writer and the replay task; answers the handle for the Check path and a task that ends
-/// once `stop` turned true and everything queued is written or spooled.
+/// Starts the writer and the journal's flushing; answers the handle for the Check path and a task
+/// that ends once `stop` turned true and everything queued is shipped or left in the journal.
 pub fn start(
     db: PgPool,
     spool_dir: &Path,
@@ -109,26 +124,36 @@ pub fn start(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(AuditLog, tokio::task::JoinHandle<()>)> {
-    let spool = Arc::new(Spool::open(spool_dir)?);
-    if spool.pending_bytes() > 0 {
-        tracing::info!(
-            bytes = spool.pending_bytes(),
-            "audit spool holds records from before; replaying them when Postgres answers"
+    let (spool, opened) = Spool::open(spool_dir)?;
+    let spool = Arc::new(spool);
+    if opened.torn_bytes > 0 {
+        // A crash in the middle of an append: that decision's answer never left.
+        metrics.audit_torn.inc();
+        tracing::warn!(
+            bytes = opened.torn_bytes,
+            "cut a torn record off the audit spool's end (a crash mid-append)"
         );
     }
-    metrics.audit_spool_bytes.set(spool.pending_bytes() as i64);
+    let behind = spool.len() - spool.shipped();
+    if behind > 0 {
+        tracing::info!(
+            bytes = behind,
+            "the audit spool holds records PostgreSQL may not have; shipping them first"
+        );
+    }
+    metrics.audit_spool_bytes.set(i64::try_from(behind).unwrap_or(i64::MAX));
     let (queue, rx) = mpsc::channel(capacity);
-    let writer = tokio::spawn(write(
+    let writer = tokio::spawn(ship(
         rx,
-        db.clone(),
+        db,
         Arc::clone(&spool),
         Arc::clone(&metrics),
         stop.clone(),
     ));
-    let replay = tokio::spawn(replay(db, Arc::clone(&spool), Arc::clone(&metrics), stop));
+    let flusher = tokio::spawn(flush(Arc::clone(&spool), stop));
     let done = tokio::spawn(async move {
         let _ = writer.await;
-        let _ = replay.await;
+        let _ = flusher.await;
     });
     Ok((
         AuditLog {
@@ -140,71 +165,255 @@ pub fn start(
     ))
 }
 
-/// Takes batches off the queue and writes them, or spools them. After `stop`, drains the queue.
-async fn write(
-    mut rx: mpsc::Receiver<Record>,
+/// Flushes the journal to disk every [`FLUSH_EVERY`], and once more at `stop`.
+async fn flush(spool: Arc<Spool>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(FLUSH_EVERY) => false,
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        let spool = Arc::clone(&spool);
+        match tokio::task::spawn_blocking(move || spool.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "the audit spool could not be flushed to disk"),
+            Err(e) => tracing::error!(error = %e, "the audit spool flush did not finish"),
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The writer's position: everything before `shipped` is in PostgreSQL.
+struct Shipping {
+    db: PgPool,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+    shipped: u64,
+    saved: tokio::time::Instant,
+}
+
+impl Shipping {
+    fn advance(&mut self, to: u64) {
+        if to <= self.shipped {
+            return;
+        }
+        self.shipped = to;
+        self.spool.set_shipped(to);
+        if self.saved.elapsed() >= SAVE_SHIPPED_EVERY {
+            self.save();
+        }
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.spool.save_shipped() {
+            tracing::warn!(error = %e, "the audit spool's shipped offset could not be saved");
+        }
+        self.saved = tokio::time::Instant::now();
+    }
+
+    /// Ships from the journal, in order, until it reaches its end or PostgreSQL does not answer.
+    /// Answers whether it reached the end.
+    async fn catch_up(&mut self, stop: &watch::Receiver<bool>) -> bool {
+        loop {
+            let behind = self.spool.len().saturating_sub(self.shipped);
+            self.metrics
+                .audit_spool_bytes
+                .set(i64::try_from(behind).unwrap_or(i64::MAX));
+            if behind == 0 {
+                return true;
+            }
+            if *stop.borrow() {
+                return false;
+            }
+            let (records, end, corrupt) = match self.spool.read(self.shipped, BATCH) {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::error!(error = %e, "the audit spool could not be read");
+                    return false;
+                }
+            };
+            if corrupt > 0 {
+                self.metrics.audit_lost.inc_by(corrupt);
+                tracing::error!(lines = corrupt, "AUDIT RECORDS LOST: unreadable lines in the spool");
+            }
+            if end == self.shipped {
+                // Only part of a line after the shipped offset (an append that failed halfway is
+                // being ended): nothing to ship yet.
+                return false;
+            }
+            match bounded(insert(&self.db, &records)).await {
+                Ok(inserted) => {
+                    self.metrics.audit_replayed.inc_by(records.len() as u64);
+                    self.metrics
+                        .audit_duplicates
+                        .inc_by(records.len() as u64 - inserted);
+                    self.advance(end);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "PostgreSQL does not take the audit spool yet");
+                    return false;
+                }
+            }
+            // Yield between batches, whatever the runtime: the Check path shares the thread.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Ships the queue, or catches up from the journal whenever the queue alone would leave a gap (at
+/// start, after a failed write, after a full queue). After `stop`, ships what is queued once more;
+/// whatever that leaves is in the journal for the next start.
+async fn ship(
+    mut rx: mpsc::Receiver<Entry>,
     db: PgPool,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut shipping = Shipping {
+        shipped: spool.shipped(),
+        db,
+        spool,
+        metrics,
+        saved: tokio::time::Instant::now(),
+    };
+    let mut catching_up = true;
+    let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
+    // An entry taken off the queue that the last batch could not take (it follows a gap).
+    let mut held: Option<Entry> = None;
     loop {
-        let stopping = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => n == 0,
-            _ = stop.wait_for(|stop| *stop) => true,
+        if catching_up {
+            if shipping.catch_up(&stop).await {
+                catching_up = false;
+            } else if *stop.borrow() {
+                break;
+            } else {
+                // Away or slow: the queue's records are in the journal, drop them and try again.
+                drop_queued(&mut rx, &shipping.metrics, &mut held);
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_EVERY) => {}
+                    _ = stop.wait_for(|stop| *stop) => {}
+                }
+                continue;
+            }
+        }
+        if let Some(entry) = held.take() {
+            batch.push(entry);
+        }
+        let stopping = if batch.is_empty() {
+            let received = tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => Some(n),
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            if let Some(n) = received {
+                shipping.metrics.audit_queue_depth.sub(n as i64);
+            }
+            received.is_none_or(|n| n == 0)
+        } else {
+            *stop.borrow()
         };
-        metrics.audit_queue_depth.sub(batch.len() as i64);
         if stopping {
-            // No new records from here on (a late one is spooled by `record`); drain the rest.
+            // No new records from here on (a late one is journaled by `record`); take the rest.
             rx.close();
-            let room = BATCH - batch.len();
+            let room = BATCH.saturating_sub(batch.len());
             if room > 0 {
                 let n = rx.recv_many(&mut batch, room).await;
-                metrics.audit_queue_depth.sub(n as i64);
-            }
-            if batch.is_empty() {
-                return;
+                shipping.metrics.audit_queue_depth.sub(n as i64);
             }
         }
-        // Behind a backlog, a batch joins the spool: records reach Postgres in order.
-        if spool.pending_bytes() > 0 {
-            spill(&spool, &metrics, &batch);
-        } else {
-            // This and what follows for a moment (nothing more once stopping), in one COPY.
-            let outcome = stream(&db, &mut rx, &mut batch, &metrics, &mut stop).await;
-            settle(&db, &spool, &metrics, &batch, outcome).await;
+        // What catching up shipped already is left out. A record after a gap (the queue was full)
+        // means the journal holds records the queue does not: the batch ends there, and the rest is
+        // shipped from the journal.
+        batch.retain(|e| e.span.is_none_or(|s| s.end > shipping.shipped));
+        if let Some(gap) = first_gap(&batch, shipping.shipped) {
+            batch.truncate(gap);
+            catching_up = true;
+        }
+        if !batch.is_empty() {
+            let outcome = stream(
+                &shipping.db,
+                &mut rx,
+                &mut batch,
+                &mut held,
+                shipping.shipped,
+                &shipping.metrics,
+                &mut stop,
+            )
+            .await;
+            settle(&mut shipping, &batch, outcome, &mut catching_up).await;
         }
         batch.clear();
+        if stopping {
+            break;
+        }
     }
+    shipping.save();
+}
+
+/// Takes everything queued off the queue (it is in the journal), keeping the depth right.
+fn drop_queued(rx: &mut mpsc::Receiver<Entry>, metrics: &Metrics, held: &mut Option<Entry>) {
+    *held = None;
+    let mut n = 0;
+    while let Ok(entry) = rx.try_recv() {
+        n += 1;
+        if entry.span.is_none() {
+            metrics.audit_lost.inc();
+            tracing::error!("AUDIT RECORD LOST: not journaled, and PostgreSQL is away");
+        }
+    }
+    metrics.audit_queue_depth.sub(n);
+}
+
+/// The index of the first journaled entry that does not follow on from `shipped` and the journaled
+/// entries before it.
+fn first_gap(batch: &[Entry], shipped: u64) -> Option<usize> {
+    let mut next = shipped;
+    for (i, entry) in batch.iter().enumerate() {
+        if let Some(span) = entry.span {
+            if span.start != next {
+                return Some(i);
+            }
+            next = span.end;
+        }
+    }
+    None
 }
 
 /// Streams `batch`, then whatever arrives during the next [`LINGER`] (sent every [`STREAM_EVERY`], up
-/// to a whole [`BATCH`]), into one `COPY`, and commits it. Everything taken off the queue is in
-/// `batch`, to be spooled if the copy fails. Sending as records come spreads PostgreSQL's work over the
-/// window instead of a burst at its end (a burst takes a core from Envoy on a small machine): the
-/// table's volatile `written_at` default makes PostgreSQL insert each row as it arrives (the migration
-/// that adds it says why). Over TCP, sqlx 0.9.0 leaves Nagle's algorithm on, so the pieces reach
-/// PostgreSQL only as fast as it acknowledges them (up to 40 ms); over a Unix socket they do not wait.
+/// to a whole [`BATCH`]), into one `COPY`, and commits it. An entry that does not follow on from the
+/// batch (a gap: the queue was full) ends the batch and is `held` for the next. Sending as records
+/// come spreads PostgreSQL's work over the window instead of a burst at its end (a burst takes a core
+/// from Envoy on a small machine): the table's volatile `written_at` default makes PostgreSQL insert
+/// each row as it arrives (the migration that adds it says why). Over TCP, sqlx 0.9.0 leaves Nagle's
+/// algorithm on, so the pieces reach PostgreSQL only as fast as it acknowledges them (up to 40 ms);
+/// over a Unix socket they do not wait.
 async fn stream(
     db: &PgPool,
-    rx: &mut mpsc::Receiver<Record>,
-    batch: &mut Vec<Record>,
+    rx: &mut mpsc::Receiver<Entry>,
+    batch: &mut Vec<Entry>,
+    held: &mut Option<Entry>,
+    shipped: u64,
     metrics: &Metrics,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<u64, sqlx::Error> {
     let deadline = tokio::time::Instant::now() + LINGER;
+    let mut next = batch
+        .iter()
+        .rev()
+        .find_map(|e| e.span)
+        .map_or(shipped, |s| s.end);
     let mut conn = bounded(db.acquire()).await?;
     let mut copy = bounded(conn.copy_in_raw(&copy_statement("audit_log"))).await?;
     let mut rows = Vec::with_capacity(BATCH * 256);
     rows.extend_from_slice(COPY_HEADER);
     let mut sent = 0;
     loop {
-        for record in &batch[sent..] {
-            copy_row(&mut rows, record);
+        for entry in &batch[sent..] {
+            copy_row(&mut rows, &entry.record);
         }
         sent = batch.len();
-        if batch.len() >= BATCH {
+        if batch.len() >= BATCH || held.is_some() {
             break;
         }
         if !rows.is_empty() {
@@ -219,11 +428,22 @@ async fn stream(
         let before = batch.len();
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(record) => batch.push(record),
+                Ok(entry) => match entry.span {
+                    Some(span) if span.start != next => {
+                        *held = Some(entry);
+                        break;
+                    }
+                    Some(span) => {
+                        next = span.end;
+                        batch.push(entry);
+                    }
+                    None => batch.push(entry),
+                },
                 Err(_) => break,
             }
         }
-        metrics.audit_queue_depth.sub((batch.len() - before) as i64);
+        let taken = batch.len() - before + usize::from(held.is_some());
+        metrics.audit_queue_depth.sub(taken as i64);
     }
     // The trailer goes with the last rows: a message of its own would wait for the previous one's
     // acknowledgement (Nagle's algorithm; sqlx's connections do not set TCP_NODELAY).
@@ -244,89 +464,38 @@ async fn bounded<T>(what: impl Future<Output = Result<T, sqlx::Error>>) -> Resul
         })
 }
 
-/// Counts a written batch; a batch that met records already stored is inserted again skipping them;
-/// any other failure spools it.
+/// Counts a shipped batch and moves the shipped offset on; a batch that met records already stored
+/// is inserted again skipping them; any other failure leaves the batch to the catch-up from the
+/// journal (a record that is not in the journal is then lost).
 async fn settle(
-    db: &PgPool,
-    spool: &Spool,
-    metrics: &Metrics,
-    batch: &[Record],
+    shipping: &mut Shipping,
+    batch: &[Entry],
     outcome: Result<u64, sqlx::Error>,
+    catching_up: &mut bool,
 ) {
     let outcome = match outcome {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            bounded(insert_skipping_stored(db, &copy_rows(batch))).await
+            let records: Vec<Record> = batch.iter().map(|e| e.record.clone()).collect();
+            bounded(insert_skipping_stored(&shipping.db, &copy_rows(&records))).await
         }
         outcome => outcome,
     };
     match outcome {
-        Ok(_) => metrics.audit_written.inc_by(batch.len() as u64),
-        Err(e) => {
-            tracing::warn!(error = %e, records = batch.len(), "audit write failed; spooling");
-            metrics.audit_write_failures.inc();
-            spill(spool, metrics, batch);
-        }
-    }
-}
-
-fn spill(spool: &Spool, metrics: &Metrics, records: &[Record]) {
-    match spool.append(records) {
-        Ok(()) => {
-            metrics.audit_spooled.inc_by(records.len() as u64);
-            metrics.audit_spool_bytes.set(spool.pending_bytes() as i64);
-        }
-        Err(e) => {
-            metrics.audit_lost.inc_by(records.len() as u64);
-            tracing::error!(error = %e, records = records.len(), "AUDIT RECORDS LOST: the spool could not be written");
-        }
-    }
-}
-
-/// Replays the spool into Postgres whenever it holds anything, until `stop`.
-async fn replay(
-    db: PgPool,
-    spool: Arc<Spool>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        while spool.pending_bytes() > 0 && !*stop.borrow() {
-            let (records, end, corrupt) = match spool.read(BATCH) {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit spool unreadable");
-                    break;
-                }
-            };
-            if corrupt > 0 {
-                metrics.audit_lost.inc_by(corrupt);
-                tracing::error!(
-                    lines = corrupt,
-                    "AUDIT RECORDS LOST: unreadable lines in the spool"
-                );
-            }
-            match bounded(insert(&db, &records)).await {
-                Ok(inserted) => {
-                    if let Err(e) = spool.commit(end) {
-                        tracing::error!(error = %e, "audit spool offset not saved");
-                        break;
-                    }
-                    metrics.audit_replayed.inc_by(records.len() as u64);
-                    metrics
-                        .audit_duplicates
-                        .inc_by(records.len() as u64 - inserted);
-                    metrics.audit_spool_bytes.set(spool.pending_bytes() as i64);
-                    if spool.pending_bytes() == 0 {
-                        tracing::info!("audit spool replayed");
-                    }
-                }
-                // Postgres is still away: try again later.
-                Err(_) => break,
+        Ok(_) => {
+            shipping.metrics.audit_written.inc_by(batch.len() as u64);
+            if let Some(end) = batch.iter().rev().find_map(|e| e.span).map(|s| s.end) {
+                shipping.advance(end);
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(REPLAY_EVERY) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, records = batch.len(), "audit write failed; shipping from the spool when PostgreSQL answers");
+            shipping.metrics.audit_write_failures.inc();
+            let unjournaled = batch.iter().filter(|e| e.span.is_none()).count();
+            if unjournaled > 0 {
+                shipping.metrics.audit_lost.inc_by(unjournaled as u64);
+                tracing::error!(records = unjournaled, "AUDIT RECORDS LOST: not journaled, and PostgreSQL failed");
+            }
+            *catching_up = true;
         }
     }
 }
@@ -476,141 +645,6 @@ fn end_field(out: &mut [u8], start: usize) {
     out[start - 4..start].copy_from_slice(&len.to_be_bytes());
 }
 
-/// The append-only spool: one JSON record per line in `audit.spool`, and in `audit.offset` how many of
-/// its bytes are already in Postgres. Emptied (truncated) once everything is replayed.
-pub struct Spool {
-    path: PathBuf,
-    offset_path: PathBuf,
-    state: Mutex<SpoolState>,
-}
-
-struct SpoolState {
-    file: File,
-    len: u64,
-    replayed: u64,
-}
-
-impl Spool {
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "failed to create the audit spool directory {}",
-                dir.display()
-            )
-        })?;
-        let path = dir.join("audit.spool");
-        let offset_path = dir.join("audit.offset");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&path)
-            .with_context(|| format!("failed to open the audit spool {}", path.display()))?;
-        let len = file.metadata()?.len();
-        let replayed = match std::fs::read_to_string(&offset_path) {
-            Ok(text) => text
-                .trim()
-                .parse::<u64>()
-                .with_context(|| format!("{} is not a byte offset", offset_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e).context("failed to read the audit spool offset"),
-        };
-        anyhow::ensure!(
-            replayed <= len,
-            "{} says {replayed} bytes were replayed, but the spool has {len}",
-            offset_path.display()
-        );
-        Ok(Self {
-            path,
-            offset_path,
-            state: Mutex::new(SpoolState {
-                file,
-                len,
-                replayed,
-            }),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, SpoolState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Bytes not yet replayed.
-    pub fn pending_bytes(&self) -> u64 {
-        let state = self.lock();
-        state.len - state.replayed
-    }
-
-    /// Appends the records and flushes them to disk.
-    pub fn append(&self, records: &[Record]) -> std::io::Result<()> {
-        let mut buffer = Vec::with_capacity(records.len() * 400);
-        for record in records {
-            serde_json::to_writer(&mut buffer, record)?;
-            buffer.push(b'\n');
-        }
-        let mut state = self.lock();
-        state.file.write_all(&buffer)?;
-        state.file.sync_data()?;
-        state.len += buffer.len() as u64;
-        Ok(())
-    }
-
-    /// Up to `max` records after the replayed offset: the records, the offset after them, and how many
-    /// lines could not be read (skipped).
-    pub fn read(&self, max: usize) -> std::io::Result<(Vec<Record>, u64, u64)> {
-        let (start, len) = {
-            let state = self.lock();
-            (state.replayed, state.len)
-        };
-        let mut reader = BufReader::new(File::open(&self.path)?);
-        reader.seek(SeekFrom::Start(start))?;
-        let mut records = Vec::new();
-        let mut corrupt = 0;
-        let mut offset = start;
-        let mut line = String::new();
-        while records.len() < max && offset < len {
-            line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
-            }
-            offset += n as u64;
-            match serde_json::from_str::<Record>(&line) {
-                Ok(record) => records.push(record),
-                Err(_) => corrupt += 1,
-            }
-        }
-        Ok((records, offset, corrupt))
-    }
-
-    /// Marks everything before `offset` as replayed; empties the spool once all of it is.
-    pub fn commit(&self, offset: u64) -> std::io::Result<()> {
-        let mut state = self.lock();
-        if offset >= state.len {
-            state.file.set_len(0)?;
-            state.file.sync_data()?;
-            state.len = 0;
-            state.replayed = 0;
-            match std::fs::remove_file(&self.offset_path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            }
-        } else {
-            edgemesh_core::files::write_atomic(
-                &self.offset_path,
-                offset.to_string().as_bytes(),
-                0o600,
-            )
-            .map_err(std::io::Error::other)?;
-            state.replayed = offset;
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,47 +668,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_spool_gives_back_records_in_order_and_survives_a_restart() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let written: Vec<Record> = (0..5).map(record).collect();
-        {
-            let spool = Spool::open(dir.path()).expect("open");
-            spool.append(&written[..3]).expect("append");
-            spool.append(&written[3..]).expect("append");
-            let (first, end, corrupt) = spool.read(2).expect("read");
-            assert_eq!((first.as_slice(), corrupt), (&written[..2], 0));
-            spool.commit(end).expect("commit");
+    fn entry(n: u32, span: Option<(u64, u64)>) -> Entry {
+        Entry {
+            record: record(n),
+            span: span.map(|(start, end)| Span { start, end }),
         }
-        // Reopened: the two replayed records are not read again.
-        let spool = Spool::open(dir.path()).expect("reopen");
-        let (rest, end, _) = spool.read(100).expect("read");
-        assert_eq!(rest, written[2..]);
-        spool.commit(end).expect("commit");
-        assert_eq!(spool.pending_bytes(), 0);
-        assert_eq!(
-            std::fs::metadata(dir.path().join("audit.spool"))
-                .expect("spool")
-                .len(),
-            0,
-            "emptied once replayed"
-        );
     }
 
     #[test]
-    fn an_unreadable_line_is_counted_and_skipped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spool = Spool::open(dir.path()).expect("open");
-        spool.append(&[record(1)]).expect("append");
-        {
-            let mut state = spool.lock();
-            state.file.write_all(b"{not json\n").expect("write");
-            state.len += 10;
-        }
-        spool.append(&[record(2)]).expect("append");
-        let (records, _, corrupt) = spool.read(10).expect("read");
-        assert_eq!(records.len(), 2);
-        assert_eq!(corrupt, 1);
+    fn a_batch_ends_at_the_first_record_that_does_not_follow_on() {
+        let contiguous = [entry(0, Some((10, 20))), entry(1, None), entry(2, Some((20, 35)))];
+        assert_eq!(first_gap(&contiguous, 10), None);
+        assert_eq!(first_gap(&contiguous, 0), Some(0), "the journal holds 0..10 first");
+        let gap = [entry(0, Some((10, 20))), entry(1, Some((30, 40)))];
+        assert_eq!(first_gap(&gap, 10), Some(1));
+        assert_eq!(first_gap(&[entry(0, None)], 99), None);
     }
 
     #[test]

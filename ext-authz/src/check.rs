@@ -302,7 +302,10 @@ impl Authorizer {
                     self.decisions.insert(facts, decision.clone());
                     decision
                 }
-                Err(deny) => deny,
+                Err(failed) => {
+                    tracing::warn!(%decision_id, error = %failed.error, "policy evaluation failed; denying");
+                    failed.deny
+                }
             },
         };
         Verdict {

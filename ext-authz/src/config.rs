@@ -76,8 +76,9 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub worker_threads: Option<usize>,
 
-    /// Directory of the audit spool: decisions wait there while Postgres is unreachable and are
-    /// replayed, in order, when it is back. Must survive restarts (not a tmpfs) to survive them.
+    /// Directory of the audit spool: every decision is journaled there before its answer leaves, and
+    /// shipped from there, in order, after an outage of Postgres or a crash of ext-authz. Must survive
+    /// restarts (not a tmpfs), and belong to this ext-authz alone (one spool per replica).
     #[arg(
         long,
         env = "EDGEMESH_AUDIT_SPOOL_DIR",
@@ -85,7 +86,7 @@ pub struct Config {
     )]
     pub audit_spool_dir: std::path::PathBuf,
 
-    /// Decisions queued in memory for the audit writer; beyond it they go straight to the spool.
+    /// Decisions queued in memory for the audit writer; beyond it they are shipped from the spool.
     #[arg(long, env = "EDGEMESH_AUDIT_QUEUE", default_value_t = 100_000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub audit_queue: usize,

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod input;
 pub mod metrics;
 pub mod request;
+pub mod spool;
 pub mod startup;
 
 pub use config::Config;

@@ -21,7 +21,7 @@ pub struct Metrics {
     pub audit_queue_depth: IntGauge,
     pub audit_written: IntCounter,
     pub audit_write_failures: IntCounter,
-    pub audit_spooled: IntCounter,
+    pub audit_torn: IntCounter,
     pub audit_replayed: IntCounter,
     pub audit_duplicates: IntCounter,
     pub audit_lost: IntCounter,
@@ -83,19 +83,21 @@ impl Metrics {
         )?;
         let audit_written = IntCounter::new(
             "edgemesh_audit_records_written_total",
-            "Decision records written to Postgres directly.",
+            "Decision records written to Postgres from the queue.",
         )?;
         let audit_write_failures = IntCounter::new(
             "edgemesh_audit_write_failures_total",
-            "Audit batches Postgres did not take in time (spooled instead).",
+            "Audit batches Postgres did not take in time (shipped from the spool instead).",
         )?;
-        let audit_spooled = IntCounter::new(
-            "edgemesh_audit_records_spooled_total",
-            "Decision records appended to the local spool while Postgres was away or slow.",
+        let audit_torn = IntCounter::new(
+            "edgemesh_audit_spool_torn_total",
+            "Torn records cut off the audit spool's end at start (a crash mid-append: their answers \
+             never left).",
         )?;
         let audit_replayed = IntCounter::new(
             "edgemesh_audit_records_replayed_total",
-            "Spooled decision records written to Postgres afterwards.",
+            "Decision records written to Postgres from the spool instead of the queue (after an outage \
+             or a slow write, a full queue, or at start after a crash).",
         )?;
         let audit_duplicates = IntCounter::new(
             "edgemesh_audit_records_duplicate_total",
@@ -103,17 +105,19 @@ impl Metrics {
         )?;
         let audit_lost = IntCounter::new(
             "edgemesh_audit_records_lost_total",
-            "Decision records that could not be written nor spooled. Anything above 0 needs an operator.",
+            "Decision records neither written nor journaled, or unreadable in the spool. Anything above 0 \
+             needs an operator.",
         )?;
         let audit_spool_bytes = IntGauge::new(
             "edgemesh_audit_spool_bytes",
-            "Bytes in the audit spool not yet replayed into Postgres.",
+            "Bytes of the audit spool the writer is behind on, shipping from the spool (0 while it \
+             ships the queue).",
         )?;
         for collector in [
             Box::new(audit_queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(audit_written.clone()),
             Box::new(audit_write_failures.clone()),
-            Box::new(audit_spooled.clone()),
+            Box::new(audit_torn.clone()),
             Box::new(audit_replayed.clone()),
             Box::new(audit_duplicates.clone()),
             Box::new(audit_lost.clone()),
@@ -148,7 +152,7 @@ impl Metrics {
             audit_queue_depth,
             audit_written,
             audit_write_failures,
-            audit_spooled,
+            audit_torn,
             audit_replayed,
             audit_duplicates,
             audit_lost,

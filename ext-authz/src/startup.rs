@@ -138,12 +138,13 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
     grpc::serve(listener, authorizer, health_service, signal).await;
-    // Every decision made is written or spooled before the process ends.
+    // Every decision made is in the spool already; what the writer ships before the process ends
+    // is not shipped again at the next start.
     if tokio::time::timeout(WRITE_TIMEOUT * 5, audit_done)
         .await
         .is_err()
     {
-        tracing::error!("the audit writer did not finish in time; queued decisions may be lost");
+        tracing::warn!("the audit writer did not finish in time; the next start ships the rest from the spool");
     }
     tracing::info!("stopped");
     Ok(())

@@ -63,7 +63,7 @@ pub async fn writer(database_url: &str, records: u64, secs: u64) -> anyhow::Resu
         std::sync::Arc::clone(&metrics),
         stopped,
     )?;
-    let written = || metrics.audit_written.get() + metrics.audit_spooled.get();
+    let written = || metrics.audit_written.get() + metrics.audit_replayed.get();
 
     let started = Instant::now();
     for i in 0..records {
@@ -77,11 +77,11 @@ pub async fn writer(database_url: &str, records: u64, secs: u64) -> anyhow::Resu
     let drain = records as f64 / elapsed.as_secs_f64();
     println!(
         "drain: {records} decisions queued in {:.2} s, all in Postgres after {:.2} s: {:.0} decisions/s \
-         ({} spooled)",
+         ({} from the spool)",
         queued.as_secs_f64(),
         elapsed.as_secs_f64(),
         drain,
-        metrics.audit_spooled.get()
+        metrics.audit_replayed.get()
     );
 
     // Offered load at half the drain rate, in 10 ms ticks; the queue depth is sampled every tick.
@@ -105,8 +105,8 @@ pub async fn writer(database_url: &str, records: u64, secs: u64) -> anyhow::Resu
     }
     println!(
         "steady: {sent} decisions at {rate:.0}/s for {secs} s: queue depth at most {max_depth}, \
-         {} spooled, {} write failures",
-        metrics.audit_spooled.get(),
+         {} from the spool, {} write failures",
+        metrics.audit_replayed.get(),
         metrics.audit_write_failures.get()
     );
     let _ = stop.send(true);

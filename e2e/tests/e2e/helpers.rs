@@ -70,6 +70,12 @@ impl Process {
         self.child.try_wait().expect("wait").is_none()
     }
 
+    /// SIGKILL, as the OOM killer would, and waits for the exit.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("kill -9");
+        let _ = self.child.wait().await;
+    }
+
     /// SIGTERM, then answers whether it exited cleanly within 20 s.
     pub async fn stop(&mut self) -> bool {
         let Some(pid) = self.child.id() else {

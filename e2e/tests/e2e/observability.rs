@@ -114,7 +114,8 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export(
         "edgemesh_authz_cache_invalidations_total",
         "edgemesh_policy_reloads_total",
         "edgemesh_audit_queue_depth",
-        "edgemesh_audit_records_spooled_total",
+        "edgemesh_audit_spool_torn_total",
+        "edgemesh_authz_notify_heartbeat_age_seconds",
         "edgemesh_audit_records_replayed_total",
     ] {
         assert!(names.contains(name), "{name} is not exported");

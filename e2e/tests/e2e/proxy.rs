@@ -46,6 +46,8 @@ pub struct ExtAuthz {
     pub process: Process,
     pub port: u16,
     pub metrics_port: u16,
+    /// How it was started, to start it again.
+    command: Option<Command>,
 }
 
 impl ExtAuthz {
@@ -60,10 +62,13 @@ impl ExtAuthz {
         env: &[(&'static str, String)],
     ) -> Self {
         let metrics_port = free_port();
-        let mut command =
-            Self::command(database_url, (port, metrics_port), policy_dir, clock, state);
-        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        let process = Process::spawn(&mut command);
+        let command = || {
+            let mut command =
+                Self::command(database_url, (port, metrics_port), policy_dir, clock, state);
+            command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+            command
+        };
+        let process = Process::spawn(&mut command());
         wait_until("ext-authz", || async move {
             grpc_health(port).await == Some(ServingStatus::Serving)
         })
@@ -72,7 +77,20 @@ impl ExtAuthz {
             process,
             port,
             metrics_port,
+            command: Some(command()),
         }
+    }
+
+    /// Starts it again, once, as it was started (same ports, state and spool) and waits until
+    /// SERVING.
+    pub async fn restart(&mut self) {
+        let mut command = self.command.take().expect("a command to restart with");
+        self.process = Process::spawn(&mut command);
+        let port = self.port;
+        wait_until("ext-authz", || async move {
+            grpc_health(port).await == Some(ServingStatus::Serving)
+        })
+        .await;
     }
 
     /// Starts ext-authz (gRPC and metrics ports) without waiting for it. `state` holds the CA
@@ -158,6 +176,8 @@ pub struct Options<'a> {
     pub ext_authz_database_url: Option<String>,
     /// More environment for ext-authz.
     pub ext_authz_env: Vec<(&'static str, String)>,
+    /// Files put into ext-authz's audit spool directory before it starts: (name, contents).
+    pub audit_spool_files: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Default for Options<'_> {
@@ -167,6 +187,7 @@ impl Default for Options<'_> {
             clock: None,
             ext_authz_database_url: None,
             ext_authz_env: Vec::new(),
+            audit_spool_files: Vec::new(),
         }
     }
 }
@@ -176,6 +197,12 @@ impl Stack {
         let state_dir = tempfile::tempdir().expect("tempdir");
         let state = state_dir.path();
         let api = ControlApi::start(database_url, state).await;
+        if !options.audit_spool_files.is_empty() {
+            std::fs::create_dir_all(state.join("audit-spool")).expect("spool dir");
+            for (name, contents) in &options.audit_spool_files {
+                std::fs::write(state.join("audit-spool").join(name), contents).expect("spool file");
+            }
+        }
         let ext_authz = ExtAuthz::start(
             options
                 .ext_authz_database_url
