@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -244,6 +245,16 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// Reads the admin token from `path`, or generates one into it (mode 0600) if it does not exist.
 fn load_or_create_admin_token(path: &Path) -> anyhow::Result<String> {
     if path.exists() {
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("failed to read admin token file {}", path.display()))?
+            .permissions()
+            .mode();
+        ensure!(
+            mode & 0o077 == 0,
+            "admin token file {} is readable by others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
         let token = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read admin token file {}", path.display()))?;
         let token = token.trim().to_owned();

@@ -21,7 +21,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/enroll", post(enroll))
 }
 
-#[tracing::instrument(skip_all, fields(device_id = %body.device_id))]
+// The span names the device only once its id is valid: the body's text is the client's.
+#[tracing::instrument(skip_all, fields(device_id = tracing::field::Empty))]
 async fn enroll(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -29,6 +30,9 @@ async fn enroll(
     Json(body): Json<EnrollRequest>,
 ) -> Result<(StatusCode, axum::Json<IssuedCertificate>), ApiError> {
     let requested = DeviceId::parse(&body.device_id).ok();
+    if let Some(device) = &requested {
+        tracing::Span::current().record("device_id", device.as_str());
+    }
     // An address whose enrolments keep being refused (a token being guessed, a broken script) is
     // answered 429 before anything is looked up, and not audited one by one: refusals cannot grow
     // the audit log without bound.

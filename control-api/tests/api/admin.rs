@@ -236,3 +236,33 @@ async fn devices_are_listed_by_status_page_by_page_and_revoked_with_their_certif
         (StatusCode::NOT_FOUND, "unknown_device".to_owned())
     );
 }
+
+/// A long-lived secret in a file others can read is refused at start, as the CA key is.
+#[sqlx::test(migrations = "../migrations")]
+async fn an_admin_token_file_readable_by_others_is_refused_at_start(db: PgPool) {
+    use clap::Parser;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, format!("{}\n", "a".repeat(64))).expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = edgemesh_control_api::Config::try_parse_from([
+        "edgemesh-control-api",
+        "--state-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--admin-token-file",
+        token.to_str().expect("utf-8"),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--device-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--policy-dir",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
+    ])
+    .expect("config");
+    let built = edgemesh_control_api::Application::build_with_pool(&config, db).await;
+    let error = format!("{:#}", built.err().expect("refused"));
+    assert!(error.contains("readable by others"), "{error}");
+}

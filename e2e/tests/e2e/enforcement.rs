@@ -481,3 +481,133 @@ async fn ext_authz_is_not_serving_without_its_database(_pool: PgPoolOptions, db:
     );
     assert!(process.stop().await);
 }
+
+/// A caller that reaches ext-authz's gRPC port directly, with a certificate of its own CA claiming an
+/// enrolled device: the decision is a deny naming no device, so it cannot make audit rows in that
+/// device's name either.
+#[sqlx::test(migrations = false)]
+async fn ext_authz_refuses_a_peer_certificate_the_edgemesh_ca_did_not_sign(
+    _pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    let stack = Stack::start(&database_url(&db), Options::default()).await;
+    let device = stack.device("gus", "admin", "pi-forged").await;
+    stack.report(&device, json!({})).await;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue = rcgen::Issuer::new(ca, rcgen::KeyPair::generate().expect("key"));
+    let (forged, _) = leaf(&rogue, OffsetDateTime::now_utc() + time::Duration::days(1));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        stack.ext_authz.port
+    ))
+    .expect("endpoint")
+    .connect()
+    .await
+    .expect("connect to ext-authz");
+    let mut client = AuthorizationClient::new(channel);
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: "spiffe://edgemesh.local/device/pi-forged".into(),
+                certificate: percent_encoding::utf8_percent_encode(
+                    &forged,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/x".into(),
+                    headers: [(":path".to_owned(), "/api/x".to_owned())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("service".to_owned(), "api".to_owned())].into(),
+            ..Default::default()
+        }),
+    };
+    let answer = client.check(request).await.expect("an answer").into_inner();
+    assert_ne!(answer.status.as_ref().map(|s| s.code), Some(0), "allowed: {answer:?}");
+    let body = match answer.http_response {
+        Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(d)) => d.body,
+        other => panic!("not a denied response: {other:?}"),
+    };
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(
+        body["reasons"],
+        json!(["the client certificate is not issued by the EdgeMesh CA"]),
+        "{body}"
+    );
+    let decision = body["decision_id"].as_str().expect("decision id").to_owned();
+    let pool = PgPoolOptions::new()
+        .connect(&database_url(&db))
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let device_named: Option<String> = loop {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT device_id FROM audit_log WHERE id = $1::uuid")
+                .bind(&decision)
+                .fetch_optional(&pool)
+                .await
+                .expect("query");
+        if let Some((device,)) = row {
+            break device;
+        }
+        assert!(Instant::now() < deadline, "the decision was not audited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(device_named, None, "the audit row names no device");
+}
+
+/// A policy that fails at evaluation (here: it runs past the time limit) denies; the client learns
+/// that evaluation failed, never the engine's error text (that goes to ext-authz's log, with the
+/// decision id).
+#[sqlx::test(migrations = false)]
+async fn a_failing_policy_denies_without_telling_the_client_why_in_engine_terms(
+    _pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let policies = tempfile::tempdir().expect("tempdir");
+    for name in ["authz.rego", "compliance.rego"] {
+        std::fs::copy(
+            crate::helpers::policies_dir().join(name),
+            policies.path().join(name),
+        )
+        .expect("copy policy");
+    }
+    let authz = policies.path().join("authz.rego");
+    let mut rules = std::fs::read_to_string(&authz).expect("read");
+    rules.push_str(
+        "\nallow if {\n\tinput.request.path == \"/database/runaway\"\n\
+         \tcount([x | some x in numbers.range(1, 1000000); x > 0]) < 0\n}\n",
+    );
+    std::fs::write(&authz, rules).expect("write");
+    let options = Options {
+        policy_dir: policies.path().to_owned(),
+        clock: Some(WEDNESDAY_MORNING),
+        ..Options::default()
+    };
+    let stack = Stack::start(&database_url(&db), options).await;
+    let analyst = stack.device("ann", "analyst", "pc-ann").await;
+    stack.report(&analyst, json!({})).await;
+    let answer = stack.get(&analyst, "/database/runaway").await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{answer:?}");
+    assert_eq!(answer.reasons(), ["policy evaluation failed"], "{answer:?}");
+    let body = answer.body.to_string();
+    assert!(
+        !body.contains("limit") && !body.contains("xecution"),
+        "engine text in the deny: {body}"
+    );
+}
