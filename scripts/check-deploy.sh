@@ -33,7 +33,24 @@ for name, s in services.items():
     for p in s.get("ports", []):
         ip = p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]
         assert ip == "127.0.0.1", f"{name} publishes {p} beyond the loopback"
-print("check-deploy: compose services, health checks and loopback-only ports OK")
+# Who can reach whom: each internal network is shared only by a service and its legitimate clients.
+nets = {n: {name for name, s in services.items() if n in (s.get("networks") or {})}
+        for n in ("db", "authz", "upstream", "metrics")}
+want_nets = {
+    "db": {"postgres", "control-api", "ext-authz"},
+    "authz": {"ext-authz", "envoy"},
+    "upstream": {"upstream", "envoy"},
+}
+for n, members in want_nets.items():
+    assert nets[n] == members, f"network {n} joins {sorted(nets[n])}, not {sorted(members)}"
+cfg = yaml.safe_load(open("docker-compose.yml"))["networks"]
+for n in ("db", "authz", "upstream", "metrics"):
+    assert (cfg.get(n) or {}).get("internal") is True, f"network {n} is not internal"
+for name in ("postgres", "upstream", "ext-authz"):
+    assert not services[name].get("ports"), f"{name} publishes a port"
+ext_volumes = " ".join(str(v) for v in services["ext-authz"].get("volumes", []))
+assert "edgemesh-state" not in ext_volumes, "ext-authz mounts the state volume (the CA key)"
+print("check-deploy: compose services, health checks, loopback-only ports and networks OK")
 '
 else
   missing docker-compose "apt-get install docker-compose"
@@ -57,7 +74,14 @@ if [ -x "$envoy" ] && [ -x target/debug/edgemesh-control-api ]; then
   PATH="$ROOT/target/debug:$PATH" ENVOY_INIT_OUT="$tmp/out" ENVOY_INIT_TEMPLATE=envoy/envoy.yaml.in \
     EDGEMESH_STATE_DIR="$tmp/state" EDGEMESH_LOG=warn sh deploy/envoy-init.sh >/dev/null
   "$envoy" --mode validate -c "$tmp/out/envoy.yaml" --log-level error >/dev/null
-  echo "check-deploy: compose's Envoy configuration validates"
+  # Its admin interface (with /quitquitquit) is on the container's loopback only.
+  python3 - "$tmp/out/envoy.yaml" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+admin = config["admin"]["address"]["socket_address"]["address"]
+assert admin == "127.0.0.1", f"compose's Envoy admin listens on {admin}"
+PY
+  echo "check-deploy: compose's Envoy configuration validates; its admin is on loopback"
 else
   missing "envoy or the built binaries" "make test builds and installs them first"
 fi
