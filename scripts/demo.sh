@@ -8,10 +8,9 @@ cd "$ROOT"
 STATE=.edgemesh
 BIN=target/debug
 API=https://127.0.0.1:8444
-TOKEN_FILE=$STATE/admin-token
 
 admin() { # METHOD PATH [JSON]
-  curl -sS --cacert "$STATE/ca.pem" -X "$1" -H "Authorization: Bearer $(cat "$TOKEN_FILE")" \
+  curl -sS --cacert "$STATE/ca.pem" -X "$1" -H @"$STATE/admin-header" \
     -H 'Content-Type: application/json' ${3:+-d "$3"} "$API/api/v1/admin$2"
 }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
@@ -77,8 +76,8 @@ cat <<TXT
 == try it yourself (from $ROOT)
   # the CA bundle, and the devices the control API knows
   curl --cacert .edgemesh/ca.pem $API/api/v1/ca.pem
-  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/devices?limit=5'
-  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" $API/api/v1/admin/devices/demo-pi
+  curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/devices?limit=5'
+  curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header $API/api/v1/admin/devices/demo-pi
 
   # through Envoy with demo-pi's certificate (an admin's): allowed, and the upstream echoes the identity
   # EdgeMesh vouched for
@@ -87,7 +86,7 @@ cat <<TXT
   curl --cacert $ANALYST_DIR/ca.pem --cert $ANALYST_DIR/cert.pem --key $ANALYST_DIR/key.pem https://localhost:10000/database/x
 
   # the audit trail of both, newest first
-  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/audit?device=demo-analyst-pi&limit=5'
+  curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/audit?device=demo-analyst-pi&limit=5'
 
   # the simulator's other scenarios (see edgemesh-simulator --help)
   $BIN/edgemesh-simulator --devices 60 --duration 30s --scenario revocation --revocations 10
@@ -102,7 +101,7 @@ cat <<TXT
   $BIN/edgemesh-agent --state-dir $DEVICE_DIR run
 
   # its health history, as the control API stored it
-  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" '$API/api/v1/admin/devices/demo-pi/health?limit=5'
+  curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/devices/demo-pi/health?limit=5'
 
   # renew demo-pi's certificate over mTLS, with the agent or with curl and the device's own certificate
   $BIN/edgemesh-agent --state-dir $DEVICE_DIR renew
@@ -113,7 +112,7 @@ cat <<TXT
        https://127.0.0.1:8443/api/v1/renew
 
   # revoke it; its next request through Envoy is a 403, its next renewal is refused
-  curl --cacert .edgemesh/ca.pem -H "Authorization: Bearer \$(cat .edgemesh/admin-token)" -X POST $API/api/v1/admin/devices/demo-pi/revoke
+  curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header -X POST $API/api/v1/admin/devices/demo-pi/revoke
 
   make down   # stop everything
 TXT

@@ -43,15 +43,36 @@ pg_base() {
   readlink -f "$base"
 }
 
-# The services reach PostgreSQL over its Unix socket: no TCP stack on the path, and no wait for
-# acknowledgements between the pieces of the audit's streamed COPY (sqlx 0.9.0 leaves Nagle's
-# algorithm on for TCP).
-export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-postgres://postgres@localhost/edgemesh?host=$(pg_base)/run&port=$PG_PORT}
+# Every connection to the cluster authenticates with a password (scram-sha-256), also on its Unix
+# socket. The passwords are generated into pgpass files (0600) beside the cluster, one per role, which
+# libpq and sqlx read through PGPASSFILE: no password is on a command line or in a URL. The superuser's
+# file is for the stack's own scripts, migrations and the tests; each service gets its own role's.
+pgpass() { printf '%s/pgpass%s' "$(pg_base)" "${1:+-$1}"; }
+export PGPASSFILE=${PGPASSFILE:-$(pgpass)}
+
+# A database URL for `role` (default: the superuser) over the cluster's Unix socket: no TCP stack on the
+# path, and no wait for acknowledgements between the pieces of the audit's streamed COPY (sqlx 0.9.0
+# leaves Nagle's algorithm on for TCP).
+db_url() { printf 'postgres://%s@localhost/%s?host=%s/run&port=%s' "${1:-postgres}" "${2:-edgemesh}" "$(pg_base)" "$PG_PORT"; }
+export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-$(db_url)}
+
+# new_password FILE ROLE: a fresh random password for ROLE, in a pgpass file of its own (0600).
+new_password() {
+  local pw
+  pw=$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)
+  (umask 077; printf '*:*:*:%s:%s\n' "$2" "$pw" >"$1")
+}
+# password_of FILE: the password a pgpass file holds.
+password_of() { cut -d: -f5- "$1"; }
 
 pg_running() {
   local base; base=$(pg_base)
   [ -f "$base/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$base/data" status >/dev/null 2>&1
 }
+
+# psql as the superuser over the socket, with the superuser's pgpass; SQL on stdin (a password in it is
+# in no command line).
+pg_sql() { "$PG_BIN/psql" -h "$(pg_base)/run" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
 
 db_up() {
   [ -x "$PG_BIN/postgres" ] || die "PostgreSQL 15 binaries not found in $PG_BIN (set EDGEMESH_PG_BIN)"
@@ -59,20 +80,47 @@ db_up() {
   mkdir -p "$base/run"
   if [ "$(id -u)" -eq 0 ]; then chown postgres: "$base" "$base/run"; fi
   if [ ! -f "$base/data/PG_VERSION" ]; then
-    log "initialising a PostgreSQL cluster in $base/data"
-    as_pg "$PG_BIN/initdb" -D "$base/data" -U postgres -A trust -E UTF8 --no-locale >"$base/initdb.log" 2>&1 \
-      || { cat "$base/initdb.log" >&2; die "initdb failed"; }
+    log "initialising a PostgreSQL cluster in $base/data (password authentication, scram-sha-256)"
+    new_password "$(pgpass)" postgres
+    # initdb reads the superuser's password from a file it can read, removed right after.
+    local pwfile; pwfile=$(mktemp)
+    password_of "$(pgpass)" >"$pwfile"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$pwfile"; fi
+    as_pg "$PG_BIN/initdb" -D "$base/data" -U postgres -A scram-sha-256 --pwfile="$pwfile" -E UTF8 --no-locale \
+      >"$base/initdb.log" 2>&1 || { rm -f "$pwfile"; cat "$base/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$pwfile"
   fi
   if ! pg_running; then
     as_pg "$PG_BIN/pg_ctl" -D "$base/data" -l "$base/postgres.log" -w -t 60 \
       -o "-p $PG_PORT -k $base/run -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null \
       || { tail -20 "$base/postgres.log" >&2; die "PostgreSQL did not start"; }
   fi
-  if ! as_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
-      "SELECT 1 FROM pg_database WHERE datname = 'edgemesh'" postgres | grep -q 1; then
-    as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edgemesh
+  if grep -Eq '^[^#]*[[:space:]]trust([[:space:]]|$)' "$base/data/pg_hba.conf"; then
+    # A cluster made before the stack used passwords: give the superuser one, then require them.
+    log "switching the PostgreSQL cluster in $base/data to password authentication"
+    [ -s "$(pgpass)" ] || new_password "$(pgpass)" postgres
+    printf "ALTER ROLE postgres PASSWORD '%s';\n" "$(password_of "$(pgpass)")" \
+      | as_pg "$PG_BIN/psql" -h "$base/run" -p "$PG_PORT" -U postgres -qtA -f - postgres >/dev/null
+    printf 'local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n' \
+      | as_pg tee "$base/data/pg_hba.conf" >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$base/data" reload >/dev/null
   fi
-  log "postgres       127.0.0.1:$PG_PORT (database edgemesh, data $base/data)"
+  if ! pg_sql -c "SELECT 1 FROM pg_database WHERE datname = 'edgemesh'" postgres | grep -q 1; then
+    pg_sql -c "CREATE DATABASE edgemesh" postgres
+  fi
+  log "postgres       127.0.0.1:$PG_PORT (database edgemesh, data $base/data, superuser's password in $(pgpass))"
+}
+
+# The services' least-privilege roles (created by the migrations, without login) get a login and a
+# password each, generated once.
+db_roles() {
+  local role file
+  for role in control-api ext-authz; do
+    file=$(pgpass "$role")
+    [ -s "$file" ] || new_password "$file" "edgemesh_${role//-/_}"
+    printf "ALTER ROLE %s LOGIN PASSWORD '%s';\n" "edgemesh_${role//-/_}" "$(password_of "$file")" \
+      | pg_sql -f - edgemesh >/dev/null
+  done
 }
 
 db_down() {
@@ -150,14 +198,22 @@ up() {
   envoy_install
   # The same build as `make test` (all targets), so neither rebuilds what the other built.
   (cd "$ROOT" && cargo build --workspace --all-targets --quiet)
+  # The migrations run as the superuser; the services connect as their own roles.
+  "$PROFILE_DIR/edgemesh-control-api" migrate
+  db_roles
   start control-api \
     "curl -sf --cacert '$STATE/ca.pem' https://127.0.0.1:8444/healthz" \
-    env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api"
+    env EDGEMESH_STATE_DIR="$STATE" EDGEMESH_MIGRATE=false \
+      EDGEMESH_DATABASE_URL="$(db_url edgemesh_control_api)" PGPASSFILE="$(pgpass control-api)" \
+      "$PROFILE_DIR/edgemesh-control-api"
+  # The admin token as a header file for `curl -H @file`: the token stays out of every command line.
+  (umask 077; printf 'Authorization: Bearer %s\n' "$(cat "$STATE/admin-token")" >"$STATE/admin-header")
   # One worker thread: next to Envoy on a small machine it costs less CPU per Check than one per core
   # (BENCHMARKS.md); set EDGEMESH_EXT_AUTHZ_WORKERS to change it.
   start ext-authz "bash -c '</dev/tcp/127.0.0.1/9191'" \
     env EDGEMESH_EXT_AUTHZ_WORKERS="${EDGEMESH_EXT_AUTHZ_WORKERS:-1}" EDGEMESH_AUDIT_SPOOL_DIR="$STATE/audit-spool" \
       EDGEMESH_CA_CERT="$STATE/ca.pem" \
+      EDGEMESH_DATABASE_URL="$(db_url edgemesh_ext_authz)" PGPASSFILE="$(pgpass ext-authz)" \
       "$PROFILE_DIR/edgemesh-ext-authz" serve
   start upstream "curl -sf http://127.0.0.1:8081/" \
     "$PROFILE_DIR/edgemesh-simulator" upstream --listen 127.0.0.1:8081
@@ -173,7 +229,7 @@ up() {
   log "envoy          https://127.0.0.1:10000 (/api /database /storage /analytics, mTLS)  admin http://127.0.0.1:9901 (loopback only)  stats http://127.0.0.1:9903/stats/prometheus"
   log "ext-authz      127.0.0.1:9191 (gRPC)  metrics http://127.0.0.1:9192/metrics  audit spool $STATE/audit-spool"
   log "CA certificate $STATE/ca.pem (fingerprint $(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f))"
-  log "admin token    $STATE/admin-token"
+  log "admin token    $STATE/admin-token (as a curl header: -H @$STATE/admin-header)"
   log "logs           $LOGS/"
 }
 

@@ -17,6 +17,8 @@ trap cleanup EXIT
 scripts/stack.sh test-tools-install
 export EDGEMESH_ENVOY_BIN=${EDGEMESH_ENVOY_BIN:-$ROOT/.venv/bin/envoy}
 export EDGEMESH_PYTHON=${EDGEMESH_PYTHON:-$ROOT/.venv/bin/python3}
+# The cluster requires passwords: the superuser's is in its pgpass file, which sqlx and psql read.
+export PGPASSFILE=${PGPASSFILE:-$ROOT/.edgemesh/pg/pgpass}
 export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 # One build for the binaries the end-to-end tests run and for the tests themselves: building all targets
 # unifies the dev-dependencies' features, so the test run below reuses every artifact (and so does

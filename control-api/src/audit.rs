@@ -176,29 +176,14 @@ pub async fn maintain(
         return Ok(done);
     };
     let cutoff = now - time::Duration::days(i64::from(keep_days));
-    let partitions: Vec<(String,)> = sqlx::query_as(
-        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'audit_log'::regclass ORDER BY 1",
-    )
-    .fetch_all(db)
-    .await?;
-    for (name,) in partitions {
-        // A partition can go once its whole month is older than the cutoff.
-        let Some(first) = parse_partition_name(&name) else {
-            continue;
-        };
-        if next_month(first).midnight().assume_utc() <= cutoff {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
-                .execute(db)
-                .await
-                .with_context(|| format!("failed to drop audit partition {name}"))?;
-            done.dropped.push(name);
-        }
-    }
-    sqlx::query("DELETE FROM audit_log_default WHERE occurred_at < $1")
+    // Dropping runs as the tables' owner (the function is SECURITY DEFINER): the control API's own
+    // role may not drop or delete audit records.
+    let dropped: Vec<(String,)> = sqlx::query_as("SELECT edgemesh_audit_retain($1)")
         .bind(cutoff)
-        .execute(db)
-        .await?;
+        .fetch_all(db)
+        .await
+        .context("failed to drop audit partitions past the retention")?;
+    done.dropped.extend(dropped.into_iter().map(|(name,)| name));
     Ok(done)
 }
 
@@ -244,17 +229,6 @@ fn partition_name(first: Date) -> String {
     )
 }
 
-/// The first day of the month an `audit_log_pYYYYMM` partition holds; `None` for any other name.
-fn parse_partition_name(name: &str) -> Option<Date> {
-    let digits = name.strip_prefix("audit_log_p")?;
-    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let year: i32 = digits[..4].parse().ok()?;
-    let month: u8 = digits[4..].parse().ok()?;
-    Date::from_calendar_date(year, Month::try_from(month).ok()?, 1).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use time::macros::date;
@@ -262,16 +236,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partition_names_round_trip_and_months_roll_over() {
+    fn partition_names_and_months_roll_over() {
         assert_eq!(partition_name(date!(2026 - 12 - 01)), "audit_log_p202612");
-        assert_eq!(
-            parse_partition_name("audit_log_p202612"),
-            Some(date!(2026 - 12 - 01))
-        );
+        assert_eq!(partition_name(date!(2027 - 01 - 01)), "audit_log_p202701");
         assert_eq!(next_month(date!(2026 - 12 - 01)), date!(2027 - 01 - 01));
         assert_eq!(first_of_month(date!(2026 - 11 - 22)), date!(2026 - 11 - 01));
-        assert_eq!(parse_partition_name("audit_log_default"), None);
-        assert_eq!(parse_partition_name("audit_log_p202613"), None);
-        assert_eq!(parse_partition_name("audit_log_p2026121"), None);
     }
 }

@@ -139,7 +139,9 @@ impl Application {
             retention,
             limits: Limits {
                 max_connections: config.max_connections,
-                header_read_timeout: std::time::Duration::from_secs(config.header_read_timeout_secs),
+                header_read_timeout: std::time::Duration::from_secs(
+                    config.header_read_timeout_secs,
+                ),
                 idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs),
             },
             api_tls: Arc::new(api_tls),

@@ -92,7 +92,9 @@ fn pinned_ca(pem: String, pin: &str) -> anyhow::Result<String> {
     let der = match items.as_slice() {
         [rustls_pemfile::Item::X509Certificate(der)] => der,
         [] => anyhow::bail!("the control API served no CA certificate"),
-        [_] => anyhow::bail!("the control API served a PEM item that is not a certificate as its CA"),
+        [_] => {
+            anyhow::bail!("the control API served a PEM item that is not a certificate as its CA")
+        }
         more => anyhow::bail!(
             "the control API served {} PEM items where the pinned CA certificate alone was expected: \
              refusing to trust any of them",

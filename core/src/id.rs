@@ -108,8 +108,16 @@ mod tests {
             ("a b", Err(InvalidId::BadCharacter), "space"),
             ("é", Err(InvalidId::BadCharacter), "non-ASCII"),
             ("a\n", Err(InvalidId::BadCharacter), "newline"),
-            (".", Err(InvalidId::DotSegment), "SPIFFE forbids the dot segment"),
-            ("..", Err(InvalidId::DotSegment), "SPIFFE forbids the dot-dot segment"),
+            (
+                ".",
+                Err(InvalidId::DotSegment),
+                "SPIFFE forbids the dot segment",
+            ),
+            (
+                "..",
+                Err(InvalidId::DotSegment),
+                "SPIFFE forbids the dot-dot segment",
+            ),
             ("...", Ok(()), "three dots are a name"),
             (".a", Ok(()), "a leading dot is a name"),
         ];

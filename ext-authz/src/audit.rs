@@ -101,7 +101,10 @@ impl AuditLog {
     pub fn record(&self, record: Record) {
         let queued = self.spool.append(record, |record, span| {
             let journaled = span.is_some();
-            (self.queue.try_send(Entry { record, span }).is_ok(), journaled)
+            (
+                self.queue.try_send(Entry { record, span }).is_ok(),
+                journaled,
+            )
         });
         match queued {
             (true, _) => self.metrics.audit_queue_depth.inc(),
@@ -134,14 +137,16 @@ pub fn start(
             "cut a torn record off the audit spool's end (a crash mid-append)"
         );
     }
-    let behind = spool.len() - spool.shipped();
+    let behind = spool.end() - spool.shipped();
     if behind > 0 {
         tracing::info!(
             bytes = behind,
             "the audit spool holds records PostgreSQL may not have; shipping them first"
         );
     }
-    metrics.audit_spool_bytes.set(i64::try_from(behind).unwrap_or(i64::MAX));
+    metrics
+        .audit_spool_bytes
+        .set(i64::try_from(behind).unwrap_or(i64::MAX));
     let (queue, rx) = mpsc::channel(capacity);
     let writer = tokio::spawn(ship(
         rx,
@@ -175,7 +180,9 @@ async fn flush(spool: Arc<Spool>, mut stop: watch::Receiver<bool>) {
         let spool = Arc::clone(&spool);
         match tokio::task::spawn_blocking(move || spool.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "the audit spool could not be flushed to disk"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the audit spool could not be flushed to disk")
+            }
             Err(e) => tracing::error!(error = %e, "the audit spool flush did not finish"),
         }
         if stopping {
@@ -216,7 +223,7 @@ impl Shipping {
     /// Answers whether it reached the end.
     async fn catch_up(&mut self, stop: &watch::Receiver<bool>) -> bool {
         loop {
-            let behind = self.spool.len().saturating_sub(self.shipped);
+            let behind = self.spool.end().saturating_sub(self.shipped);
             self.metrics
                 .audit_spool_bytes
                 .set(i64::try_from(behind).unwrap_or(i64::MAX));
@@ -235,7 +242,10 @@ impl Shipping {
             };
             if corrupt > 0 {
                 self.metrics.audit_lost.inc_by(corrupt);
-                tracing::error!(lines = corrupt, "AUDIT RECORDS LOST: unreadable lines in the spool");
+                tracing::error!(
+                    lines = corrupt,
+                    "AUDIT RECORDS LOST: unreadable lines in the spool"
+                );
             }
             if end == self.shipped {
                 // Only part of a line after the shipped offset (an append that failed halfway is
@@ -493,7 +503,10 @@ async fn settle(
             let unjournaled = batch.iter().filter(|e| e.span.is_none()).count();
             if unjournaled > 0 {
                 shipping.metrics.audit_lost.inc_by(unjournaled as u64);
-                tracing::error!(records = unjournaled, "AUDIT RECORDS LOST: not journaled, and PostgreSQL failed");
+                tracing::error!(
+                    records = unjournaled,
+                    "AUDIT RECORDS LOST: not journaled, and PostgreSQL failed"
+                );
             }
             *catching_up = true;
         }
@@ -677,9 +690,17 @@ mod tests {
 
     #[test]
     fn a_batch_ends_at_the_first_record_that_does_not_follow_on() {
-        let contiguous = [entry(0, Some((10, 20))), entry(1, None), entry(2, Some((20, 35)))];
+        let contiguous = [
+            entry(0, Some((10, 20))),
+            entry(1, None),
+            entry(2, Some((20, 35))),
+        ];
         assert_eq!(first_gap(&contiguous, 10), None);
-        assert_eq!(first_gap(&contiguous, 0), Some(0), "the journal holds 0..10 first");
+        assert_eq!(
+            first_gap(&contiguous, 0),
+            Some(0),
+            "the journal holds 0..10 first"
+        );
         let gap = [entry(0, Some((10, 20))), entry(1, Some((30, 40)))];
         assert_eq!(first_gap(&gap, 10), Some(1));
         assert_eq!(first_gap(&[entry(0, None)], 99), None);

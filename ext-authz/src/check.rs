@@ -376,8 +376,14 @@ fn service_label(service: Option<&str>) -> &'static str {
 /// (those are overwritten): any `x-edgemesh-*` in any case, and spellings with underscores, which
 /// CGI-style upstreams (WSGI, Rack, PHP) read as the same `HTTP_X_EDGEMESH_*` variable as ours.
 fn passes_for_ours(name: &str) -> bool {
-    let normalised = name.to_ascii_lowercase().replace('_', "-");
-    normalised.starts_with("x-edgemesh-")
+    // Compared byte by byte, without making a normalised copy of every header name of every request.
+    const PREFIX: &[u8] = b"x-edgemesh-";
+    let bytes = name.as_bytes();
+    bytes.len() >= PREFIX.len()
+        && bytes.iter().zip(PREFIX).all(|(b, p)| {
+            let b = b.to_ascii_lowercase();
+            b == *p || (b == b'_' && *p == b'-')
+        })
         && ![DEVICE_HEADER, USER_HEADER, ROLE_HEADER, DECISION_HEADER].contains(&name)
 }
 

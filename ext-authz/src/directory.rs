@@ -218,7 +218,8 @@ impl Directory {
         .bind(device)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some((id, device_type, status, os, os_version, owner_id, role, enrolled_at)) = row else {
+        let Some((id, device_type, status, os, os_version, owner_id, role, enrolled_at)) = row
+        else {
             return Ok(None);
         };
         let certificates = sqlx::query_as::<_, (String, String, Option<OffsetDateTime>)>(

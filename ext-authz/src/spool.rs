@@ -95,7 +95,10 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, cutting off a torn last line.
     pub fn open(dir: &Path) -> anyhow::Result<(Self, Opened)> {
         std::fs::create_dir_all(dir).with_context(|| {
-            format!("failed to create the audit spool directory {}", dir.display())
+            format!(
+                "failed to create the audit spool directory {}",
+                dir.display()
+            )
         })?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("failed to restrict {}", dir.display()))?;
@@ -221,7 +224,7 @@ impl Spool {
     }
 
     /// The offset after the last record appended.
-    pub fn len(&self) -> u64 {
+    pub fn end(&self) -> u64 {
         self.lock().len
     }
 
@@ -237,7 +240,10 @@ impl Spool {
             let mut state = self.lock();
             state.shipped = state.shipped.max(offset);
             let shipped = state.shipped;
-            let keep_from = state.segments.partition_point(|b| *b <= shipped).saturating_sub(1);
+            let keep_from = state
+                .segments
+                .partition_point(|b| *b <= shipped)
+                .saturating_sub(1);
             state.segments.drain(..keep_from).collect()
         };
         for base in done {
@@ -265,7 +271,10 @@ impl Spool {
     pub fn flush(&self) -> std::io::Result<()> {
         let (current, closed) = {
             let mut state = self.lock();
-            (Arc::clone(&state.file), std::mem::take(&mut state.unflushed))
+            (
+                Arc::clone(&state.file),
+                std::mem::take(&mut state.unflushed),
+            )
         };
         for file in closed {
             file.sync_data()?;
@@ -383,7 +392,10 @@ mod tests {
             let (spool, opened) = Spool::open(dir.path()).expect("open");
             assert_eq!(opened, Opened::default());
             let spans: Vec<Span> = written.iter().map(|r| append(&spool, r)).collect();
-            assert!(spans.windows(2).all(|w| w[0].end == w[1].start), "{spans:?}");
+            assert!(
+                spans.windows(2).all(|w| w[0].end == w[1].start),
+                "{spans:?}"
+            );
             let (first, end, corrupt) = spool.read(0, 2).expect("read");
             assert_eq!((first.as_slice(), corrupt), (&written[..2], 0));
             assert_eq!(end, spans[1].end);
@@ -397,7 +409,7 @@ mod tests {
         });
         let (rest, end, _) = spool.read(spool.shipped(), 100).expect("read");
         assert_eq!(rest, written[2..]);
-        assert_eq!(end, spool.len());
+        assert_eq!(end, spool.end());
     }
 
     #[test]
@@ -415,7 +427,7 @@ mod tests {
         drop(file);
         let (spool, opened) = Spool::open(dir.path()).expect("reopen");
         assert_eq!(opened.torn_bytes, 16);
-        assert_eq!(spool.len(), whole);
+        assert_eq!(spool.end(), whole);
         let (records, end, corrupt) = spool.read(0, 100).expect("read");
         assert_eq!((records.len(), end, corrupt), (2, whole, 0));
         // Appending goes on at a line's start.
@@ -431,7 +443,7 @@ mod tests {
         spool.lock().write(b"{not json\n").expect("write");
         append(&spool, &record(2));
         let (records, end, corrupt) = spool.read(0, 10).expect("read");
-        assert_eq!((records.len(), corrupt, end), (2, 1, spool.len()));
+        assert_eq!((records.len(), corrupt, end), (2, 1, spool.end()));
     }
 
     #[test]
@@ -475,7 +487,11 @@ mod tests {
         std::fs::write(dir.path().join(LEGACY_OFFSET), lines[0].len().to_string()).expect("write");
         let (spool, _) = Spool::open(dir.path()).expect("open");
         let (records, _, _) = spool.read(spool.shipped(), 100).expect("read");
-        assert_eq!(records.len(), 2, "the replayed first record is not read again");
+        assert_eq!(
+            records.len(),
+            2,
+            "the replayed first record is not read again"
+        );
         assert!(!dir.path().join(LEGACY_SPOOL).exists());
     }
 }

@@ -144,7 +144,9 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("the audit writer did not finish in time; the next start ships the rest from the spool");
+        tracing::warn!(
+            "the audit writer did not finish in time; the next start ships the rest from the spool"
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -272,8 +272,14 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             ref ca_cert,
             ref ca_key,
         } => {
-            memory_bench::memory(database_url, ext_authz, metrics, milestones, (ca_cert, ca_key))
-                .await
+            memory_bench::memory(
+                database_url,
+                ext_authz,
+                metrics,
+                milestones,
+                (ca_cert, ca_key),
+            )
+            .await
         }
         Command::Upstream { listen, plain } => upstream::serve(listen, plain).await,
         Command::NoopAuthz { listen } => noop_authz::serve(listen).await,

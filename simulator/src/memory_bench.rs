@@ -8,8 +8,7 @@ use anyhow::{Context, ensure};
 use edgemesh_core::cert::CertInfo;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use rcgen::{
-    CertificateParams, DnType, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
-    SanType, SerialNumber,
+    CertificateParams, DnType, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;

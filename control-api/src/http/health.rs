@@ -269,4 +269,3 @@ async fn history(
         serde_json::json!({ "device_id": id.as_str(), "reports": reports }),
     ))
 }
-

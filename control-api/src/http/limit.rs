@@ -98,6 +98,9 @@ mod tests {
         assert_eq!(limiter.exhausted("ip", start), None, "one left");
         assert!(limiter.take("ip", start).is_ok());
         assert_eq!(limiter.exhausted("ip", start), Some(2));
-        assert_eq!(limiter.exhausted("ip", start + Duration::from_secs(2)), None);
+        assert_eq!(
+            limiter.exhausted("ip", start + Duration::from_secs(2)),
+            None
+        );
     }
 }

@@ -551,7 +551,12 @@ async fn the_token_is_checked_before_the_csr(db: PgPool) {
 async fn refused_enrollments_are_rate_limited_per_address(db: PgPool) {
     let app = crate::helpers::spawn_app_with(
         db,
-        &["--enroll-refusal-burst", "3", "--enroll-refusal-rate", "0.01"],
+        &[
+            "--enroll-refusal-burst",
+            "3",
+            "--enroll-refusal-rate",
+            "0.01",
+        ],
     )
     .await;
     let csr = DeviceKey::generate()
@@ -587,7 +592,9 @@ async fn refused_enrollments_are_rate_limited_per_address(db: PgPool) {
     assert_eq!(audited, 3, "only the refusals within the burst are audited");
     // Until the bucket refills, even a good token from that address is answered 429.
     let token = app.create_token("hana", 1).await;
-    let response = app.enroll_raw(Some(&token), &enroll_body("dev-z", &csr)).await;
+    let response = app
+        .enroll_raw(Some(&token), &enroll_body("dev-z", &csr))
+        .await;
     assert_eq!(
         error_code(response).await,
         (StatusCode::TOO_MANY_REQUESTS, "rate_limited".to_owned())

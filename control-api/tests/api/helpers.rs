@@ -87,7 +87,8 @@ trait ConfigExt {
 impl ConfigExt for Config {
     fn try_parse_from_args(args: &[&str]) -> Config {
         use clap::Parser;
-        Config::try_parse_from(std::iter::once(&"edgemesh-control-api").chain(args)).expect("config")
+        Config::try_parse_from(std::iter::once(&"edgemesh-control-api").chain(args))
+            .expect("config")
     }
 }
 

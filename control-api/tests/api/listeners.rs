@@ -53,7 +53,11 @@ async fn read_response(tls: &mut TlsStream<TcpStream>) -> (u16, String) {
             .await
             .expect("answer within 10 s")
             .expect("read");
-        assert!(n > 0, "connection closed mid-answer: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed mid-answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -72,7 +76,12 @@ async fn closed_within(tls: &mut TlsStream<TcpStream>, limit: Duration) -> Optio
 async fn a_client_that_never_finishes_its_headers_is_disconnected(db: PgPool) {
     let app = spawn_app_with(
         db,
-        &["--enroll-refusal-burst", "1000", "--header-read-timeout-secs", "2"],
+        &[
+            "--enroll-refusal-burst",
+            "1000",
+            "--header-read-timeout-secs",
+            "2",
+        ],
     )
     .await;
     // Twenty half-sent requests on the admin listener (no client certificate needed there): the
@@ -136,23 +145,25 @@ async fn connections_beyond_the_cap_are_closed(db: PgPool) {
     // A slot is free again once the server has seen the close.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(mut tls) = connect(&app, &app.api, None).await {
-            if tls
+        if let Ok(mut tls) = connect(&app, &app.api, None).await
+            && tls
                 .write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
                 .await
                 .is_ok()
+        {
+            let mut buf = [0u8; 12];
+            if tokio::time::timeout(Duration::from_secs(2), tls.read_exact(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok())
+                && buf.starts_with(b"HTTP/1.1 200")
             {
-                let mut buf = [0u8; 12];
-                if tokio::time::timeout(Duration::from_secs(2), tls.read_exact(&mut buf))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-                    && buf.starts_with(b"HTTP/1.1 200")
-                {
-                    break;
-                }
+                break;
             }
         }
-        assert!(Instant::now() < deadline, "no connection served after one closed");
+        assert!(
+            Instant::now() < deadline,
+            "no connection served after one closed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -206,7 +217,9 @@ async fn a_certificate_that_expires_on_a_kept_alive_connection_is_refused(db: Pg
         u64::try_from(left.whole_milliseconds()).unwrap_or(0) + 500,
     ))
     .await;
-    tls.write_all(request).await.expect("send on the same connection");
+    tls.write_all(request)
+        .await
+        .expect("send on the same connection");
     let (status, body) = read_response(&mut tls).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("certificate_expired"), "{body}");

@@ -162,7 +162,12 @@ async fn renew_as(app: &TestApp, cert_pem: &str, key_pem: &str, device: &str) ->
 }
 
 /// What the device listener answers `cert_pem` (a renewal attempt with a fresh key).
-async fn answer_for(app: &TestApp, cert_pem: &str, key_pem: &str, device: &str) -> (StatusCode, String) {
+async fn answer_for(
+    app: &TestApp,
+    cert_pem: &str,
+    key_pem: &str,
+    device: &str,
+) -> (StatusCode, String) {
     let client = https_client(&app.ca_pem, Some((cert_pem, key_pem)));
     let response = renew(&client, app, device).await.expect("request");
     if response.status() == StatusCode::OK {
@@ -209,13 +214,19 @@ async fn revoking_a_certificate_revokes_what_was_renewed_from_it(db: PgPool) {
             .unwrap_or_else(|| panic!("{serial} listed: {detail}"))
             .clone()
     };
-    assert_eq!(by_serial(&third.serial)["renewed_from"], second.serial.as_str());
+    assert_eq!(
+        by_serial(&third.serial)["renewed_from"],
+        second.serial.as_str()
+    );
     assert_eq!(by_serial(&second.serial)["renewed_from"], first.as_str());
     assert!(by_serial(&first)["renewed_from"].is_null());
 
     // The operator learns the first key was stolen and revokes its serial: the whole line goes.
     let response = app
-        .admin_post(&format!("/certificates/{first}/revoke"), json!({"reason": "key stolen"}))
+        .admin_post(
+            &format!("/certificates/{first}/revoke"),
+            json!({"reason": "key stolen"}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let revoked: serde_json::Value = response.json().await.expect("json");
@@ -232,8 +243,7 @@ async fn revoking_a_certificate_revokes_what_was_renewed_from_it(db: PgPool) {
     .fetch_one(&app.db)
     .await
     .expect("audited");
-    let mut descendants: Vec<String> =
-        serde_json::from_value(descendants).expect("serial list");
+    let mut descendants: Vec<String> = serde_json::from_value(descendants).expect("serial list");
     descendants.sort();
     let mut expected = vec![second.serial.clone(), third.serial.clone()];
     expected.sort();
@@ -261,17 +271,28 @@ async fn a_certificate_renews_once_and_its_predecessor_retires_after_the_overlap
             .send()
             .await
             .expect("renew");
-        assert_eq!(response.status(), StatusCode::OK, "same key: the same answer");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "same key: the same answer"
+        );
         let body: serde_json::Value = response.json().await.expect("json");
         issued.push(body["certificate_pem"].as_str().expect("pem").to_owned());
     }
-    assert_eq!(issued[0], issued[1], "a retry gets the certificate already issued");
+    assert_eq!(
+        issued[0], issued[1],
+        "a retry gets the certificate already issued"
+    );
     let before = app.snapshot().await;
     assert_eq!(
         answer_for(&app, &device.cert_pem, &device.key_pem, "pi-once").await,
         (StatusCode::CONFLICT, "already_renewed".to_owned())
     );
-    assert_eq!(app.snapshot().await, before, "a refused renewal writes nothing");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a refused renewal writes nothing"
+    );
 
     // After the overlap, the predecessor is retired.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
@@ -285,7 +306,11 @@ async fn a_certificate_renews_once_and_its_predecessor_retires_after_the_overlap
 
 #[sqlx::test(migrations = "../migrations")]
 async fn renewals_per_device_are_rate_limited(db: PgPool) {
-    let app = spawn_app_with(db, &["--renewals-per-hour", "2", "--renewal-overlap-secs", "0"]).await;
+    let app = spawn_app_with(
+        db,
+        &["--renewals-per-hour", "2", "--renewal-overlap-secs", "0"],
+    )
+    .await;
     let token = app.create_token("jo", 1).await;
     let device = app.enroll(&token, "pi-rate").await;
     let first = renew_as(&app, &device.cert_pem, &device.key_pem, "pi-rate").await;

@@ -232,7 +232,10 @@ async fn decisions_made_while_postgres_is_down_are_spooled_and_replayed_exactly_
     assert_eq!(stored.len(), decisions.len(), "one record per decision");
     assert_eq!(unique, decisions.iter().collect::<HashSet<_>>());
     let replayed = metric(&metrics, "edgemesh_audit_records_replayed_total");
-    assert!(replayed > 0.0, "the outage was shipped from the spool:\n{metrics}");
+    assert!(
+        replayed > 0.0,
+        "the outage was shipped from the spool:\n{metrics}"
+    );
     assert_eq!(metric(&metrics, "edgemesh_audit_records_lost_total"), 0.0);
     eprintln!(
         "postgres outage: {} decisions ({statuses:?}), {replayed} shipped from the spool",
@@ -248,7 +251,8 @@ async fn a_spool_with_a_torn_last_line_is_trimmed_and_ext_authz_keeps_answering(
     _pool: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let now_us = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).expect("now");
+    let now_us =
+        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).expect("now");
     let ids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     let mut spool = String::new();
     for (i, id) in ids.iter().enumerate() {
@@ -279,11 +283,18 @@ async fn a_spool_with_a_torn_last_line_is_trimmed_and_ext_authz_keeps_answering(
     let pool = PgPool::connect(&database_url(&db)).await.expect("connect");
     let stored = authorization_ids(&pool, 7).await;
     for id in ids {
-        assert!(stored.contains(&id.to_string()), "{id} from the spool: {stored:?}");
+        assert!(
+            stored.contains(&id.to_string()),
+            "{id} from the spool: {stored:?}"
+        );
     }
     assert_eq!(stored.len(), 7, "two from the spool, five new");
     let metrics = stack.ext_authz_metrics().await;
-    assert_eq!(metric(&metrics, "edgemesh_audit_spool_torn_total"), 1.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "edgemesh_audit_spool_torn_total"),
+        1.0,
+        "{metrics}"
+    );
     assert_eq!(metric(&metrics, "edgemesh_audit_records_lost_total"), 0.0);
 }
 
@@ -302,7 +313,10 @@ async fn no_decision_a_client_saw_is_lost_when_ext_authz_is_killed_under_load(
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..CLIENTS {
-        let (client, url) = (device.client.clone(), format!("{}/api/load", stack.envoy_url));
+        let (client, url) = (
+            device.client.clone(),
+            format!("{}/api/load", stack.envoy_url),
+        );
         let (seen, stop) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&stop));
         clients.spawn(async move {
             let mut unanswered = 0u64;
@@ -343,7 +357,11 @@ async fn no_decision_a_client_saw_is_lost_when_ext_authz_is_killed_under_load(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
     let seen = seen.lock().expect("seen").clone();
-    assert!(killed > 100 && seen.len() > killed + 100, "load before and after: {killed}, {}", seen.len());
+    assert!(
+        killed > 100 && seen.len() > killed + 100,
+        "load before and after: {killed}, {}",
+        seen.len()
+    );
 
     let pool = PgPool::connect(&database_url(&db)).await.expect("connect");
     let deadline = Instant::now() + Duration::from_secs(30);

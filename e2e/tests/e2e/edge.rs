@@ -68,7 +68,11 @@ fn parse(answer: &[u8]) -> Raw {
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Raw {
         status,
         body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
@@ -244,7 +248,10 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected(
         String::from_utf8_lossy(&answer)
     );
     let text = String::from_utf8_lossy(&answer);
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -260,8 +267,19 @@ async fn envoy_shows_its_stats_but_not_its_admin_interface_beyond_loopback(
         .await
         .expect("stats");
     assert_eq!(stats.status(), 200);
-    assert!(stats.text().await.expect("text").contains("envoy_server_live"));
-    for path in ["/quitquitquit", "/config_dump", "/stats", "/stats/prometheus/../config_dump"] {
+    assert!(
+        stats
+            .text()
+            .await
+            .expect("text")
+            .contains("envoy_server_live")
+    );
+    for path in [
+        "/quitquitquit",
+        "/config_dump",
+        "/stats",
+        "/stats/prometheus/../config_dump",
+    ] {
         let answer = http
             .post(format!("{}{path}", stack.envoy_stats))
             .send()
@@ -270,6 +288,9 @@ async fn envoy_shows_its_stats_but_not_its_admin_interface_beyond_loopback(
         assert_eq!(answer.status(), 404, "{path}");
     }
     // Envoy is still up.
-    let ready = http.get(format!("{}/ready", stack.envoy_admin)).send().await;
+    let ready = http
+        .get(format!("{}/ready", stack.envoy_admin))
+        .send()
+        .await;
     assert!(ready.is_ok_and(|r| r.status().is_success()));
 }

@@ -196,7 +196,10 @@ async fn health_decides(_pool: PgPoolOptions, db: PgConnectOptions) {
     stack.report(&admin, json!({})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while stack.get(&admin, "/api/x").await.status != StatusCode::OK {
-        assert!(Instant::now() < deadline, "the healthy report was not enforced");
+        assert!(
+            Instant::now() < deadline,
+            "the healthy report was not enforced"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -538,9 +541,17 @@ async fn ext_authz_refuses_a_peer_certificate_the_edgemesh_ca_did_not_sign(
         }),
     };
     let answer = client.check(request).await.expect("an answer").into_inner();
-    assert_ne!(answer.status.as_ref().map(|s| s.code), Some(0), "allowed: {answer:?}");
+    assert_ne!(
+        answer.status.as_ref().map(|s| s.code),
+        Some(0),
+        "allowed: {answer:?}"
+    );
     let body = match answer.http_response {
-        Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(d)) => d.body,
+        Some(
+            envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(
+                d,
+            ),
+        ) => d.body,
         other => panic!("not a denied response: {other:?}"),
     };
     let body: serde_json::Value = serde_json::from_str(&body).expect("json body");
@@ -549,7 +560,10 @@ async fn ext_authz_refuses_a_peer_certificate_the_edgemesh_ca_did_not_sign(
         json!(["the client certificate is not issued by the EdgeMesh CA"]),
         "{body}"
     );
-    let decision = body["decision_id"].as_str().expect("decision id").to_owned();
+    let decision = body["decision_id"]
+        .as_str()
+        .expect("decision id")
+        .to_owned();
     let pool = PgPoolOptions::new()
         .connect(&database_url(&db))
         .await

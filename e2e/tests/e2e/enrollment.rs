@@ -276,13 +276,36 @@ print(svid.spiffe_id)
             "{round}"
         );
         if round == "enrolled" {
-            let run = agent(
-                dir,
-                &["renew", "--server", &api.device_api],
-                &[],
-            )
-            .await;
+            let run = agent(dir, &["renew", "--server", &api.device_api], &[]).await;
             assert!(run.success, "renew: {}", run.stderr);
         }
     }
+}
+
+/// The enrolment token is taken from a file or the environment, never from the command line, where
+/// every user of the machine could read it.
+#[tokio::test]
+async fn the_agent_refuses_an_enrollment_token_on_its_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = agent(
+        dir.path(),
+        &[
+            "enroll",
+            "--token",
+            "emt_secret",
+            "--ca-fingerprint",
+            &"ab".repeat(32),
+            "--device-id",
+            "pi-argv",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("unexpected argument '--token'"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }

@@ -110,14 +110,21 @@ impl ControlApi {
     }
 
     /// Starts on given (API, device) ports: a restart keeps its clients' addresses.
-    pub async fn start_on(
+    pub async fn start_on(database_url: &str, state_dir: &Path, ports: (u16, u16)) -> Self {
+        Self::start_with(database_url, state_dir, ports, &[]).await
+    }
+
+    /// `start_on` with more environment.
+    pub async fn start_with(
         database_url: &str,
         state_dir: &Path,
         (api_port, device_port): (u16, u16),
+        env: &[(&str, &str)],
     ) -> Self {
         let metrics_port = free_port();
         let process = Process::spawn(
             Command::new(bin("edgemesh-control-api"))
+                .envs(env.iter().copied())
                 .env(
                     "EDGEMESH_CONTROL_API_METRICS_LISTEN",
                     format!("127.0.0.1:{metrics_port}"),

@@ -25,7 +25,12 @@ fn serial_of(device: &Device) -> String {
 }
 
 /// Polls `path` as `device` until the answer satisfies `done` (30 s at most).
-async fn until<F: Fn(&Answer) -> bool>(stack: &Stack, device: &Device, path: &str, done: F) -> Answer {
+async fn until<F: Fn(&Answer) -> bool>(
+    stack: &Stack,
+    device: &Device,
+    path: &str,
+    done: F,
+) -> Answer {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = stack.get(device, path).await;
@@ -68,7 +73,10 @@ async fn a_renewed_certificate_falls_with_the_revocation_of_the_one_it_came_from
             json!({"reason": "key stolen"}),
         )
         .await;
-    let denied = until(&stack, &device, "/api/x", |a| a.status == StatusCode::FORBIDDEN).await;
+    let denied = until(&stack, &device, "/api/x", |a| {
+        a.status == StatusCode::FORBIDDEN
+    })
+    .await;
     assert!(
         denied.reasons().iter().any(|r| r.contains("revoked")),
         "{denied:?}"
@@ -121,7 +129,10 @@ async fn a_device_id_enrolled_again_inherits_no_other_owner_and_no_old_health(
         client: client_of(fresh.path()),
         dir: fresh,
     };
-    let answer = until(&stack, &reborn, "/api/x", |a| a.status == StatusCode::FORBIDDEN).await;
+    let answer = until(&stack, &reborn, "/api/x", |a| {
+        a.status == StatusCode::FORBIDDEN
+    })
+    .await;
     assert_eq!(
         answer.reasons(),
         ["the device has never reported its health"],

@@ -104,7 +104,11 @@ async fn a_revocation_behind_a_frozen_listener_is_enforced_within_the_heartbeat_
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = stack.get(&device, "/api/x").await;
-        if answer.reasons().iter().any(|r| r.contains("revoked") || r.contains("not active")) {
+        if answer
+            .reasons()
+            .iter()
+            .any(|r| r.contains("revoked") || r.contains("not active"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "last answer: {answer:?}");

@@ -11,5 +11,6 @@ mod identity;
 mod listener;
 mod observability;
 mod postgres;
+mod privileges;
 mod proxy;
 mod simulator;

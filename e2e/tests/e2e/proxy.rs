@@ -139,6 +139,47 @@ impl ExtAuthz {
     }
 }
 
+/// Migrates `database_url`'s database as its (super)user, then answers URLs for the control API and
+/// ext-authz that log in as roles of this database's own, members of the least-privilege roles.
+pub async fn least_privilege_urls(database_url: &str) -> (String, String) {
+    let migrated = std::process::Command::new(bin("edgemesh-control-api"))
+        .arg("migrate")
+        .env("EDGEMESH_DATABASE_URL", database_url)
+        .env("EDGEMESH_LOG", "warn")
+        .status()
+        .expect("migrate");
+    assert!(migrated.success(), "migrations");
+    let pool = sqlx::PgPool::connect(database_url).await.expect("connect");
+    let (_, database) = database_url.rsplit_once('/').expect("a database");
+    let tag: String = database
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let mut urls = Vec::new();
+    for (prefix, group) in [("ca", "edgemesh_control_api"), ("ea", "edgemesh_ext_authz")] {
+        let login = format!("{prefix}_{tag}");
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        // Roles are per cluster: one per test database, made again if a database name recurs.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DO $$ BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{login}') THEN
+                     ALTER ROLE {login} LOGIN PASSWORD '{password}';
+                 ELSE
+                     CREATE ROLE {login} LOGIN PASSWORD '{password}' IN ROLE {group};
+                 END IF;
+             END $$"
+        )))
+        .execute(&pool)
+        .await
+        .expect("login role");
+        let (scheme_user, host) = database_url.split_once('@').expect("a user");
+        let (scheme, _) = scheme_user.split_once("://").expect("a scheme");
+        urls.push(format!("{scheme}://{login}:{password}@{host}"));
+    }
+    (urls[0].clone(), urls[1].clone())
+}
+
 /// The gRPC health status ext-authz reports, if it answers.
 pub async fn grpc_health(port: u16) -> Option<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
@@ -165,6 +206,8 @@ pub struct Stack {
     pub envoy_admin: String,
     /// Envoy's stats-only listener (`/stats/prometheus`).
     pub envoy_stats: String,
+    /// The database URLs the control API and ext-authz connect with.
+    pub database_urls: (String, String),
     _upstream: Process,
     pub state_dir: tempfile::TempDir,
 }
@@ -178,6 +221,10 @@ pub struct Options<'a> {
     pub ext_authz_env: Vec<(&'static str, String)>,
     /// Files put into ext-authz's audit spool directory before it starts: (name, contents).
     pub audit_spool_files: Vec<(&'static str, Vec<u8>)>,
+    /// The migrations run as the superuser, then the control API and ext-authz connect as login
+    /// roles of their least-privilege roles (`edgemesh_control_api`, `edgemesh_ext_authz`), as in
+    /// `make up`.
+    pub least_privilege: bool,
 }
 
 impl Default for Options<'_> {
@@ -188,6 +235,7 @@ impl Default for Options<'_> {
             ext_authz_database_url: None,
             ext_authz_env: Vec::new(),
             audit_spool_files: Vec::new(),
+            least_privilege: false,
         }
     }
 }
@@ -196,7 +244,23 @@ impl Stack {
     pub async fn start(database_url: &str, options: Options<'_>) -> Self {
         let state_dir = tempfile::tempdir().expect("tempdir");
         let state = state_dir.path();
-        let api = ControlApi::start(database_url, state).await;
+        let (api_url, authz_url) = if options.least_privilege {
+            least_privilege_urls(database_url).await
+        } else {
+            (database_url.to_owned(), database_url.to_owned())
+        };
+        let migrate = if options.least_privilege {
+            "false"
+        } else {
+            "true"
+        };
+        let api = ControlApi::start_with(
+            &api_url,
+            state,
+            (free_port(), free_port()),
+            &[("EDGEMESH_MIGRATE", migrate)],
+        )
+        .await;
         if !options.audit_spool_files.is_empty() {
             std::fs::create_dir_all(state.join("audit-spool")).expect("spool dir");
             for (name, contents) in &options.audit_spool_files {
@@ -207,7 +271,7 @@ impl Stack {
             options
                 .ext_authz_database_url
                 .as_deref()
-                .unwrap_or(database_url),
+                .unwrap_or(&authz_url),
             free_port(),
             &options.policy_dir,
             options.clock,
@@ -295,6 +359,7 @@ impl Stack {
             envoy_url: format!("https://127.0.0.1:{listen_port}"),
             envoy_admin,
             envoy_stats: format!("http://127.0.0.1:{stats_port}"),
+            database_urls: (api_url, authz_url),
             _upstream: upstream,
             state_dir,
         }

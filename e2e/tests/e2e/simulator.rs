@@ -78,7 +78,14 @@ async fn every_attack_is_refused_and_the_run_succeeds(_pool: PgPoolOptions, db: 
             "certificate from another CA",
             "expired certificate of the EdgeMesh CA",
             "spoofed identity headers",
-            "health report for another device"
+            "health report for another device",
+            "path spelling /api/../database/attack",
+            "path spelling /api/%2e%2e/database/attack",
+            "path spelling /api/..%2fdatabase/attack",
+            "path spelling /api/..%5cdatabase/attack",
+            "path spelling //database/attack",
+            "identity header spelt with underscores",
+            "renewed certificate outliving its revoked original",
         ]
     );
     assert!(attacks.iter().all(|a| a["refused"] == true), "{attacks:#?}");
@@ -93,7 +100,7 @@ async fn every_attack_is_refused_and_the_run_succeeds(_pool: PgPoolOptions, db: 
         "{traffic}"
     );
     assert!(
-        run.stdout.contains("attacks: 5 tried, 5 refused"),
+        run.stdout.contains("attacks: 12 tried, 12 refused"),
         "{}",
         run.stdout
     );
