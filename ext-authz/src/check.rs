@@ -282,11 +282,17 @@ impl Authorizer {
                 Some(&peer),
             );
         };
+        // The handshake checked the validity period once; a kept-alive connection outlives it. (The
+        // real clock, like revocation: validity is not a what-if.)
+        let now = OffsetDateTime::now_utc();
+        if peer.not_after <= now {
+            return deny("the client certificate has expired".to_owned(), Some(&peer));
+        }
         let facts = Facts::new(
             request,
             &peer,
             &record,
-            certificate.revoked(OffsetDateTime::now_utc()),
+            certificate.revoked(now),
             self.settings.clock.now(),
         );
         // The same facts make the same input document, so a decision made under the policies in force

@@ -172,8 +172,10 @@ pub fn reason_label(allow: bool, reasons: &[String]) -> &'static str {
     if allow {
         return "none";
     }
-    const LABELS: [(&str, &str); 16] = [
+    const LABELS: [(&str, &str); 18] = [
         ("no client certificate", "no_identity"),
+        ("not issued by the EdgeMesh CA", "no_identity"),
+        ("has expired", "expired"),
         ("names no device", "no_identity"),
         ("no usable device identity", "no_identity"),
         ("does not parse", "no_identity"),
@@ -252,6 +254,11 @@ mod tests {
             "role"
         );
         assert_eq!(label(&["device pi-9 is not enrolled"]), "not_enrolled");
+        assert_eq!(label(&["the client certificate has expired"]), "expired");
+        assert_eq!(
+            label(&["the client certificate is not issued by the EdgeMesh CA"]),
+            "no_identity"
+        );
         assert_eq!(label(&["something new"]), "other");
     }
 }

@@ -294,3 +294,115 @@ async fn envoy_shows_its_stats_but_not_its_admin_interface_beyond_loopback(
         .await;
     assert!(ready.is_ok_and(|r| r.status().is_success()));
 }
+
+/// Reads one HTTP/1.1 answer with a Content-Length off a kept-alive connection: (status, body).
+async fn read_answer(tls: &mut TlsStream<TcpStream>) -> (u16, Value) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("status");
+                let body = &buf[end + 4..end + 4 + length];
+                return (status, serde_json::from_slice(body).unwrap_or(Value::Null));
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(n > 0, "Envoy closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The handshake checked the certificate's validity once; a request after its expiry on the same
+/// kept-alive connection through Envoy is denied, cache or not.
+#[sqlx::test(migrations = false)]
+async fn a_certificate_that_expires_on_a_kept_alive_connection_through_envoy_is_denied(
+    _pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let stack = Stack::start(&database_url(&db), Options::default()).await;
+    let device = stack.device("root", "admin", "pc-root").await;
+    stack.report(&device, json!({})).await;
+    // A certificate of the EdgeMesh CA for the same device, on record, valid for 3 more seconds.
+    let state = stack.state_dir.path();
+    let read = |name: &str| std::fs::read_to_string(state.join(name)).expect(name);
+    let ca = rcgen::Issuer::from_ca_cert_pem(
+        &read("ca.pem"),
+        rcgen::KeyPair::from_pem(&read("ca-key.pem")).expect("CA key"),
+    )
+    .expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://edgemesh.local/device/pc-root"
+            .try_into()
+            .expect("uri"),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::seconds(3);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x41; 16]));
+    let cert = params.signed_by(&key, &ca).expect("sign");
+    let info = edgemesh_core::cert::CertInfo::from_der(cert.der()).expect("info");
+    let pool = PgPoolOptions::new()
+        .connect(&database_url(&db))
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO certificates (serial, device_id, fingerprint, not_before, not_after, certificate_pem)
+         VALUES ($1, 'pc-root', $2, $3, $4, $5)",
+    )
+    .bind(&info.serial)
+    .bind(&info.fingerprint)
+    .bind(info.not_before)
+    .bind(info.not_after)
+    .bind(cert.pem())
+    .execute(&pool)
+    .await
+    .expect("record");
+    let shortlived = Device {
+        client: reqwest::Client::new(),
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    for (name, contents) in [
+        ("ca.pem", read("ca.pem")),
+        ("cert.pem", cert.pem()),
+        ("key.pem", key.serialize_pem()),
+    ] {
+        std::fs::write(shortlived.dir.path().join(name), contents).expect("write");
+    }
+    let mut tls = connect(&stack, &shortlived).await;
+    let request = b"GET /api/x HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
+    tls.write_all(request).await.expect("send");
+    let (status, body) = read_answer(&mut tls).await;
+    assert_eq!(status, 200, "allowed while valid: {body}");
+    let left = info.not_after - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(left.whole_milliseconds()).unwrap_or(0) + 500,
+    ))
+    .await;
+    tls.write_all(request)
+        .await
+        .expect("send on the same connection");
+    let (status, body) = read_answer(&mut tls).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["reasons"],
+        json!(["the client certificate has expired"]),
+        "{body}"
+    );
+}
