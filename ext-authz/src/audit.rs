@@ -659,10 +659,11 @@ fn end_field(out: &mut [u8], start: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(n: u32) -> Record {
+    /// A decision record for tests, told apart by `n`.
+    pub(crate) fn record(n: u32) -> Record {
         Record {
             id: Uuid::new_v4(),
             at_us: 1_763_800_000_000_000 + i64::from(n),

@@ -359,26 +359,7 @@ fn cut_torn_tail(file: &File) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
-
-    fn record(n: u32) -> Record {
-        Record {
-            id: Uuid::new_v4(),
-            at_us: 1_763_800_000_000_000 + i64::from(n),
-            device: Some(format!("pi-{n}")),
-            user: None,
-            role: None,
-            service: Some("api".to_owned()),
-            method: Some("GET".to_owned()),
-            path: Some("/api/x".to_owned()),
-            allow: n.is_multiple_of(2),
-            reasons: vec!["a reason, with \"quotes\"\nand a newline".to_owned()],
-            policy_version: "v1".to_owned(),
-            serial: None,
-            latency_us: 80,
-            peer: None,
-        }
-    }
+    use crate::audit::tests::record;
 
     fn append(spool: &Spool, record: &Record) -> Span {
         spool.append(record.clone(), |_, span| span.expect("appended"))
