@@ -26,10 +26,12 @@ if command -v docker-compose >/dev/null; then
   docker-compose -f docker-compose.yml config | python3 -c '
 import sys, yaml
 services = yaml.safe_load(sys.stdin)["services"]
-want = {"postgres", "control-api", "ext-authz", "upstream", "envoy-init", "envoy", "prometheus", "grafana"}
+want = {"db-secrets", "postgres", "db-roles", "db-migrate", "control-api", "ext-authz", "upstream",
+        "envoy-init", "envoy", "prometheus", "grafana"}
+one_shots = {"db-secrets", "db-roles", "db-migrate", "envoy-init"}
 assert set(services) == want, f"compose services {sorted(services)} != {sorted(want)}"
 for name, s in services.items():
-    assert name == "envoy-init" or "healthcheck" in s, f"{name} has no health check"
+    assert name in one_shots or "healthcheck" in s, f"{name} has no health check"
     for p in s.get("ports", []):
         ip = p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0]
         assert ip == "127.0.0.1", f"{name} publishes {p} beyond the loopback"
@@ -37,7 +39,7 @@ for name, s in services.items():
 nets = {n: {name for name, s in services.items() if n in (s.get("networks") or {})}
         for n in ("db", "authz", "upstream", "metrics")}
 want_nets = {
-    "db": {"postgres", "control-api", "ext-authz"},
+    "db": {"postgres", "control-api", "ext-authz", "db-roles", "db-migrate"},
     "authz": {"ext-authz", "envoy"},
     "upstream": {"upstream", "envoy"},
 }
@@ -50,11 +52,60 @@ for name in ("postgres", "upstream", "ext-authz"):
     assert not services[name].get("ports"), f"{name} publishes a port"
 ext_volumes = " ".join(str(v) for v in services["ext-authz"].get("volumes", []))
 assert "edgemesh-state" not in ext_volumes, "ext-authz mounts the state volume (the CA key)"
-print("check-deploy: compose services, health checks, loopback-only ports and networks OK")
+# PostgreSQL requires passwords; the services log in as their own least-privilege roles, each reading
+# only its own password file.
+pg = services["postgres"]["environment"]
+assert "POSTGRES_HOST_AUTH_METHOD" in pg and pg["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256", pg
+assert pg.get("POSTGRES_PASSWORD_FILE"), "postgres has no password file"
+assert "POSTGRES_PASSWORD" not in pg, "the superuser password is in the compose file"
+for name, role in (("control-api", "edgemesh_control_api"), ("ext-authz", "edgemesh_ext_authz")):
+    env = services[name]["environment"]
+    url = env["EDGEMESH_DATABASE_URL"]
+    user = url.split("@")[0]
+    assert user == f"postgres://{role}", f"{name} connects as {user}"
+    assert env.get("PGPASSFILE"), f"{name} has no password file"
+assert str(services["control-api"]["environment"].get("EDGEMESH_MIGRATE")) == "false"
+readers = {
+    "db-secret-postgres": {"db-secrets", "postgres", "db-roles", "db-migrate"},
+    "db-secret-control-api": {"db-secrets", "db-roles", "control-api"},
+    "db-secret-ext-authz": {"db-secrets", "db-roles", "ext-authz"},
+}
+for volume, allowed in readers.items():
+    source = lambda v: v.get("source") if isinstance(v, dict) else str(v).split(":")[0]
+    mounted = {name for name, s in services.items()
+               if any(source(v) == volume for v in s.get("volumes", []))}
+    assert mounted == allowed, f"{volume} is mounted by {sorted(mounted)}, not {sorted(allowed)}"
+print("check-deploy: compose services, health checks, loopback-only ports, networks and database roles OK")
 '
 else
   missing docker-compose "apt-get install docker-compose"
 fi
+
+# compose's database secrets step, outside Docker: one password per role, files private, and a second run
+# keeps them (a restart must not lock the services out).
+tmp_secrets=$(mktemp -d)
+DB_INIT_SECRETS="$tmp_secrets" sh deploy/db-init.sh secrets >/dev/null
+first=$(cat "$tmp_secrets"/*/pgpass)
+DB_INIT_SECRETS="$tmp_secrets" sh deploy/db-init.sh secrets >/dev/null
+[ "$first" = "$(cat "$tmp_secrets"/*/pgpass)" ] || { echo "check-deploy: db-init secrets changed the passwords on a re-run" >&2; exit 1; }
+python3 - "$tmp_secrets" <<'PY'
+import os, stat, sys
+root = sys.argv[1]
+seen = set()
+for name, role in (("postgres", "postgres"), ("control-api", "edgemesh_control_api"), ("ext-authz", "edgemesh_ext_authz")):
+    path = os.path.join(root, name, "pgpass")
+    host, port, db, user, password = open(path).read().rstrip("\n").split(":", 4)
+    assert (host, port, db, user) == ("*", "*", "*", role), path
+    assert len(password) == 32 and password.isalnum(), f"{path}: a weak password"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, f"{path} is not 0600"
+    seen.add(password)
+raw = os.path.join(root, "postgres", "password")
+assert stat.S_IMODE(os.stat(raw).st_mode) == 0o400, f"{raw} is not 0400"
+assert open(raw).read().strip() in seen
+assert len(seen) == 3, "two roles share a password"
+PY
+rm -rf "$tmp_secrets"
+echo "check-deploy: compose's database secrets are generated once, private, one per role"
 
 # Every image built from the Dockerfile runs as uid 10001: the runtime stage sets it, the service
 # stages build on it, and nothing switches back.

@@ -1,7 +1,7 @@
 //! The decision audit trail, written without ever making a Check wait and without losing a record.
 //!
 //! The Check path hands each decision to [`AuditLog::record`] before its answer leaves: the record is
-//! appended to the local spool (a journal, [`crate::spool`]; one `write(2)`, no `fsync`) and queued for
+//! appended to the local spool (a journal, [`crate::spool`]; a copy into a mapped file, no `fsync`) and queued for
 //! the writer (never waiting). A record in the journal survives the process: after a SIGKILL or an
 //! OOM kill, the next start ships what the journal holds beyond the last offset known to be in
 //! PostgreSQL. One writer task ships the queue in order, streaming each [`LINGER`] window of records
@@ -14,8 +14,8 @@
 //! A crash of the whole machine can take what the kernel had not written to disk: the journal is
 //! flushed every [`FLUSH_EVERY`], so at most that long of decisions, less what PostgreSQL had already
 //! committed (it commits every [`LINGER`] while it is up). A record that could be neither journaled nor
-//! shipped (a full disk while PostgreSQL is away) is counted as lost and logged as an error; so is an
-//! unreadable line in the journal.
+//! shipped (a full disk, so no next journal segment, while PostgreSQL is away) is counted as lost and
+//! logged as an error; so is an unreadable line in the journal.
 
 use std::future::Future;
 use std::path::Path;
@@ -248,8 +248,8 @@ impl Shipping {
                 );
             }
             if end == self.shipped {
-                // Only part of a line after the shipped offset (an append that failed halfway is
-                // being ended): nothing to ship yet.
+                // Nothing whole after the shipped offset (appends are whole, so only a journal
+                // changed behind ext-authz's back): nothing to ship.
                 return false;
             }
             match bounded(insert(&self.db, &records)).await {
