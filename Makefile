@@ -1,5 +1,5 @@
 # The interface of the local stack. See README.md.
-.PHONY: up down demo test bench status lint
+.PHONY: up down reset demo test bench status lint
 
 # Start PostgreSQL and the EdgeMesh services in the background (state, logs and pids in .edgemesh/).
 up:
@@ -8,6 +8,11 @@ up:
 # Stop everything `make up` started.
 down:
 	@scripts/stack.sh down
+
+# Start from scratch: stop everything and remove the local state (.edgemesh/: the CA, the database, the
+# audit spool, the demo identities). Envoy in .venv/ and the build stay.
+reset: down
+	rm -rf .edgemesh
 
 status:
 	@scripts/stack.sh status

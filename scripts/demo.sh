@@ -15,53 +15,95 @@ admin() { # METHOD PATH [JSON]
 }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
+# identity_problem DIR DEVICE: why the identity stored in DIR cannot be used (nothing if it can): missing,
+# not issued by this CA or expired (a new CA after `rm -rf .edgemesh`), unknown to the control API (a new
+# database), the device or the certificate revoked.
+read -r -d '' CHECK_DEVICE <<'PY' || true
+import json, sys
+serial, answer = sys.argv[1].lower().lstrip("0"), json.loads(sys.argv[2])
+if "error" in answer:
+    print("the control API does not know the device")
+elif answer["status"] != "active":
+    print("the device is " + answer["status"])
+else:
+    certs = [c for c in answer["certificates"] if c["serial"].lower().lstrip("0") == serial]
+    if not certs:
+        print("the control API does not know its certificate")
+    elif certs[0]["revoked_at"] is not None:
+        print("its certificate was revoked or replaced (" + (certs[0]["revocation_reason"] or "no reason") + ")")
+PY
+identity_problem() {
+  local dir=$1 device=$2
+  if [ ! -f "$dir/cert.pem" ]; then echo "none is stored"; return; fi
+  if ! openssl verify -CAfile "$STATE/ca.pem" "$dir/cert.pem" >/dev/null 2>&1; then
+    echo "its certificate is expired or not issued by this CA"; return
+  fi
+  local serial; serial=$(openssl x509 -in "$dir/cert.pem" -noout -serial | cut -d= -f2)
+  python3 -c "$CHECK_DEVICE" "$serial" "$(admin GET "/devices/$device")"
+}
+
+# ensure_identity DIR DEVICE OWNER: a usable identity for DEVICE in DIR, enrolling a fresh one with the
+# real agent (its key generated locally) if the stored one cannot be used.
+ensure_identity() {
+  local dir=$1 device=$2 owner=$3 problem created
+  problem=$(identity_problem "$dir" "$device")
+  if [ -z "$problem" ]; then
+    echo "$device: the identity stored in $dir is still good (issued by this CA, valid, not revoked)"
+    return
+  fi
+  echo "$device: $problem; enrolling a fresh identity"
+  rm -rf "$dir"
+  # An active device keeps its id until it is revoked: its stored identity is gone, so revoke it.
+  if admin GET "/devices/$device" | grep -q '"status":"active"'; then
+    admin POST "/devices/$device/revoke" '{"reason":"demo: its stored identity was unusable"}' >/dev/null
+    echo "$device: revoked the device's unusable identity first"
+  fi
+  created=$(admin POST /tokens "{\"owner\":\"$owner\",\"ttl_seconds\":900,\"max_uses\":1}")
+  EDGEMESH_ENROLLMENT_TOKEN=$(json_field token <<<"$created") "$BIN/edgemesh-agent" --state-dir "$dir" enroll \
+    --server "$API" --ca-fingerprint "$(json_field ca_fingerprint <<<"$created")" --device-id "$device"
+}
+
+through_envoy() { # PATH: prints the answer, derived from its status
+  local out code
+  out=$(curl -sS "${DEVICE_TLS[@]}" -w '\n%{http_code}' "https://localhost:10000$1")
+  code=${out##*$'\n'}
+  case $code in
+    200) printf '  GET %-14s → allowed (HTTP 200): %s\n' "$1" "${out%$'\n'*}" ;;
+    403) printf '  GET %-14s → denied (HTTP 403): %s\n' "$1" "${out%$'\n'*}" ;;
+    *) printf '  GET %-14s → HTTP %s: %s\n' "$1" "$code" "${out%$'\n'*}" ;;
+  esac
+}
+report_health() { # ANTIVIRUS(true|false): prints the verdict the control API gave
+  local now answer
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  answer=$(curl -sS "${DEVICE_TLS[@]}" -H 'Content-Type: application/json' \
+    -d "{\"collected_at\":\"$now\",\"agent_version\":\"demo\",\"cpu_usage\":12.5,\"memory_usage\":40,\"disk_usage\":50,\"os\":\"debian\",\"os_version\":\"12\",\"kernel\":null,\"uptime_seconds\":null,\"disk_encrypted\":true,\"os_patches_current\":true,\"antivirus_enabled\":$1,\"firewall_enabled\":null}" \
+    https://127.0.0.1:8443/api/v1/health)
+  printf '  health report (antivirus %s) → %s\n' "$([ "$1" = true ] && echo on || echo off)" "$answer"
+}
+
 echo
-echo "== enrolling the demo device 'demo-pi' with edgemesh-agent (its key is generated locally)"
+echo "== the demo device 'demo-pi' of demo-owner (an admin), with edgemesh-agent"
 admin POST /users '{"id":"demo-owner","email":"demo-owner@example.com","role":"admin"}' >/dev/null || true
-created=$(admin POST /tokens '{"owner":"demo-owner","ttl_seconds":900,"max_uses":1}')
-token=$(json_field token <<<"$created")
-fingerprint=$(json_field ca_fingerprint <<<"$created")
 DEVICE_DIR=$STATE/demo-device
-if [ -f "$DEVICE_DIR/cert.pem" ]; then
-  echo "demo-pi is already enrolled in $DEVICE_DIR"
-else
-  EDGEMESH_ENROLLMENT_TOKEN=$token "$BIN/edgemesh-agent" --state-dir "$DEVICE_DIR" enroll \
-    --server "$API" --ca-fingerprint "$fingerprint" --device-id demo-pi
-fi
+ensure_identity "$DEVICE_DIR" demo-pi demo-owner
 "$BIN/edgemesh-agent" --state-dir "$DEVICE_DIR" status
 
 DEVICE_TLS=(--cacert "$DEVICE_DIR/ca.pem" --cert "$DEVICE_DIR/cert.pem" --key "$DEVICE_DIR/key.pem")
-through_envoy() { # PATH
-  printf '  GET %-14s → ' "$1"
-  curl -sS "${DEVICE_TLS[@]}" -w ' (HTTP %{http_code})\n' "https://localhost:10000$1"
-}
-report_health() { # ANTIVIRUS(true|false)
-  local now; now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  curl -sS "${DEVICE_TLS[@]}" -H 'Content-Type: application/json' -w '\n' \
-    -d "{\"collected_at\":\"$now\",\"agent_version\":\"demo\",\"cpu_usage\":12.5,\"memory_usage\":40,\"disk_usage\":50,\"os\":\"debian\",\"os_version\":\"12\",\"kernel\":null,\"uptime_seconds\":null,\"disk_encrypted\":true,\"os_patches_current\":true,\"antivirus_enabled\":$1,\"firewall_enabled\":null}" \
-    https://127.0.0.1:8443/api/v1/health
-}
-
 echo
 echo "== requests through Envoy (mTLS with demo-pi's certificate), decided by ext-authz"
-echo "-- a health report with antivirus off:"
+echo "   (the policy lets admins use every service at any hour, when their device is healthy)"
 report_health false
 through_envoy /api/orders
-echo "-- a healthy report:"
 report_health true
 through_envoy /api/orders
 through_envoy /database/q
-echo "-- (demo-owner is an admin: every service, at any hour; developers and analysts are bound by role and business hours)"
 
 echo
-echo "== an analyst's device 'demo-analyst-pi': analysts may not use the database, whatever the hour"
+echo "== an analyst's device 'demo-analyst-pi' (the policy never lets analysts use the database)"
 admin POST /users '{"id":"demo-analyst","email":"demo-analyst@example.com","role":"analyst"}' >/dev/null || true
 ANALYST_DIR=$STATE/demo-analyst-device
-if [ ! -f "$ANALYST_DIR/cert.pem" ]; then
-  created=$(admin POST /tokens '{"owner":"demo-analyst","ttl_seconds":900,"max_uses":1}')
-  EDGEMESH_ENROLLMENT_TOKEN=$(json_field token <<<"$created") "$BIN/edgemesh-agent" --state-dir "$ANALYST_DIR" \
-    enroll --server "$API" --ca-fingerprint "$(json_field ca_fingerprint <<<"$created")" --device-id demo-analyst-pi
-fi
+ensure_identity "$ANALYST_DIR" demo-analyst-pi demo-analyst
 DEVICE_TLS=(--cacert "$ANALYST_DIR/ca.pem" --cert "$ANALYST_DIR/cert.pem" --key "$ANALYST_DIR/key.pem")
 report_health true
 through_envoy /database/q
@@ -111,7 +153,8 @@ cat <<TXT
        -d "{\"csr_pem\": \$(python3 -c 'import json; print(json.dumps(open("/tmp/demo-pi.csr").read()))')}" \\
        https://127.0.0.1:8443/api/v1/renew
 
-  # revoke it; its next request through Envoy is a 403, its next renewal is refused
+  # revoke it; its next request through Envoy is a 403, its next renewal is refused (the next
+  # \`make demo\` sees that and enrols a fresh identity)
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header -X POST $API/api/v1/admin/devices/demo-pi/revoke
 
   make down   # stop everything

@@ -228,6 +228,7 @@ up() {
   log "control-api    https://127.0.0.1:8444 (enrollment, admin, audit)  https://127.0.0.1:8443 (devices, mTLS)  metrics http://127.0.0.1:9190/metrics"
   log "envoy          https://127.0.0.1:10000 (/api /database /storage /analytics, mTLS)  admin http://127.0.0.1:9901 (loopback only)  stats http://127.0.0.1:9903/stats/prometheus"
   log "ext-authz      127.0.0.1:9191 (gRPC)  metrics http://127.0.0.1:9192/metrics  audit spool $STATE/audit-spool"
+  log "upstream       http://127.0.0.1:8081 (the demo upstream behind Envoy: echoes the identity headers EdgeMesh set)"
   log "CA certificate $STATE/ca.pem (fingerprint $(openssl x509 -in "$STATE/ca.pem" -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f))"
   log "admin token    $STATE/admin-token (as a curl header: -H @$STATE/admin-header)"
   log "logs           $LOGS/"

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
 use edgemesh_core::cert::CertInfo;
-use edgemesh_core::client::{ControlApi, DeviceKey, fetch_pinned_ca};
+use edgemesh_core::client::{ClientError, ControlApi, DeviceKey, fetch_pinned_ca};
 use edgemesh_core::files::write_atomic;
 use edgemesh_core::id::DeviceId;
 use time::OffsetDateTime;
@@ -70,8 +70,17 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Print this device's identity: device id, serial, validity.
-    Status,
+    /// Print this device's identity (device id, serial, validity) and whether the control API still
+    /// accepts it (asked over mTLS; exit status 1 if it refuses: revoked, unknown, expired).
+    Status {
+        /// The control API's device (mTLS) URL.
+        #[arg(
+            long,
+            env = "EDGEMESH_DEVICE_SERVER",
+            default_value = "https://127.0.0.1:8443"
+        )]
+        server: String,
+    },
     /// Renew the certificate over mTLS with a new key.
     Renew {
         /// The control API's device (mTLS) URL.
@@ -275,14 +284,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 state.dir.display()
             );
         }
-        Command::Status => {
+        Command::Status { server } => {
             let info = CertInfo::from_pem(&state.read(&state.cert())?)?;
             let ca = CertInfo::from_pem(&state.read(&state.ca())?)?;
             let remaining = info.not_after - OffsetDateTime::now_utc();
-            let validity = if remaining.is_negative() {
-                "EXPIRED".to_owned()
+            let (validity, refused) = if remaining.is_negative() {
+                ("EXPIRED".to_owned(), true)
             } else {
-                format!("valid for {} more days", remaining.whole_days())
+                let days = remaining.whole_days();
+                match state.api(&server)?.standing().await {
+                    Ok(_) => (
+                        format!("valid for {days} more days; the control API accepts it"),
+                        false,
+                    ),
+                    Err(ClientError::Refused { error, detail, .. }) => (
+                        format!("REFUSED by the control API ({error}: {detail})"),
+                        true,
+                    ),
+                    Err(e) => (
+                        format!(
+                            "valid for {days} more days; not checked with the control API ({e})"
+                        ),
+                        false,
+                    ),
+                }
             };
             let report = format!(
                 "identity     {}\nserial       {}\nfingerprint  {}\nvalid from   {}\nvalid until  {}\nstatus       {validity}\nCA           {}\n",
@@ -295,6 +320,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::stdout().write_all(report.as_bytes());
+            anyhow::ensure!(
+                !refused,
+                "this identity is no longer usable; enroll the device again"
+            );
         }
         Command::Renew { server } => {
             let (device, new) = state.renew(&server).await?;

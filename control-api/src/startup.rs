@@ -46,7 +46,8 @@ impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let db = connect(config).await?;
         if config.migrate {
-            apply_migrations(&db).await?;
+            let (applied, all) = apply_migrations(&db).await?;
+            tracing::info!(applied, all, "migrations applied");
         }
         Self::build_with_pool(config, db).await
     }
@@ -232,16 +233,32 @@ async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .context("failed to connect to PostgreSQL")
 }
 
-async fn apply_migrations(db: &PgPool) -> anyhow::Result<()> {
+/// Applies the migrations the database lacks; answers how many it applied and how many it has now.
+async fn apply_migrations(db: &PgPool) -> anyhow::Result<(i64, i64)> {
+    // The table sqlx keeps its record in does not exist before the first migration.
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(db)
+            .await
+            .unwrap_or(0)
+    };
+    let before = applied().await;
     sqlx::migrate!("../migrations")
         .run(db)
         .await
-        .context("failed to apply migrations")
+        .context("failed to apply migrations")?;
+    let after = applied().await;
+    Ok((after - before, after))
 }
 
-/// `edgemesh-control-api migrate`: applies the migrations and returns.
+/// `edgemesh-control-api migrate`: applies the migrations, says what it did, and returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    apply_migrations(&connect(config).await?).await
+    match apply_migrations(&connect(config).await?).await? {
+        (0, all) => println!("the database is up to date ({all} migrations)"),
+        (1, all) => println!("applied 1 migration ({all} in all)"),
+        (n, all) => println!("applied {n} migrations ({all} in all)"),
+    }
+    Ok(())
 }
 
 /// Reads the admin token from `path`, or generates one into it (mode 0600) if it does not exist.

@@ -81,6 +81,15 @@ pub struct HealthReport {
     pub firewall_enabled: Option<bool>,
 }
 
+/// What the control API knows of the device presenting its certificate (`GET /api/v1/device`): it
+/// answers only while the certificate is on record, unrevoked and its device active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStanding {
+    pub device_id: String,
+    pub serial: String,
+    pub status: String,
+}
+
 /// The compliance verdict on a health report: `healthy`, or `unhealthy` with the reasons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthVerdict {

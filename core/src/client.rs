@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    EnrollRequest, ErrorBody, HealthReport, HealthVerdict, IssuedCertificate, RenewRequest,
+    DeviceStanding, EnrollRequest, ErrorBody, HealthReport, HealthVerdict, IssuedCertificate,
+    RenewRequest,
 };
 use crate::cert::{normalize_fingerprint, sha256_hex};
 use crate::id::DeviceId;
@@ -147,6 +148,18 @@ impl ControlApi {
         self.post("/api/v1/health", None, report).await
     }
 
+    /// `GET /api/v1/device` on the device listener: whether the control API still accepts this
+    /// device's certificate (a refusal says why: revoked, unknown, expired).
+    pub async fn standing(&self) -> Result<DeviceStanding, ClientError> {
+        Self::answer(
+            self.http
+                .get(format!("{}/api/v1/device", self.base))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -157,7 +170,10 @@ impl ControlApi {
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await?;
+        Self::answer(request.send().await?).await
+    }
+
+    async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response.json().await?);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edgemesh_core::policy::{AUTHZ, Files, PolicySet};
+use edgemesh_core::policy::{AUTHZ, Example, Files, PolicySet};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,7 +41,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Evaluate an input document and print the decision as JSON.
+    /// Evaluate an input document and print the decision as JSON. An example of policies/examples
+    /// (`{"input": …, "expect": …}`) is unwrapped, and its expected decision checked (exit 1 if not met).
     Eval {
         /// The input document (JSON); `-` or absent reads standard input.
         #[arg(long)]
@@ -109,11 +110,25 @@ fn policy(policy_dir: &Path, command: &PolicyCommand) -> anyhow::Result<ExitCode
                 Some(p) => std::fs::read_to_string(p)
                     .with_context(|| format!("failed to read {}", p.display()))?,
             };
-            let input: serde_json::Value =
-                serde_json::from_str(&text).context("the input is not JSON")?;
-            let decision = policies.evaluate(AUTHZ, &input);
+            let example = Example::from_document(
+                serde_json::from_str(&text).context("the input is not JSON")?,
+            )?;
+            let decision = policies.evaluate(AUTHZ, &example.input);
             println!("{}", serde_json::to_string_pretty(&decision)?);
-            Ok(ExitCode::SUCCESS)
+            Ok(match example.expected(&decision) {
+                None => ExitCode::SUCCESS,
+                Some(true) => {
+                    eprintln!("as the example expects");
+                    ExitCode::SUCCESS
+                }
+                Some(false) => {
+                    eprintln!(
+                        "NOT as the example expects: {}",
+                        example.expect.unwrap_or_default()
+                    );
+                    ExitCode::FAILURE
+                }
+            })
         }
         PolicyCommand::Test => {
             let policies = PolicySet::load_dir(policy_dir, Files::WithTests)?;

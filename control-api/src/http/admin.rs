@@ -354,7 +354,9 @@ enum DeviceStatus {
 struct DeviceListQuery {
     status: Option<DeviceStatus>,
     limit: Option<i64>,
-    /// Keyset cursor: the last device id of the previous page.
+    /// Keyset cursor: the previous page's `next_cursor` (the audit's convention).
+    cursor: Option<DeviceId>,
+    /// The earlier name of `cursor`, still accepted.
     after: Option<DeviceId>,
 }
 
@@ -369,6 +371,15 @@ async fn list_devices(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
+    let cursor = match (query.cursor, query.after) {
+        (Some(cursor), Some(after)) if cursor != after => {
+            return Err(ApiError::bad_request(
+                "invalid_cursor",
+                "cursor and after (its earlier name) differ; give one",
+            ));
+        }
+        (cursor, after) => cursor.or(after),
+    };
     let status = query.status.map(|s| match s {
         DeviceStatus::Active => "active",
         DeviceStatus::Revoked => "revoked",
@@ -379,7 +390,7 @@ async fn list_devices(
          ORDER BY id LIMIT $3"
     )))
     .bind(status)
-    .bind(query.after.as_ref().map(DeviceId::as_str))
+    .bind(cursor.as_ref().map(DeviceId::as_str))
     .bind(limit)
     .fetch_all(&state.db)
     .await?;
@@ -388,12 +399,15 @@ async fn list_devices(
         .into_iter()
         .map(|d| d.with_staleness(now, state.max_health_age))
         .collect();
-    let next_after = (devices.len() as i64 == limit)
+    let next_cursor = (devices.len() as i64 == limit)
         .then(|| devices.last().map(|d| d.id.clone()))
         .flatten();
-    Ok(axum::Json(
-        serde_json::json!({ "devices": devices, "next_after": next_after }),
-    ))
+    // `next_after`: the earlier name of `next_cursor`, still sent.
+    Ok(axum::Json(serde_json::json!({
+        "devices": devices,
+        "next_cursor": next_cursor,
+        "next_after": next_cursor,
+    })))
 }
 
 async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Value, ApiError> {

@@ -4,8 +4,8 @@
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::routing::post;
-use edgemesh_core::api::{IssuedCertificate, RenewRequest};
+use axum::routing::{get, post};
+use edgemesh_core::api::{DeviceStanding, IssuedCertificate, RenewRequest};
 use edgemesh_core::cert::CertInfo;
 use edgemesh_core::id::DeviceId;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -19,7 +19,19 @@ use crate::csr::Csr;
 use crate::server::PeerCertificate;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/renew", post(renew))
+    Router::new()
+        .route("/api/v1/renew", post(renew))
+        .route("/api/v1/device", get(standing))
+}
+
+/// `GET /api/v1/device`: the calling device's standing. The extractor refuses a certificate that is
+/// revoked, retired, unknown or expired, or whose device is revoked, with the reason.
+async fn standing(caller: AuthenticatedDevice) -> axum::Json<DeviceStanding> {
+    axum::Json(DeviceStanding {
+        device_id: caller.device.to_string(),
+        serial: caller.serial,
+        status: "active".to_owned(),
+    })
 }
 
 /// A device authenticated by its client certificate, checked against the database on every request.

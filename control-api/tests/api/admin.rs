@@ -159,25 +159,33 @@ async fn devices_are_listed_by_status_page_by_page_and_revoked_with_their_certif
     );
     assert!(revoked["certificates"][0]["revoked_at"].is_string());
 
-    // Two pages of two, then the last page.
-    let mut seen = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let query = match &after {
-            Some(a) => format!("/devices?status=active&limit=2&after={a}"),
-            None => "/devices?status=active&limit=2".to_owned(),
-        };
-        let page: Value = app.admin_get(&query).await.json().await.expect("json");
-        for d in page["devices"].as_array().expect("devices") {
-            assert_eq!(d["status"], "active");
-            seen.push(d["id"].as_str().expect("id").to_owned());
+    // Two pages of two, then the last page: following `next_cursor` with `cursor` (the audit's
+    // convention), and with the earlier names `next_after` and `after`.
+    for (param, next) in [("cursor", "next_cursor"), ("after", "next_after")] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let query = match &cursor {
+                Some(c) => format!("/devices?status=active&limit=2&{param}={c}"),
+                None => "/devices?status=active&limit=2".to_owned(),
+            };
+            let page: Value = app.admin_get(&query).await.json().await.expect("json");
+            for d in page["devices"].as_array().expect("devices") {
+                assert_eq!(d["status"], "active");
+                seen.push(d["id"].as_str().expect("id").to_owned());
+            }
+            assert_eq!(page["next_cursor"], page["next_after"]);
+            match page[next].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
         }
-        match page["next_after"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => break,
-        }
+        assert_eq!(seen, ["dev-0", "dev-1", "dev-2", "dev-4"], "{param}");
     }
-    assert_eq!(seen, ["dev-0", "dev-1", "dev-2", "dev-4"]);
+    let both = app.admin_get("/devices?cursor=dev-0&after=dev-1").await;
+    assert_eq!(both.status(), StatusCode::BAD_REQUEST);
+    let body: Value = both.json().await.expect("json");
+    assert_eq!(body["error"], "invalid_cursor");
 
     let only_revoked: Value = app
         .admin_get("/devices?status=revoked")

@@ -66,8 +66,13 @@ async fn the_agent_enrolls_with_a_local_key_renews_and_is_refused_once_revoked(
     let info = CertInfo::from_der(&cert_der).expect("info");
     assert_eq!(info.uri_sans, ["spiffe://edgemesh.local/device/pi-e2e"]);
 
-    let status = agent(dir, &["status"], &[]).await;
+    let status = agent(dir, &["status", "--server", &api.device_api], &[]).await;
     assert!(status.success, "{}", status.stderr);
+    assert!(
+        status.stdout.contains("the control API accepts it"),
+        "status asks the control API: {}",
+        status.stdout
+    );
     assert!(
         status.stdout.contains(&info.serial),
         "status shows the serial: {}",
@@ -97,6 +102,16 @@ async fn the_agent_enrolls_with_a_local_key_renews_and_is_refused_once_revoked(
         refused.stderr.contains("certificate_revoked"),
         "{}",
         refused.stderr
+    );
+    // `status` says so too (not "valid for 29 more days"), and exits non-zero.
+    let status = agent(dir, &["status", "--server", &api.device_api], &[]).await;
+    assert!(!status.success, "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("REFUSED by the control API (certificate_revoked"),
+        "{}",
+        status.stdout
     );
     assert!(api.stop().await, "control-api exits cleanly on SIGTERM");
 }
