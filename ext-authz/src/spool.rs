@@ -357,15 +357,15 @@ impl State {
     /// Copies `line` in, moving on to the next segment if it does not fit in this one.
     fn write(&mut self, line: &[u8], dir: &Path) -> Option<Span> {
         let n = line.len() as u64;
-        if self.len - self.base + n > self.current.map.len() as u64 {
-            if let Err(e) = self.rotate(dir, n) {
-                if !self.starved {
-                    self.starved = true;
-                    tracing::error!(error = %e, "the audit spool segment is full and the next one could \
-                        not be made: decisions are not journaled (only queued) until it is");
-                }
-                return None;
+        if self.len - self.base + n > self.current.map.len() as u64
+            && let Err(e) = self.rotate(dir, n)
+        {
+            if !self.starved {
+                self.starved = true;
+                tracing::error!(error = %e, "the audit spool segment is full and the next one could \
+                    not be made: decisions are not journaled (only queued) until it is");
             }
+            return None;
         }
         let at = usize::try_from(self.len - self.base).ok()?;
         self.current.map[at..at + line.len()].copy_from_slice(line);
