@@ -34,7 +34,7 @@ else:
 PY
 identity_problem() {
   local dir=$1 device=$2
-  if [ ! -f "$dir/cert.pem" ]; then echo "none is stored"; return; fi
+  if [ ! -f "$dir/cert.pem" ]; then echo "no identity is stored"; return; fi
   if ! openssl verify -CAfile "$STATE/ca.pem" "$dir/cert.pem" >/dev/null 2>&1; then
     echo "its certificate is expired or not issued by this CA"; return
   fi
@@ -122,7 +122,8 @@ cat <<TXT
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header $API/api/v1/admin/devices/demo-pi
 
   # through Envoy with demo-pi's certificate (an admin's): allowed, and the upstream echoes the identity
-  # EdgeMesh vouched for
+  # EdgeMesh vouched for; once its last health report is older than 5 minutes, a 403 "stale" (run
+  # \`make demo\` again, or report with the agent, below)
   curl --cacert $DEVICE_DIR/ca.pem --cert $DEVICE_DIR/cert.pem --key $DEVICE_DIR/key.pem https://localhost:10000/api/orders
   # with demo-analyst-pi's certificate: denied, a 403 with {decision_id, reasons}
   curl --cacert $ANALYST_DIR/ca.pem --cert $ANALYST_DIR/cert.pem --key $ANALYST_DIR/key.pem https://localhost:10000/database/x
@@ -145,13 +146,8 @@ cat <<TXT
   # its health history, as the control API stored it
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/devices/demo-pi/health?limit=5'
 
-  # renew demo-pi's certificate over mTLS, with the agent or with curl and the device's own certificate
+  # renew demo-pi's certificate over mTLS (a new key; the old certificate is retired 60 s later)
   $BIN/edgemesh-agent --state-dir $DEVICE_DIR renew
-  openssl req -new -key $DEVICE_DIR/key.pem -subj /CN=demo-pi -out /tmp/demo-pi.csr
-  curl --cacert .edgemesh/ca.pem --cert $DEVICE_DIR/cert.pem --key $DEVICE_DIR/key.pem \\
-       -H 'Content-Type: application/json' \\
-       -d "{\"csr_pem\": \$(python3 -c 'import json; print(json.dumps(open("/tmp/demo-pi.csr").read()))')}" \\
-       https://127.0.0.1:8443/api/v1/renew
 
   # revoke it; its next request through Envoy is a 403, its next renewal is refused (the next
   # \`make demo\` sees that and enrols a fresh identity)
