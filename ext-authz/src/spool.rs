@@ -2,7 +2,7 @@
 //!
 //! Each decision is one JSON line, copied into the current segment under a lock that also queues it
 //! for the audit writer, so the journal's order is the queue's. A segment is a file of
-//! [`SEGMENT_BYTES`], written full of zeros ahead of use and mapped into memory: an append is a copy
+//! [`SEGMENT_BYTES`], allocated on disk ahead of use (reading as zeros) and mapped into memory: an append is a copy
 //! into the page cache, with no system call, and it cannot fail halfway, because its space was the
 //! file's before any record was written (a full disk shows as a next segment that cannot be made,
 //! never as half a record). Once copied, a record survives the process (SIGKILL, an OOM kill, a
@@ -108,9 +108,10 @@ fn map(file: &File) -> std::io::Result<MmapMut> {
     unsafe { MmapMut::map_mut(file) }
 }
 
-/// Makes a segment of `bytes` zeros at `path` and maps it. The zeros are written, not a hole: the
-/// disk's blocks are the file's before any record is copied in (a hole filled through a mapping on a
-/// full disk would kill the process with SIGBUS).
+/// Makes a segment of `bytes` zeros at `path` and maps it. Its blocks are allocated now (`fallocate`,
+/// or zeros written where the filesystem has no `fallocate`), not left a hole: a hole filled through a
+/// mapping on a full disk would kill the process with SIGBUS, so the disk's blocks are the file's before
+/// any record is copied in.
 fn make_segment(path: &Path, bytes: usize) -> std::io::Result<Mapped> {
     let made = (|| {
         let mut file = OpenOptions::new()
@@ -122,12 +123,18 @@ fn make_segment(path: &Path, bytes: usize) -> std::io::Result<Mapped> {
             .open(path)?;
         // The mode given to open() is filtered by the umask and ignored for an existing file.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(zeros.len());
-            file.write_all(&zeros[..n])?;
-            left -= n;
+        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes as u64) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                let zeros = vec![0u8; 1 << 20];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(zeros.len());
+                    file.write_all(&zeros[..n])?;
+                    left -= n;
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
         let map = map(&file)?;
         Ok(Mapped {
@@ -588,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_costs_the_journal_whole_records_only() {
-        // The next segment cannot be made (here its path is taken; on a full disk, writing its zeros
+        // The next segment cannot be made (here its path is taken; on a full disk, allocating its blocks
         // fails): once the current one is full, appends are not journaled, none is journaled in part,
         // and journaling resumes where it stopped once a segment can be made.
         let dir = tempfile::tempdir().expect("tempdir");
