@@ -53,7 +53,9 @@ PG_PORT=${EDGEMESH_PG_PORT:-54329}
 PG_BIN=${EDGEMESH_PG_BIN:-/usr/lib/postgresql/15/bin}
 # Over the cluster's Unix socket, as the stack's services (scripts/stack.sh says why).
 export EDGEMESH_BENCH_DATABASE_URL="postgres://postgres@localhost/edgemesh_bench?host=$(readlink -f "$STATE/pg")/run&port=$PG_PORT"
-"$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres edgemesh_bench 2>/dev/null || true
+# The cluster requires passwords: the superuser's is in its pgpass file (-w: never prompt for one).
+export PGPASSFILE=${PGPASSFILE:-$STATE/pg/pgpass}
+"$PG_BIN/createdb" -w -h 127.0.0.1 -p "$PG_PORT" -U postgres edgemesh_bench 2>/dev/null || true
 EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL "$BIN/edgemesh-control-api" migrate
 run "$BIN/edgemesh-simulator" bench-audit-writer --records 200000 --steady-secs 10
 # A second control API, serving the bench database, answers the audit queries.
