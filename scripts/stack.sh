@@ -142,11 +142,21 @@ envoy_install() {
 
 # The Python tools the tests use, in the same virtualenv: SPIFFE's own Python library (py-spiffe), an
 # independent check that EdgeMesh's certificates are valid X.509-SVIDs.
+# The tests' Python tools, pinned: py-spiffe (a second SPIFFE implementation reads our certificates),
+# schemathesis (fuzzes the control API against its OpenAPI document) and openapi-spec-validator.
+TEST_TOOLS=('spiffe==0.3.2' 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0')
+
 test_tools_install() {
   envoy_install
-  if "$VENV/bin/python3" -c 'import spiffe.svid.x509_svid' 2>/dev/null; then return 0; fi
-  log "installing py-spiffe (PyPI spiffe) into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'spiffe==0.3.2'
+  local installed
+  installed=$("$VENV/bin/pip" freeze --disable-pip-version-check 2>/dev/null)
+  local tool missing=()
+  for tool in "${TEST_TOOLS[@]}"; do
+    grep -qixF "$tool" <<<"$installed" || missing+=("$tool")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}"
 }
 
 # render_envoy_config OUT: envoy/envoy.yaml.in with the local stack's ports and files.

@@ -11,7 +11,7 @@ use time::{Date, Month, OffsetDateTime};
 use tokio::sync::watch;
 
 /// The kinds of audited events (the `event_type` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     Authorization,

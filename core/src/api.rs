@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// `POST /api/v1/enroll`, authenticated by an enrollment token.
 /// A user's role: what the policies grant its devices.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -24,16 +24,26 @@ impl Role {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+/// `POST /api/v1/enroll`, authenticated by an enrollment token.
 pub struct EnrollRequest {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::id::DeviceId))]
     pub device_id: String,
+    /// Free text, 1 to 64 characters without control characters (as are `os` and `os_version`).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub device_type: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub os: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub os_version: String,
+    /// A PKCS#10 request for the device's own key (ECDSA P-256 or Ed25519), PEM-encoded, whose subject
+    /// names the device.
     pub csr_pem: String,
 }
 
 /// A certificate issued to a device, by enrollment or renewal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IssuedCertificate {
     pub device_id: String,
     pub certificate_pem: String,
@@ -44,12 +54,14 @@ pub struct IssuedCertificate {
 
 /// `POST /api/v1/renew`, authenticated by the device's current certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewRequest {
     pub csr_pem: String,
 }
 
 /// The body of every refusal: a stable machine-readable code and a sentence for humans.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
     pub detail: String,
@@ -58,22 +70,33 @@ pub struct ErrorBody {
 /// `POST /api/v1/health`, authenticated by the device's certificate: what the agent measured. A value
 /// the agent could not determine is `null`, never a guess.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthReport {
     /// Optional; when present it must be the certificate's device (a device reports only for itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::id::DeviceId>))]
     pub device_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
+    /// No later than five minutes ahead of the server's clock.
     pub collected_at: OffsetDateTime,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub agent_version: String,
     /// Percentages, 0 to 100.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub cpu_usage: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub memory_usage: Option<f64>,
     /// Of the root filesystem.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub disk_usage: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub os: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub os_version: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub kernel: Option<String>,
+    /// At most 2^63 - 1.
     pub uptime_seconds: Option<u64>,
     pub disk_encrypted: Option<bool>,
     pub os_patches_current: Option<bool>,
@@ -84,6 +107,7 @@ pub struct HealthReport {
 /// What the control API knows of the device presenting its certificate (`GET /api/v1/device`): it
 /// answers only while the certificate is on record, unrevoked and its device active.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceStanding {
     pub device_id: String,
     pub serial: String,
@@ -92,6 +116,7 @@ pub struct DeviceStanding {
 
 /// The compliance verdict on a health report: `healthy`, or `unhealthy` with the reasons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthVerdict {
     pub status: String,
     pub reasons: Vec<String>,

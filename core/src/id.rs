@@ -21,6 +21,9 @@ pub enum InvalidId {
 
 const MAX_LEN: usize = 64;
 
+/// The identifiers' syntax as a regular expression (ECMA-262, as JSON Schema reads it).
+pub const PATTERN: &str = r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}$";
+
 fn validate(s: &str) -> Result<(), InvalidId> {
     if s.is_empty() {
         return Err(InvalidId::Empty);
@@ -69,6 +72,25 @@ macro_rules! identifier {
                 id.0
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_LEN))
+                    .pattern(Some(PATTERN))
+                    .description(Some(concat!(
+                        stringify!($name),
+                        ": 1 to 64 letters, digits, '.', '_' or '-'; not '.' or '..'"
+                    )))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

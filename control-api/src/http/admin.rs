@@ -1,20 +1,20 @@
 //! `/api/v1/admin/*`: users, enrollment tokens, devices and revocation, for holders of the admin token.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use base64::Engine;
-use edgemesh_core::api::Role;
+use edgemesh_core::api::{ErrorBody, Role};
 use edgemesh_core::id::{DeviceId, UserId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::unique_violation;
@@ -26,16 +26,19 @@ const MAX_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
 const MAX_TOKEN_USES: i32 = 100_000;
 const MAX_PAGE: i64 = 1000;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/users", post(create_user).get(list_users))
-        .route("/tokens", post(create_token).get(list_tokens))
-        .route("/tokens/{id}/revoke", post(revoke_token))
-        .route("/devices", get(list_devices))
-        .route("/devices/{id}", get(get_device))
-        .route("/devices/{id}/revoke", post(revoke_device))
-        .route("/devices/{id}/transfer", post(transfer_device))
-        .route("/certificates/{serial}/revoke", post(revoke_certificate))
+/// The refusals of a request without the admin token, for the document.
+pub const ADMIN_401: &str = "`missing_token`, `invalid_token`.";
+
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device))
+        .routes(routes!(revoke_device))
+        .routes(routes!(transfer_device))
+        .routes(routes!(revoke_certificate))
         .merge(super::health::admin_router())
         .merge(super::audit::admin_router())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
@@ -65,14 +68,21 @@ async fn require_admin(
 
 // ---- users
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CreateUser {
     id: UserId,
+    /// `name@domain`: 3 to 254 bytes, no whitespace or control characters.
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^\s\x00-\x1f\x7f]+@[^\s\x00-\x1f\x7f@]+$"
+    )]
     email: String,
     role: Role,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct User {
     id: String,
     email: String,
@@ -81,16 +91,25 @@ struct User {
     created_at: OffsetDateTime,
 }
 
+/// Creates a user, who can then own devices.
+#[utoipa::path(post, path = "/users", tag = "admin",
+    security(("admin_token" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created.", body = User),
+        (status = 400, description = "`invalid_body`, `invalid_email`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 409, description = "`user_exists`, `email_taken`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+    ))]
 async fn create_user(
     State(state): State<AppState>,
     Peer(peer): Peer,
     Json(body): Json<CreateUser>,
 ) -> Result<(StatusCode, axum::Json<User>), ApiError> {
-    let email = body.email.trim();
-    if email.len() > 254
-        || email.chars().any(|c| c.is_whitespace() || c.is_control())
-        || !email.contains('@')
-    {
+    let email = body.email.as_str();
+    if !valid_email(email) {
         return Err(ApiError::bad_request(
             "invalid_email",
             "email must look like name@domain",
@@ -122,26 +141,51 @@ async fn create_user(
     Ok((StatusCode::CREATED, axum::Json(user)))
 }
 
-async fn list_users(
-    State(state): State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct UserList {
+    users: Vec<User>,
+}
+
+/// `name@domain`: 3 to 254 bytes, something on each side of the last `@`, no whitespace or control
+/// characters (the schema's pattern says the same).
+fn valid_email(email: &str) -> bool {
+    (3..=254).contains(&email.len())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email
+            .rsplit_once('@')
+            .is_some_and(|(name, domain)| !name.is_empty() && !domain.is_empty())
+}
+
+/// Every user, by id.
+#[utoipa::path(get, path = "/users", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The users.", body = UserList),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+    ))]
+async fn list_users(State(state): State<AppState>) -> Result<axum::Json<UserList>, ApiError> {
     let users =
         sqlx::query_as::<_, User>("SELECT id, email, role, created_at FROM users ORDER BY id")
             .fetch_all(&state.db)
             .await?;
-    Ok(axum::Json(serde_json::json!({ "users": users })))
+    Ok(axum::Json(UserList { users }))
 }
 
 // ---- enrollment tokens
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct CreateToken {
+    /// The user whose devices it enrolls.
     owner: UserId,
+    /// 60 seconds to 30 days.
+    #[schema(minimum = 60, maximum = 2592000)]
     ttl_seconds: i64,
+    #[schema(minimum = 1, maximum = 100000)]
     max_uses: i32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     id: Uuid,
     /// Shown once: only its hash is stored.
@@ -153,7 +197,8 @@ struct CreatedToken {
     max_uses: i32,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// An enrollment token as stored: its hash, never the token.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct TokenRecord {
     id: Uuid,
     #[sqlx(rename = "owner_id")]
@@ -168,6 +213,17 @@ struct TokenRecord {
     revoked_at: Option<OffsetDateTime>,
 }
 
+/// Creates an enrollment token, shown once in the answer (only its hash is stored).
+#[utoipa::path(post, path = "/tokens", tag = "admin",
+    security(("admin_token" = [])),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created: the token, and the CA fingerprint a device pins.", body = CreatedToken),
+        (status = 400, description = "`invalid_body`, `invalid_ttl`, `invalid_max_uses`, `unknown_owner`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+    ))]
 async fn create_token(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -245,17 +301,37 @@ async fn create_token(
 
 const TOKEN_COLUMNS: &str = "id, owner_id, expires_at, max_uses, uses, created_at, revoked_at";
 
-async fn list_tokens(
-    State(state): State<AppState>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct TokenList {
+    tokens: Vec<TokenRecord>,
+}
+
+/// Every enrollment token, newest first.
+#[utoipa::path(get, path = "/tokens", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tokens.", body = TokenList),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+    ))]
+async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<TokenList>, ApiError> {
     let tokens = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
         "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC"
     )))
     .fetch_all(&state.db)
     .await?;
-    Ok(axum::Json(serde_json::json!({ "tokens": tokens })))
+    Ok(axum::Json(TokenList { tokens }))
 }
 
+/// Revokes an enrollment token (again: no change).
+#[utoipa::path(post, path = "/tokens/{id}/revoke", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The token's id.")),
+    responses(
+        (status = 200, description = "Revoked.", body = TokenRecord),
+        (status = 400, description = "`invalid_path`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_token`.", body = ErrorBody),
+    ))]
 async fn revoke_token(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -283,7 +359,7 @@ async fn revoke_token(
 
 // ---- devices and certificates
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Device {
     id: String,
     #[sqlx(rename = "owner_id")]
@@ -301,6 +377,7 @@ struct Device {
     /// `unknown` (never reported), `healthy`, `unhealthy`, or `stale` (no report within the maximum
     /// health age, whatever the last one said).
     #[serde(rename = "health")]
+    #[schema(rename = "health")]
     health_status: String,
     health_reasons: Vec<String>,
     /// When the latest health values were measured.
@@ -320,7 +397,7 @@ impl Device {
 const DEVICE_COLUMNS: &str = "id, owner_id, device_type, os, os_version, status, enrolled_at, \
      last_seen_at, revoked_at, health_status, health_reasons, last_health_at";
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Certificate {
     serial: String,
     device_id: String,
@@ -342,17 +419,35 @@ struct Certificate {
 const CERTIFICATE_COLUMNS: &str = "serial, device_id, fingerprint, not_before, not_after, issued_at, \
      revoked_at, revocation_reason, renewed_from";
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// A device's health verdict, as listed: `stale` is a report older than the maximum health age.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Verdict {
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum DeviceStatus {
     Active,
     Revoked,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeviceListQuery {
+    #[param(inline)]
     status: Option<DeviceStatus>,
+    /// The health verdict.
+    #[param(inline)]
+    health: Option<Verdict>,
+    owner: Option<UserId>,
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Keyset cursor: the previous page's `next_cursor` (the audit's convention).
     cursor: Option<DeviceId>,
@@ -360,10 +455,29 @@ struct DeviceListQuery {
     after: Option<DeviceId>,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DevicePage {
+    devices: Vec<Device>,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<String>,
+    /// The earlier name of `next_cursor`, still sent.
+    #[schema(deprecated)]
+    next_after: Option<String>,
+}
+
+/// The devices, by id, a page at a time.
+#[utoipa::path(get, path = "/devices", tag = "admin",
+    security(("admin_token" = [])),
+    params(DeviceListQuery),
+    responses(
+        (status = 200, description = "A page of devices.", body = DevicePage),
+        (status = 400, description = "`invalid_query`, `invalid_limit`, `invalid_cursor`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+    ))]
 async fn list_devices(
     State(state): State<AppState>,
     Query(query): Query<DeviceListQuery>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<DevicePage>, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -384,14 +498,30 @@ async fn list_devices(
         DeviceStatus::Active => "active",
         DeviceStatus::Revoked => "revoked",
     });
+    // A verdict other than `stale` is the stored one within the maximum health age; `unknown` is
+    // never stale (no report).
+    let (verdict, stale) = match query.health {
+        None => (None, None),
+        Some(Verdict::Stale) => (None, Some(true)),
+        Some(Verdict::Unknown) => (Some("unknown"), None),
+        Some(Verdict::Healthy) => (Some("healthy"), Some(false)),
+        Some(Verdict::Unhealthy) => (Some("unhealthy"), Some(false)),
+    };
+    let oldest_fresh = OffsetDateTime::now_utc() - state.max_health_age;
     let devices = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEVICE_COLUMNS} FROM devices
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR id > $2)
+           AND ($4::text IS NULL OR owner_id = $4) AND ($5::text IS NULL OR health_status = $5)
+           AND ($6::bool IS NULL OR (last_health_at IS NOT NULL AND last_health_at < $7) = $6)
          ORDER BY id LIMIT $3"
     )))
     .bind(status)
     .bind(cursor.as_ref().map(DeviceId::as_str))
     .bind(limit)
+    .bind(query.owner.as_ref().map(UserId::as_str))
+    .bind(verdict)
+    .bind(stale)
+    .bind(oldest_fresh)
     .fetch_all(&state.db)
     .await?;
     let now = OffsetDateTime::now_utc();
@@ -402,15 +532,22 @@ async fn list_devices(
     let next_cursor = (devices.len() as i64 == limit)
         .then(|| devices.last().map(|d| d.id.clone()))
         .flatten();
-    // `next_after`: the earlier name of `next_cursor`, still sent.
-    Ok(axum::Json(serde_json::json!({
-        "devices": devices,
-        "next_cursor": next_cursor,
-        "next_after": next_cursor,
-    })))
+    Ok(axum::Json(DevicePage {
+        devices,
+        next_after: next_cursor.clone(),
+        next_cursor,
+    }))
 }
 
-async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Value, ApiError> {
+/// A device with its certificates, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DeviceDetail {
+    #[serde(flatten)]
+    device: Device,
+    certificates: Vec<Certificate>,
+}
+
+async fn device_detail(state: &AppState, id: &DeviceId) -> Result<DeviceDetail, ApiError> {
     let device = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
         "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
     )))
@@ -425,21 +562,35 @@ async fn device_detail(state: &AppState, id: &DeviceId) -> Result<serde_json::Va
     .bind(id.as_str())
     .fetch_all(&state.db)
     .await?;
-    let mut value = serde_json::to_value(device).map_err(anyhow::Error::from)?;
-    value["certificates"] = serde_json::to_value(certificates).map_err(anyhow::Error::from)?;
-    Ok(value)
+    Ok(DeviceDetail {
+        device,
+        certificates,
+    })
 }
 
+/// A device, its health verdict and its certificates.
+#[utoipa::path(get, path = "/devices/{id}", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = DeviceId, Path, description = "The device.")),
+    responses(
+        (status = 200, description = "The device.", body = DeviceDetail),
+        (status = 400, description = "`invalid_path`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_device`.", body = ErrorBody),
+    ))]
 async fn get_device(
     State(state): State<AppState>,
     Path(id): Path<DeviceId>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<DeviceDetail>, ApiError> {
     Ok(axum::Json(device_detail(&state, &id).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// An optional body: without one, the reason is "revoked by administrator".
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeRequest {
+    /// 1 to 256 characters without control characters.
+    #[schema(min_length = 1, max_length = 256)]
     reason: Option<String>,
 }
 
@@ -458,13 +609,24 @@ fn revocation_reason(body: &Bytes) -> Result<String, ApiError> {
     Ok(reason)
 }
 
-/// Revokes the device and every certificate it holds, in one transaction.
+/// Revokes the device and every certificate it holds, in one transaction (again: no change).
+#[utoipa::path(post, path = "/devices/{id}/revoke", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = DeviceId, Path, description = "The device.")),
+    request_body(content = Option<RevokeRequest>, content_type = "application/json", description = "Optional."),
+    responses(
+        (status = 200, description = "Revoked: the device now.", body = DeviceDetail),
+        (status = 400, description = "`invalid_path`, `invalid_body`, `invalid_field` (the reason).", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_device`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+    ))]
 async fn revoke_device(
     State(state): State<AppState>,
     Peer(peer): Peer,
     Path(id): Path<DeviceId>,
     body: Bytes,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<DeviceDetail>, ApiError> {
     let reason = revocation_reason(&body)?;
     let mut tx = state.db.begin().await?;
     let found: Option<(String,)> = sqlx::query_as(
@@ -504,6 +666,17 @@ async fn revoke_device(
 
 /// Revokes a certificate and every certificate renewed from it, at once (a retired one in its overlap
 /// included): a key stolen before a renewal cannot outlive the revocation of the certificate stolen.
+#[utoipa::path(post, path = "/certificates/{serial}/revoke", tag = "admin",
+    security(("admin_token" = [])),
+    params(("serial" = String, Path, description = "The certificate's serial, hexadecimal (any case).", max_length = 64)),
+    request_body(content = Option<RevokeRequest>, content_type = "application/json", description = "Optional."),
+    responses(
+        (status = 200, description = "Revoked: the certificate now.", body = Certificate),
+        (status = 400, description = "`invalid_path`, `invalid_body`, `invalid_field` (the reason).", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_certificate`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+    ))]
 async fn revoke_certificate(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -572,7 +745,7 @@ async fn revoke_certificate(
     Ok(axum::Json(certificate))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransferRequest {
     owner: UserId,
@@ -580,12 +753,25 @@ struct TransferRequest {
 
 /// Gives a revoked device's id to another owner, whose token may then enroll it. Audited: upstreams
 /// key data on device ids, so an id changes hands only by an explicit act.
+#[utoipa::path(post, path = "/devices/{id}/transfer", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = DeviceId, Path, description = "The device.")),
+    request_body = TransferRequest,
+    responses(
+        (status = 200, description = "Transferred: the device now.", body = DeviceDetail),
+        (status = 400, description = "`invalid_path`, `invalid_body`, `unknown_owner`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_device`.", body = ErrorBody),
+        (status = 409, description = "`device_active`: revoke it first.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+    ))]
 async fn transfer_device(
     State(state): State<AppState>,
     Peer(peer): Peer,
     Path(id): Path<DeviceId>,
     Json(request): Json<TransferRequest>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<DeviceDetail>, ApiError> {
     let mut tx = state.db.begin().await?;
     let device: Option<(String, String)> =
         sqlx::query_as("SELECT status, owner_id FROM devices WHERE id = $1 FOR UPDATE")

@@ -2,22 +2,24 @@
 //! decision, event type and time window; keyset pagination with an opaque cursor (`format=json`, the
 //! default) or a streamed export of everything that matches (`format=ndjson` or `format=csv`).
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use edgemesh_core::api::ErrorBody;
 use edgemesh_core::id::{DeviceId, UserId};
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::admin::ADMIN_401;
 use super::extract::Query;
 use super::{ApiError, AppState};
 use crate::audit::EventType;
@@ -28,18 +30,19 @@ const MAX_PAGE: i64 = 1000;
 const EXPORT_CHUNK: i64 = 1000;
 const MAX_EXPORT: i64 = 10_000_000;
 
-pub fn admin_router() -> Router<AppState> {
-    Router::new().route("/audit", get(query))
+pub fn admin_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(query))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Decision {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+/// `json`: a page with a cursor; `ndjson` or `csv`: everything that matches, streamed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     #[default]
@@ -48,21 +51,33 @@ enum Format {
     Csv,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
     device: Option<DeviceId>,
     user: Option<UserId>,
+    /// 1 to 64 letters, digits, '.', '_' or '-'.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     service: Option<String>,
+    #[param(inline)]
     decision: Option<Decision>,
+    #[param(inline)]
     event_type: Option<EventType>,
-    /// Inclusive lower bound (RFC 3339).
+    /// Inclusive lower bound (RFC 3339; in a URL write the offset as `Z` or `%2B01:00`).
+    #[param(format = DateTime)]
     since: Option<String>,
-    /// Exclusive upper bound (RFC 3339).
+    /// Exclusive upper bound (RFC 3339), later than `since`.
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// `json`: 1 to 1000 (default 100); an export: 1 to 10,000,000 (default: everything).
+    #[param(minimum = 1, maximum = 10000000)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    #[param(max_length = 200)]
     cursor: Option<String>,
     #[serde(default)]
+    #[param(inline)]
     format: Format,
 }
 
@@ -103,7 +118,8 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// One audited event: a decision (`authorization`) or a control-plane event.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Record {
     id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
@@ -122,7 +138,15 @@ struct Record {
     certificate_serial: Option<String>,
     latency_us: Option<i64>,
     peer_address: Option<String>,
+    #[schema(value_type = Object)]
     details: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AuditPage {
+    records: Vec<Record>,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<String>,
 }
 
 const COLUMNS: &str = "id, occurred_at, event_type, action, device_id, user_id, role, service, method, \
@@ -258,6 +282,20 @@ async fn fetch(
     sql.build_query_as::<Record>().fetch_all(db).await
 }
 
+/// The audit trail, newest first: a page (`format=json`) or an export of everything that matches.
+#[utoipa::path(get, path = "/audit", tag = "admin",
+    security(("admin_token" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The records.",
+            content(
+                (AuditPage = "application/json"),
+                (String = "application/x-ndjson"),
+                (String = "text/csv; charset=utf-8"),
+            )),
+        (status = 400, description = "`invalid_query`, `invalid_service`, `invalid_time`, `invalid_time_range`, `invalid_limit`, `invalid_cursor`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+    ))]
 async fn query(
     State(state): State<AppState>,
     Query(query): Query<AuditQuery>,
@@ -269,10 +307,10 @@ async fn query(
             let next_cursor = (records.len() as i64 == limit)
                 .then(|| records.last().map(|r| cursor_of(r).encode()))
                 .flatten();
-            Ok(axum::Json(serde_json::json!({
-                "records": records,
-                "next_cursor": next_cursor,
-            }))
+            Ok(axum::Json(AuditPage {
+                records,
+                next_cursor,
+            })
             .into_response())
         }
         (format, limit) => {

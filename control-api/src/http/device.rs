@@ -1,15 +1,16 @@
 //! The device (mTLS) listener's endpoints. A device is who its verified client certificate says, as long
 //! as that certificate and the device are on record and not revoked; never who a request body says.
 
-use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
-use edgemesh_core::api::{DeviceStanding, IssuedCertificate, RenewRequest};
+use edgemesh_core::api::{DeviceStanding, ErrorBody, IssuedCertificate, RenewRequest};
 use edgemesh_core::cert::CertInfo;
 use edgemesh_core::id::DeviceId;
 use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{Json, Peer};
 use super::{ApiError, AppState};
@@ -18,14 +19,21 @@ use crate::ca::Issued;
 use crate::csr::Csr;
 use crate::server::PeerCertificate;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/renew", post(renew))
-        .route("/api/v1/device", get(standing))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(renew))
+        .routes(routes!(standing))
 }
 
-/// `GET /api/v1/device`: the calling device's standing. The extractor refuses a certificate that is
-/// revoked, retired, unknown or expired, or whose device is revoked, with the reason.
+/// The calling device's standing: answered while its certificate is on record, unrevoked and valid and
+/// its device active; refused with the reason otherwise.
+#[utoipa::path(get, path = "/api/v1/device", tag = "device",
+    security(("device_certificate" = [])),
+    responses(
+        (status = 200, description = "The certificate and its device are in good standing.", body = DeviceStanding),
+        (status = 401, description = CERTIFICATE_401, body = ErrorBody),
+        (status = 403, description = CERTIFICATE_403, body = ErrorBody),
+    ))]
 async fn standing(caller: AuthenticatedDevice) -> axum::Json<DeviceStanding> {
     axum::Json(DeviceStanding {
         device_id: caller.device.to_string(),
@@ -33,6 +41,12 @@ async fn standing(caller: AuthenticatedDevice) -> axum::Json<DeviceStanding> {
         status: "active".to_owned(),
     })
 }
+
+/// The refusals of [`AuthenticatedDevice`], for the document.
+pub const CERTIFICATE_401: &str = "`client_certificate_required`, `bad_certificate`, \
+    `certificate_expired`, `certificate_not_yet_valid`.";
+pub const CERTIFICATE_403: &str =
+    "`no_device_identity`, `unknown_certificate`, `certificate_revoked`, `device_revoked`.";
 
 /// A device authenticated by its client certificate, checked against the database on every request.
 #[derive(Debug, Clone)]
@@ -143,12 +157,26 @@ pub struct RenewalRules {
     pub per_hour: i64,
 }
 
-/// `POST /api/v1/renew`: a new certificate for the same device, for a key the device sends a CSR for.
+/// A new certificate for the calling device, for a key it sends a CSR for.
 ///
 /// A certificate renews once. Its successor records where it came from, the certificate renewed is
 /// retired after a short overlap, and revoking any certificate revokes what was renewed from it: a
 /// stolen key cannot renew itself into a certificate that outlives the stolen one's revocation. A
 /// repeated request for the same key (a retry after a lost answer) gets the successor again.
+#[utoipa::path(post, path = "/api/v1/renew", tag = "device",
+    security(("device_certificate" = [])),
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "The successor certificate (the same one again for a repeated request for the same key).", body = IssuedCertificate),
+        (status = 400, description = "`invalid_body`, `invalid_csr`.", body = ErrorBody),
+        (status = 401, description = CERTIFICATE_401, body = ErrorBody),
+        (status = 403, description = CERTIFICATE_403, body = ErrorBody),
+        (status = 409, description = "`already_renewed`: this certificate was renewed for another key.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many renewals for this device this hour.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 #[tracing::instrument(skip_all, fields(device_id = %caller.device))]
 async fn renew(
     State(state): State<AppState>,

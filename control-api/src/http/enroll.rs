@@ -4,11 +4,9 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
+use edgemesh_core::api::{EnrollRequest, ErrorBody, IssuedCertificate};
 use edgemesh_core::id::DeviceId;
 use sha2::{Digest, Sha256};
 
@@ -16,11 +14,32 @@ use super::extract::{Json, Peer, bearer};
 use super::{ApiError, AppState, bounded_text};
 use crate::audit::{Event, EventType};
 use crate::csr::Csr;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/enroll", post(enroll))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(enroll))
 }
 
+/// Enrolls a device: its first certificate, for a key it generated, with an enrollment token.
+///
+/// The token is checked before the CSR is parsed. A revoked device id enrolls again only with a token
+/// of its owner (or after an admin transfers it), and starts as never reported. An address whose
+/// enrollments keep being refused is answered 429 before anything is looked up.
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "enrollment",
+    security(("enrollment_token" = [])),
+    request_body = EnrollRequest,
+    responses(
+        (status = 201, description = "Enrolled: the device's certificate and the CA's.", body = IssuedCertificate),
+        (status = 400, description = "`invalid_body`, `invalid_device_id`, `invalid_field` (device_type, os, os_version), `invalid_csr`.", body = ErrorBody),
+        (status = 401, description = "`missing_token`, `invalid_token` (not known).", body = ErrorBody),
+        (status = 403, description = "`token_revoked`, `token_expired`, `token_used_up`.", body = ErrorBody),
+        (status = 409, description = "`device_exists` (enrolled and active), `device_owned` (revoked, another owner's).", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many refused enrollments from this address, or too many enrollments with this token.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 // The span names the device only once its id is valid: the body's text is the client's.
 #[tracing::instrument(skip_all, fields(device_id = tracing::field::Empty))]
 async fn enroll(

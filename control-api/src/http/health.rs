@@ -4,16 +4,18 @@
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
-use edgemesh_core::api::{HealthReport, HealthVerdict};
+use edgemesh_core::api::{ErrorBody, HealthReport, HealthVerdict};
 use edgemesh_core::id::DeviceId;
 use edgemesh_core::policy::COMPLIANCE;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::device::AuthenticatedDevice;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::admin::ADMIN_401;
+use super::device::{AuthenticatedDevice, CERTIFICATE_401};
 use super::extract::{Json, Path, Peer, Query};
 use super::{ApiError, AppState, bounded_text};
 use crate::audit::{Event, EventType};
@@ -22,13 +24,13 @@ use crate::audit::{Event, EventType};
 const MAX_CLOCK_AHEAD: time::Duration = time::Duration::minutes(5);
 const MAX_HISTORY: i64 = 1000;
 
-pub fn device_router() -> Router<AppState> {
-    Router::new().route("/api/v1/health", post(report))
+pub fn device_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(report))
 }
 
 /// Mounted under `/api/v1/admin` (behind the admin token).
-pub fn admin_router() -> Router<AppState> {
-    Router::new().route("/devices/{id}/health", get(history))
+pub fn admin_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(history))
 }
 
 fn check_percent(field: &str, value: Option<f64>) -> Result<(), ApiError> {
@@ -83,7 +85,20 @@ fn validate(report: &HealthReport, caller: &DeviceId, now: OffsetDateTime) -> Re
     Ok(())
 }
 
-/// `POST /api/v1/health`: stores the report and answers the device's verdict.
+/// Stores a health report of the calling device and answers its compliance verdict.
+#[utoipa::path(post, path = "/api/v1/health", tag = "device",
+    security(("device_certificate" = [])),
+    request_body = HealthReport,
+    responses(
+        (status = 200, description = "Stored; the device's verdict.", body = HealthVerdict),
+        (status = 400, description = "`invalid_body`, `invalid_field` (a percentage out of 0..100, a text too long or with control characters, uptime out of range), `collected_in_future`.", body = ErrorBody),
+        (status = 401, description = CERTIFICATE_401, body = ErrorBody),
+        (status = 403, description = "`device_mismatch` (the body names another device), and the certificate's: `no_device_identity`, `unknown_certificate`, `certificate_revoked`, `device_revoked`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: reports are limited per device.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 #[tracing::instrument(skip_all, fields(device_id = %caller.device))]
 async fn report(
     State(state): State<AppState>,
@@ -203,13 +218,17 @@ async fn report(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// How many reports, newest first: 1 to 1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A stored health report with the verdict it got.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct StoredReport {
     #[serde(with = "time::serde::rfc3339")]
     received_at: OffsetDateTime,
@@ -232,12 +251,27 @@ struct StoredReport {
     reasons: Vec<String>,
 }
 
-/// `GET /api/v1/admin/devices/{id}/health?limit=N`: the device's latest reports, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HealthHistory {
+    device_id: DeviceId,
+    reports: Vec<StoredReport>,
+}
+
+/// A device's latest health reports, newest first.
+#[utoipa::path(get, path = "/devices/{id}/health", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = DeviceId, Path, description = "The device."), HistoryQuery),
+    responses(
+        (status = 200, description = "The reports.", body = HealthHistory),
+        (status = 400, description = "`invalid_path` (the device id), `invalid_query`, `invalid_limit`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_device`.", body = ErrorBody),
+    ))]
 async fn history(
     State(state): State<AppState>,
     Path(id): Path<DeviceId>,
     Query(query): Query<HistoryQuery>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<HealthHistory>, ApiError> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_HISTORY).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -265,7 +299,8 @@ async fn history(
     .bind(limit)
     .fetch_all(&state.db)
     .await?;
-    Ok(axum::Json(
-        serde_json::json!({ "device_id": id.as_str(), "reports": reports }),
-    ))
+    Ok(axum::Json(HealthHistory {
+        device_id: id,
+        reports,
+    }))
 }

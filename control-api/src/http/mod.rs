@@ -7,8 +7,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use serde::Serialize;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use edgemesh_core::policy::PolicyStore;
 
@@ -22,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod limit;
+pub mod openapi;
 
 pub use error::ApiError;
 
@@ -48,42 +51,92 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-pub fn api_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/v1/ca.pem", get(ca_pem))
+// Routes are added only with `routes!`, which takes each handler's path and method from its
+// `#[utoipa::path]`, so the document describes every route (`tests/api/openapi.rs` holds to it).
+
+/// The API listener's routes.
+fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(ca_pem))
         .merge(enroll::router())
         .nest("/api/v1/admin", admin::router(state.clone()))
+}
+
+/// The device listener's routes.
+fn device_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(device::router())
+        .merge(health::device_router())
+}
+
+pub fn api_router(state: AppState) -> Router {
+    let (api, mut api_doc) = api_routes(&state).split_for_parts();
+    let (_, device_doc) = device_routes().split_for_parts();
+    let (meta, meta_doc) = openapi::routes().split_for_parts();
+    api_doc.merge(meta_doc);
+    let published = openapi::Published::new(&openapi::document(api_doc, device_doc));
+    api.with_state(state)
+        .merge(meta.with_state(Arc::new(published)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
 }
 
 pub fn device_router(state: AppState) -> Router {
-    Router::new()
-        .merge(device::router())
-        .merge(health::device_router())
+    let (device, _) = device_routes().split_for_parts();
+    device
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Liveness {
+    /// `ok`, or `database unreachable`.
+    status: &'static str,
+    /// The control API's version.
+    version: &'static str,
+    /// PostgreSQL's version (`server_version`), when it answers.
+    database_version: Option<String>,
+}
+
+/// Whether the control API is up and reaches its database, and their versions.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses(
+    (status = 200, description = "Up, and the database answers.", body = Liveness),
+    (status = 503, description = "Up, but the database does not answer.", body = Liveness),
+))]
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => (
+    let version = env!("CARGO_PKG_VERSION");
+    match sqlx::query_scalar::<_, String>("SHOW server_version")
+        .fetch_one(&state.db)
+        .await
+    {
+        Ok(database_version) => (
             StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
+            axum::Json(Liveness {
+                status: "ok",
+                version,
+                database_version: Some(database_version),
+            }),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"status": "database unreachable"})),
+                axum::Json(Liveness {
+                    status: "database unreachable",
+                    version,
+                    database_version: None,
+                }),
             )
         }
     }
 }
 
+/// The CA certificate devices and clients trust (verify its fingerprint out of band).
+#[utoipa::path(get, path = "/api/v1/ca.pem", tag = "meta", responses(
+    (status = 200, description = "The CA certificate, PEM.", content_type = "application/x-pem-file", body = String),
+))]
 async fn ca_pem(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],

@@ -7,4 +7,5 @@ mod enroll;
 mod health;
 mod helpers;
 mod listeners;
+mod openapi;
 mod renew;
