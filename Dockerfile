@@ -7,7 +7,7 @@ COPY . .
 RUN cargo build --release --workspace --bins \
     && mkdir /out \
     && cp target/release/edgemesh-control-api target/release/edgemesh-ext-authz \
-          target/release/edgemesh-agent target/release/edgemesh-simulator /out/
+          target/release/edgemesh-agent target/release/edgemesh-simulator target/release/edgemeshctl /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -1,4 +1,4 @@
-# Unit tests of edgemesh.authz: `edgemesh-ext-authz policy test` runs every `test_` rule (as `opa test` would).
+# Unit tests of edgemesh.authz: `edgemeshctl policy test` runs every `test_` rule (as `opa test` would).
 package edgemesh.authz_test
 
 import rego.v1

@@ -1,4 +1,4 @@
-# Unit tests of edgemesh.compliance: `edgemesh-ext-authz policy test` runs every `test_` rule.
+# Unit tests of edgemesh.compliance: `edgemeshctl policy test` runs every `test_` rule.
 package edgemesh.compliance_test
 
 import rego.v1

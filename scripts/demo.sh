@@ -120,6 +120,11 @@ cat <<TXT
   curl --cacert .edgemesh/ca.pem $API/api/v1/ca.pem
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/devices?limit=5'
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header $API/api/v1/admin/devices/demo-pi
+  # the same with edgemeshctl, the admin CLI (it reads .edgemesh/ca.pem and .edgemesh/admin-token here;
+  # --output json prints the API's JSON); the API's document: $API/api/v1/docs
+  $BIN/edgemeshctl devices list --limit 5
+  $BIN/edgemeshctl devices show demo-pi
+  $BIN/edgemeshctl status
 
   # through Envoy with demo-pi's certificate (an admin's): allowed, and the upstream echoes the identity
   # EdgeMesh vouched for; once its last health report is older than 5 minutes, a 403 "stale" (run
@@ -130,6 +135,8 @@ cat <<TXT
 
   # the audit trail of both, newest first
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/audit?device=demo-analyst-pi&limit=5'
+  $BIN/edgemeshctl audit query --device demo-analyst-pi --limit 5
+  $BIN/edgemeshctl audit query --follow        # new records as they are written (Ctrl-C stops)
 
   # the simulator's other scenarios (see edgemesh-simulator --help)
   $BIN/edgemesh-simulator --devices 60 --duration 30s --scenario revocation --revocations 10
@@ -145,6 +152,7 @@ cat <<TXT
 
   # its health history, as the control API stored it
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header '$API/api/v1/admin/devices/demo-pi/health?limit=5'
+  $BIN/edgemeshctl health history demo-pi --limit 5
 
   # renew demo-pi's certificate over mTLS (a new key; the old certificate is retired 60 s later)
   $BIN/edgemesh-agent --state-dir $DEVICE_DIR renew
@@ -152,6 +160,7 @@ cat <<TXT
   # revoke it; its next request through Envoy is a 403, its next renewal is refused (the next
   # \`make demo\` sees that and enrols a fresh identity)
   curl --cacert .edgemesh/ca.pem -H @.edgemesh/admin-header -X POST $API/api/v1/admin/devices/demo-pi/revoke
+  $BIN/edgemeshctl devices revoke demo-pi --reason lost     # the same
 
   make down   # stop everything
 TXT
