@@ -211,10 +211,15 @@ up() {
   # The migrations run as the superuser; the services connect as their own roles.
   "$PROFILE_DIR/edgemesh-control-api" migrate
   db_roles
+  # The local stack lifts the enrolment and admin rate limits: the simulator and the benches enrol
+  # fleets and query the audit from one address with one token (set EDGEMESH_ENROLL_*/ADMIN_* to keep
+  # them).
   start control-api \
     "curl -sf --cacert '$STATE/ca.pem' https://127.0.0.1:8444/healthz" \
     env EDGEMESH_STATE_DIR="$STATE" EDGEMESH_MIGRATE=false \
       EDGEMESH_DATABASE_URL="$(db_url edgemesh_control_api)" PGPASSFILE="$(pgpass control-api)" \
+      EDGEMESH_ENROLL_BURST="${EDGEMESH_ENROLL_BURST:-100000}" EDGEMESH_ENROLL_RATE="${EDGEMESH_ENROLL_RATE:-10000}" \
+      EDGEMESH_ADMIN_BURST="${EDGEMESH_ADMIN_BURST:-100000}" EDGEMESH_ADMIN_RATE="${EDGEMESH_ADMIN_RATE:-10000}" \
       "$PROFILE_DIR/edgemesh-control-api"
   # The admin token as a header file for `curl -H @file`: the token stays out of every command line.
   (umask 077; printf 'Authorization: Bearer %s\n' "$(cat "$STATE/admin-token")" >"$STATE/admin-header")

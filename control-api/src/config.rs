@@ -93,6 +93,26 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_ENROLL_REFUSAL_RATE", default_value_t = 0.1)]
     pub enroll_refusal_rate: f64,
 
+    /// Enrolment requests one source address may make at once, and one enrollment token may be used
+    /// for at once, before the sustained rate applies; beyond either, 429 with Retry-After.
+    #[arg(long, env = "EDGEMESH_ENROLL_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub enroll_burst: u32,
+
+    /// Sustained enrolment requests per second per source address, and per token.
+    #[arg(long, env = "EDGEMESH_ENROLL_RATE", default_value_t = 10.0)]
+    pub enroll_rate: f64,
+
+    /// Admin API requests one admin token may make at once before the sustained rate applies; beyond
+    /// it, 429 with Retry-After.
+    #[arg(long, env = "EDGEMESH_ADMIN_BURST", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_burst: u32,
+
+    /// Sustained admin API requests per second per admin token.
+    #[arg(long, env = "EDGEMESH_ADMIN_RATE", default_value_t = 50.0)]
+    pub admin_rate: f64,
+
     /// A device whose last health report is older than this is shown as stale.
     #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
     pub max_health_age_secs: u64,

@@ -68,10 +68,17 @@ impl Application {
             CertificateAuthority::load_or_create(&config.ca_cert_path(), &config.ca_key_path())
                 .context("failed to load or create the CA")?;
         let admin_token = load_or_create_admin_token(&config.admin_token_path())?;
-        ensure!(
-            config.health_rate.is_finite() && config.health_rate > 0.0,
-            "the health report rate must be a positive number of reports per second"
-        );
+        for (rate, what) in [
+            (config.health_rate, "health report"),
+            (config.enroll_refusal_rate, "refused enrolment"),
+            (config.enroll_rate, "enrolment"),
+            (config.admin_rate, "admin request"),
+        ] {
+            ensure!(
+                rate.is_finite() && rate > 0.0,
+                "the {what} rate must be a positive number per second"
+            );
+        }
         let policies = Arc::new(PolicyStore::load(&config.policy_dir).with_context(|| {
             format!(
                 "failed to load the policies in {}",
@@ -128,6 +135,9 @@ impl Application {
                 config.enroll_refusal_burst,
                 config.enroll_refusal_rate,
             )),
+            enroll_per_address: Arc::new(RateLimiter::new(config.enroll_burst, config.enroll_rate)),
+            enroll_per_token: Arc::new(RateLimiter::new(config.enroll_burst, config.enroll_rate)),
+            admin_per_token: Arc::new(RateLimiter::new(config.admin_burst, config.admin_rate)),
             max_health_age: time::Duration::seconds(
                 i64::try_from(config.max_health_age_secs).unwrap_or(i64::MAX),
             ),

@@ -57,6 +57,15 @@ async fn require_admin(
     })?;
     // Comparing digests keeps the comparison constant-time whatever the presented token's length.
     let presented = Sha256::digest(token.as_bytes());
+    if let Err(retry_after) = state
+        .admin_per_token
+        .take(&hex::encode(presented), std::time::Instant::now())
+    {
+        return Err(ApiError::TooManyRequests {
+            retry_after,
+            detail: format!("too many admin requests with this token; retry in {retry_after} s"),
+        });
+    }
     if !bool::from(presented[..].ct_eq(&state.admin_token_sha256)) {
         return Err(ApiError::unauthorized(
             "invalid_token",

@@ -37,7 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 409, description = "`device_exists` (enrolled and active), `device_owned` (revoked, another owner's).", body = ErrorBody),
         (status = 413, description = "`body_too_large`.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: too many refused enrollments from this address, or too many enrollments with this token.", body = ErrorBody,
+        (status = 429, description = "`rate_limited`: too many enrollments from this address or with this token (default: a burst of 100, then 10 per second, each), or too many refused ones from this address (a burst of 20, then one per 10 s).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 // The span names the device only once its id is valid: the body's text is the client's.
@@ -68,6 +68,31 @@ async fn enroll(
         return Err(ApiError::TooManyRequests {
             retry_after,
             detail: "too many refused enrollments from this address; try again later".to_owned(),
+        });
+    }
+    // Every enrolment, refused or not, counts against its address and its token: a leaked multi-use
+    // token or a runaway script cannot keep the CA signing.
+    let now = std::time::Instant::now();
+    let token_key = bearer(&headers).map(|t| hex::encode(Sha256::digest(t.as_bytes())));
+    let limited = state
+        .enroll_per_address
+        .take(&source, now)
+        .err()
+        .or_else(|| {
+            token_key
+                .as_deref()
+                .and_then(|key| state.enroll_per_token.take(key, now).err())
+        });
+    if let Some(retry_after) = limited {
+        state
+            .metrics
+            .enrollments
+            .with_label_values(&["rate_limited"])
+            .inc();
+        return Err(ApiError::TooManyRequests {
+            retry_after,
+            detail: "too many enrollments from this address or with this token; try again later"
+                .to_owned(),
         });
     }
     let result = admit(&state, peer, &headers, body).await;

@@ -46,6 +46,11 @@ pub struct AppState {
     pub health_limiter: Arc<limit::RateLimiter>,
     /// Refused enrolments per source address: beyond it, refusals are neither processed nor audited.
     pub enroll_refusals: Arc<limit::RateLimiter>,
+    /// Enrolment requests per source address, and per token (by its SHA-256).
+    pub enroll_per_address: Arc<limit::RateLimiter>,
+    pub enroll_per_token: Arc<limit::RateLimiter>,
+    /// Admin API requests per presented token (by its SHA-256).
+    pub admin_per_token: Arc<limit::RateLimiter>,
     /// A device whose health is older than this is shown as stale.
     pub max_health_age: time::Duration,
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -15,8 +15,11 @@ use edgemesh_core::api::ErrorBody;
 use edgemesh_core::id::{DeviceId, UserId};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::server::{Server, ServerBuilder, ServerVariableBuilder};
+use utoipa::openapi::{Content, Ref, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -99,6 +102,31 @@ fn listener(port: u16, description: &str) -> Server {
         .build()
 }
 
+/// The answer of the admin token's rate limit, which every admin operation can give.
+fn admin_rate_limited() -> Response {
+    ResponseBuilder::new()
+        .description(
+            "`rate_limited`: too many requests with this admin token (default: a burst of 200, \
+             then 50 per second).",
+        )
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                ))
+                .description(Some("Seconds to wait."))
+                .build(),
+        )
+        .build()
+}
+
 /// The document's own routes, on the API listener.
 pub fn routes() -> OpenApiRouter<Arc<Published>> {
     OpenApiRouter::new()
@@ -116,8 +144,16 @@ pub fn document(
         (api, listener(8444, "the API listener")),
         (device, listener(8443, "the device listener (mutual TLS)")),
     ] {
-        for item in part.paths.paths.values_mut() {
+        for (path, item) in part.paths.paths.iter_mut() {
             item.servers = Some(vec![server.clone()]);
+            if path.starts_with("/api/v1/admin/") {
+                for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                    operation
+                        .responses
+                        .responses
+                        .insert("429".to_owned(), admin_rate_limited().into());
+                }
+            }
         }
         doc.merge(part);
     }

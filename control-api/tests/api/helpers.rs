@@ -20,8 +20,20 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(db: PgPool) -> TestApp {
-    // Tests of other things refuse many enrolments from one address (127.0.0.1).
-    spawn_app_with(db, &["--enroll-refusal-burst", "100000"]).await
+    // Tests of other things enrol (and refuse) many devices from one address (127.0.0.1), and send
+    // many admin requests (schemathesis).
+    spawn_app_with(
+        db,
+        &[
+            "--enroll-refusal-burst",
+            "100000",
+            "--enroll-burst",
+            "100000",
+            "--admin-burst",
+            "100000",
+        ],
+    )
+    .await
 }
 
 /// `spawn_app` with more command-line flags.

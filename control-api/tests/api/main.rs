@@ -8,4 +8,5 @@ mod health;
 mod helpers;
 mod listeners;
 mod openapi;
+mod rate_limits;
 mod renew;

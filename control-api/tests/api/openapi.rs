@@ -103,6 +103,18 @@ async fn the_document_is_valid_openapi_3_1_and_its_reference_page_lists_every_pa
         (limit["minimum"].as_i64(), limit["maximum"].as_i64()),
         (Some(1), Some(1000))
     );
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        if path.starts_with("/api/v1/admin/") {
+            for (method, operation) in item.as_object().expect("item") {
+                if method != "servers" {
+                    assert!(
+                        operation["responses"]["429"]["headers"]["Retry-After"].is_object(),
+                        "{method} {path} documents the admin rate limit"
+                    );
+                }
+            }
+        }
+    }
     let enroll = &doc["paths"]["/api/v1/enroll"]["post"]["responses"];
     assert!(
         enroll["429"]["headers"]["Retry-After"].is_object(),
