@@ -508,3 +508,93 @@ fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
+
+/// `audit query --follow` keeps its place when the control API goes away: a decision made through
+/// Envoy while it is down is shown once it is back.
+#[sqlx::test(migrations = false)]
+async fn a_followed_audit_resumes_after_the_control_api_restarts(
+    _pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let url = database_url(&db);
+    let stack = Stack::start(&url, Options::default()).await;
+    let device = stack.device("rita", "admin", "pi-rita").await;
+    stack.report(&device, json!({})).await;
+    let ctl = Ctl {
+        stack: &stack,
+        home: tempfile::tempdir().expect("tempdir"),
+    };
+    let mut follow = ctl
+        .command(&[
+            "audit",
+            "query",
+            "--follow",
+            "--device",
+            "pi-rita",
+            "--event-type",
+            "authorization",
+            "--interval",
+            "0.2",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("follow");
+    drop(ctl);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let Stack {
+        api,
+        envoy_url,
+        state_dir,
+        ..
+    } = stack;
+    let ports = api.ports();
+    assert!(api.stop().await, "the control API stops");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let response = device
+        .client
+        .get(format!("{envoy_url}/api/orders?while=away"))
+        .send()
+        .await
+        .expect("through Envoy");
+    assert_eq!(
+        response.status(),
+        200,
+        "decisions do not need the control API"
+    );
+    let _api = crate::helpers::ControlApi::start_on(&url, state_dir.path(), ports).await;
+
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let record: Value = serde_json::from_str(&line).expect("a JSON record per line");
+            if record["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("while=away"))
+            {
+                return Some(record);
+            }
+        }
+        None
+    })
+    .await
+    .expect("shown within 30 s of the restart")
+    .expect("a record");
+    assert_eq!(seen["decision"], "allow");
+    follow.kill().await.expect("stop follow");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(
+        &mut follow.stderr.take().expect("stderr"),
+        &mut stderr,
+    )
+    .await
+    .expect("stderr");
+    assert!(
+        stderr.contains("retrying") && stderr.contains("reconnected"),
+        "it said so: {stderr}"
+    );
+}
