@@ -138,3 +138,99 @@ test_unknown_health_age_is_denied_with_its_reason if {
 	not authz.allow with input as inp
 	authz.reasons == {"the device's health report has no age (health.age_seconds)"} with input as inp
 }
+
+# ---- the boundaries, pinned: any change of an operator or a constant in the policies fails a test
+# (scripts/mutate-policies.py applies every such change and checks that one does).
+
+# Allowed exactly when there is no reason, and as `allowed` says.
+# (A comparison is bound to a variable before it is compared again: regorus 0.14 leaves
+# `(count(x) == 0) == allowed` undefined.)
+decides(inp, allowed) if {
+	allow_is(inp, allowed)
+	reasonless_is(inp, allowed)
+}
+
+allow_is(inp, allowed) if {
+	decision := authz.allow with input as inp
+	decision == allowed
+}
+
+reasonless_is(inp, allowed) if {
+	found := authz.reasons with input as inp
+	none := count(found) == 0
+	none == allowed
+}
+
+at(now_ns) := object.union(base, {"time": {"now_ns": now_ns, "timezone": "UTC"}})
+
+test_business_hours_start_at_nine_and_end_at_five_on_weekdays if {
+	cases := [
+		[1794992399000000000, false], # Wednesday 08:59:59
+		[1794992400000000000, true], # Wednesday 09:00:00
+		[1795021199000000000, true], # Wednesday 16:59:59
+		[1795021200000000000, false], # Wednesday 17:00:00
+		[1795193999000000000, true], # Friday 16:59:59
+		[saturday_morning, false], # Saturday 10:30
+		[1795343400000000000, false], # Sunday 10:30
+		[1795424400000000000, true], # Monday 09:00:00
+	]
+	every case in cases {
+		decides(at(case[0]), case[1])
+	}
+}
+
+test_admins_are_not_bound_by_business_hours if {
+	every now_ns in [1794992399000000000, 1795021200000000000, saturday_morning, 1795343400000000000] {
+		decides(object.union(at(now_ns), {"user": {"id": "root", "role": "admin"}}), true)
+	}
+}
+
+test_every_role_and_service_pair if {
+	cases := [
+		["admin", "database", true], ["admin", "api", true], ["admin", "storage", true], ["admin", "analytics", true],
+		["developer", "database", true], ["developer", "api", true], ["developer", "storage", true], ["developer", "analytics", false],
+		["analyst", "database", false], ["analyst", "api", true], ["analyst", "storage", true], ["analyst", "analytics", true],
+	]
+	every case in cases {
+		decides(object.union(base, {"user": {"id": "u", "role": case[0]}, "service": case[1]}), case[2])
+	}
+}
+
+test_a_report_exactly_at_the_maximum_age_is_fresh if {
+	decides(with_health("age_seconds", 300), true)
+	decides(with_health("age_seconds", 301), false)
+	# Without a configured maximum, the default is 300 s too.
+	unconfigured := object.remove(base, ["config"])
+	decides(object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 300})}), true)
+	decides(object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 301})}), false)
+	"the device's health is stale: last report 301 s ago, maximum 300 s" in authz.reasons with input as object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 301})})
+}
+
+test_the_configured_maximum_age_and_time_zone_are_used if {
+	short := object.union(base, {"config": {"max_health_age_seconds": 60}})
+	decides(object.union(short, {"health": object.union(healthy, {"age_seconds": 60})}), true)
+	decides(object.union(short, {"health": object.union(healthy, {"age_seconds": 61})}), false)
+	# Without a time zone, UTC: Wednesday 10:30 UTC is within business hours.
+	decides(object.union(object.remove(base, ["time"]), {"time": {"now_ns": wednesday_morning}}), true)
+}
+
+test_identity_certificate_and_status_must_be_exactly_right if {
+	decides(object.union(base, {"device": object.union(base.device, {"id": ""})}), false)
+	# No revocation status is not "not revoked" (object.union merges, so the field is removed).
+	decides(object.union(object.remove(base, ["certificate"]), {"certificate": {"serial": "41"}}), false)
+	decides(object.union(base, {"device": object.union(base.device, {"status": "suspended"})}), false)
+}
+
+test_cpu_and_memory_just_under_ninety_percent_pass if {
+	decides(with_health("cpu_usage", 89.9), true)
+	decides(with_health("cpu_usage", 90), false)
+	decides(with_health("memory_usage", 89.9), true)
+	decides(with_health("memory_usage", 90), false)
+}
+
+test_each_health_flag_must_be_true if {
+	every field in ["os_patches_current", "antivirus_enabled", "disk_encrypted"] {
+		decides(with_health(field, false), false)
+		decides(with_health(field, null), false)
+	}
+}

@@ -55,3 +55,41 @@ test_no_health_is_not_compliant_and_gives_no_health_reasons if {
 	not compliance.compliant with input as inp
 	count(compliance.reasons) == 0 with input as inp
 }
+
+# ---- the boundaries, pinned (scripts/mutate-policies.py): every supported version and one just outside
+
+on(os, version) := object.union(healthy, {"device": {"os": os, "os_version": version}})
+
+test_every_supported_os_version_and_its_neighbours if {
+	supported := [
+		["ubuntu", "22.04"], ["ubuntu", "24.04"],
+		["debian", "12"], ["debian", "13"],
+		["raspbian", "12"], ["raspbian", "13"],
+		["windows", "10"], ["windows", "11"],
+		["macos", "13"], ["macos", "13.6"], ["macos", "13.0.1"], ["macos", "15.1"], ["macOS", "14"], ["Debian", "12"],
+	]
+	every case in supported {
+		compliance.compliant with input as on(case[0], case[1])
+		count(compliance.reasons) == 0 with input as on(case[0], case[1])
+	}
+	unsupported := [
+		["ubuntu", "20.04"], ["ubuntu", "23.04"], ["ubuntu", "24.10"],
+		["debian", "11"], ["debian", "14"],
+		["raspbian", "11"], ["raspbian", "14"],
+		["windows", "8"], ["windows", "12"],
+		["macos", "12"], ["macos", "12.7"],
+		["freebsd", "14"],
+	]
+	every case in unsupported {
+		not compliance.compliant with input as on(case[0], case[1])
+		compliance.reasons == {sprintf("operating system %v %v is not supported", case)} with input as on(case[0], case[1])
+	}
+}
+
+test_cpu_and_memory_thresholds_are_ninety_percent if {
+	compliance.compliant with input as with_health("cpu_usage", 89.9)
+	not compliance.compliant with input as with_health("cpu_usage", 90)
+	compliance.compliant with input as with_health("memory_usage", 89.9)
+	not compliance.compliant with input as with_health("memory_usage", 90)
+	compliance.reasons == {"memory usage is 90% or more"} with input as with_health("memory_usage", 90)
+}

@@ -29,5 +29,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Every single change of an operator or a constant in the policies must fail a Rego test.
+python3 scripts/mutate-policies.py
 # Prometheus rules and configuration, compose file, Dockerfile, compose's Envoy configuration.
 scripts/check-deploy.sh
