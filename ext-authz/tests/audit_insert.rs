@@ -59,6 +59,7 @@ async fn every_field_is_stored_as_given(db: PgPool) {
     let awkward = "a \"quoted\", {braced} back\\slash\nnew line \u{1f} and NUL\0 ✓";
     let mut odd = record(2, &[awkward, "", "antivirus is not enabled"]);
     odd.path = Some(format!("/api/{awkward}"));
+    odd.method = Some("PROPFIND".to_owned());
     let mut unknown = record(3, &["no client certificate was presented"]);
     (
         unknown.device,
@@ -66,7 +67,10 @@ async fn every_field_is_stored_as_given(db: PgPool) {
         unknown.role,
         unknown.serial,
         unknown.peer,
-    ) = (None, None, None, None, None);
+        unknown.service,
+        unknown.method,
+        unknown.path,
+    ) = (None, None, None, None, None, None, None, None);
     let records = vec![
         record(0, &[]),
         record(1, &["role analyst may not use service database"]),
@@ -122,6 +126,22 @@ async fn every_field_is_stored_as_given(db: PgPool) {
         assert_eq!(
             (&row.9, &row.10, row.11, &row.12),
             (&r.policy_version, &r.serial, r.latency_us, &r.peer)
+        );
+    }
+    // The rest of each row: its method, its kind, and when PostgreSQL stored it.
+    let rest: Vec<(uuid::Uuid, Option<String>, String, String, bool)> = sqlx::query_as(
+        "SELECT id, method, event_type, action, written_at IS NOT NULL FROM audit_log",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("stored records");
+    assert_eq!(rest.len(), 4);
+    for r in &records {
+        let row = rest.iter().find(|row| row.0 == r.id).expect("stored");
+        assert_eq!(row.1, r.method);
+        assert_eq!(
+            (row.2.as_str(), row.3.as_str(), row.4),
+            ("authorization", "check", true)
         );
     }
     let odd = rows
