@@ -51,8 +51,9 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
 
 /// The DER of the first certificate in a PEM text.
 pub fn first_pem_der(pem: &str) -> Result<Vec<u8>, CertError> {
-    let mut reader = pem.as_bytes();
-    match rustls_pemfile::certs(&mut reader).next() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    match CertificateDer::pem_slice_iter(pem.as_bytes()).next() {
         Some(Ok(der)) => Ok(der.to_vec()),
         _ => Err(CertError::NotPem),
     }

@@ -87,11 +87,12 @@ pub async fn fetch_pinned_ca(server: &str, pin: &str) -> anyhow::Result<String> 
 /// lowercase hex digits). Whatever is trusted afterwards is built from this text, so a bundle with
 /// anything beside the pinned certificate (a second CA appended by a server in the path) is refused.
 fn pinned_ca(pem: String, pin: &str) -> anyhow::Result<String> {
-    let items = rustls_pemfile::read_all(&mut pem.as_bytes())
+    use rustls::pki_types::pem::{PemObject, SectionKind};
+    let items = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("the control API served a CA bundle that is not valid PEM")?;
     let der = match items.as_slice() {
-        [rustls_pemfile::Item::X509Certificate(der)] => der,
+        [(SectionKind::Certificate, der)] => der,
         [] => anyhow::bail!("the control API served no CA certificate"),
         [_] => {
             anyhow::bail!("the control API served a PEM item that is not a certificate as its CA")

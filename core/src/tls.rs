@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -14,7 +15,7 @@ pub fn install_crypto_provider() {
 }
 
 pub fn certs_from_pem(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("failed to read PEM certificates")?;
     if certs.is_empty() {
@@ -24,9 +25,11 @@ pub fn certs_from_pem(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>>
 }
 
 pub fn key_from_pem(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .context("failed to read PEM private key")?
-        .context("no private key in PEM text")
+    match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
+        Ok(key) => Ok(key),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => bail!("no private key in PEM text"),
+        Err(e) => Err(anyhow::Error::new(e).context("failed to read PEM private key")),
+    }
 }
 
 pub fn root_store(ca_pem: &str) -> anyhow::Result<RootCertStore> {
