@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::client::{Admin, Failure};
-use crate::{Output, table};
+use crate::{Output, lower, table};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Decision {
@@ -81,10 +81,6 @@ const FIELDS: [&str; 9] = [
     "path",
     "reasons",
 ];
-
-fn lower<T: std::fmt::Debug>(value: T) -> String {
-    format!("{value:?}").to_lowercase()
-}
 
 impl QueryArgs {
     fn filters(&self) -> Vec<(&'static str, String)> {

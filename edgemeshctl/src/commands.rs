@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::client::{Admin, Failure, answer, error_chain};
 use crate::config::Settings;
-use crate::{Output, Reason, table};
+use crate::{Output, Reason, lower, table};
 
 /// Prints `value` as JSON, or with `show` as a table.
 fn emit(out: Output, value: &Value, show: impl FnOnce(&Value)) {
@@ -48,7 +48,7 @@ const USER_FIELDS: [&str; 4] = ["id", "email", "role", "created_at"];
 pub async fn users(api: &Admin, command: Users, out: Output) -> Result<(), Failure> {
     match command {
         Users::Create { id, email, role } => {
-            let role = format!("{role:?}").to_lowercase();
+            let role = lower(role);
             let user = api
                 .post("/users", json!({"id": id, "email": email, "role": role}))
                 .await?;
@@ -259,10 +259,6 @@ fn show_device(device: &Value) {
         &CERT_FIELDS,
         &table::rows(&device["certificates"], &CERT_FIELDS),
     );
-}
-
-fn lower<T: std::fmt::Debug>(value: T) -> String {
-    format!("{value:?}").to_lowercase()
 }
 
 pub async fn devices(api: &Admin, command: Devices, out: Output) -> Result<(), Failure> {

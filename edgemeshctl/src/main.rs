@@ -91,6 +91,11 @@ pub struct Reason {
     reason: Option<String>,
 }
 
+/// A value-enum argument as the API spells it (`Verdict::Unhealthy` is `unhealthy`).
+pub fn lower<T: std::fmt::Debug>(value: T) -> String {
+    format!("{value:?}").to_lowercase()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Policy { command } = &cli.command {

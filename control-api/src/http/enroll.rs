@@ -56,34 +56,29 @@ async fn enroll(
     // answered 429 before anything is looked up, and not audited one by one: refusals cannot grow
     // the audit log without bound.
     let source = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-    if let Some(retry_after) = state
-        .enroll_refusals
-        .exhausted(&source, std::time::Instant::now())
-    {
-        state
-            .metrics
-            .enrollments
-            .with_label_values(&["rate_limited"])
-            .inc();
-        return Err(ApiError::TooManyRequests {
-            retry_after,
-            detail: "too many refused enrollments from this address; try again later".to_owned(),
-        });
-    }
-    // Every enrolment, refused or not, counts against its address and its token: a leaked multi-use
-    // token or a runaway script cannot keep the CA signing.
     let now = std::time::Instant::now();
+    // Every enrolment, refused or not, also counts against its address and its token: a leaked
+    // multi-use token or a runaway script cannot keep the CA signing.
     let token_key = bearer(&headers).map(|t| hex::encode(Sha256::digest(t.as_bytes())));
     let limited = state
-        .enroll_per_address
-        .take(&source, now)
-        .err()
+        .enroll_refusals
+        .exhausted(&source, now)
+        .map(|wait| (wait, "too many refused enrollments from this address"))
         .or_else(|| {
-            token_key
-                .as_deref()
-                .and_then(|key| state.enroll_per_token.take(key, now).err())
+            let per_address = state.enroll_per_address.take(&source, now).err();
+            per_address
+                .or_else(|| {
+                    let key = token_key.as_deref()?;
+                    state.enroll_per_token.take(key, now).err()
+                })
+                .map(|wait| {
+                    (
+                        wait,
+                        "too many enrollments from this address or with this token",
+                    )
+                })
         });
-    if let Some(retry_after) = limited {
+    if let Some((retry_after, why)) = limited {
         state
             .metrics
             .enrollments
@@ -91,8 +86,7 @@ async fn enroll(
             .inc();
         return Err(ApiError::TooManyRequests {
             retry_after,
-            detail: "too many enrollments from this address or with this token; try again later"
-                .to_owned(),
+            detail: format!("{why}; try again later"),
         });
     }
     let result = admit(&state, peer, &headers, body).await;

@@ -49,6 +49,28 @@ impl Ctl<'_> {
         command
     }
 
+    /// `audit query --follow` of `device`'s decisions, as NDJSON on a pipe.
+    fn follow(&self, device: &str) -> tokio::process::Child {
+        self.command(&[
+            "audit",
+            "query",
+            "--follow",
+            "--device",
+            device,
+            "--event-type",
+            "authorization",
+            "--interval",
+            "0.2",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("follow")
+    }
+
     async fn run(&self, args: &[&str]) -> Outcome {
         self.run_with(args, &[]).await
     }
@@ -249,42 +271,14 @@ async fn every_command_works_against_the_real_control_api(
     assert_eq!(history["reports"][0]["status"], "healthy");
 
     // audit query, and --follow seeing a request made through Envoy
-    let mut follow = ctl
-        .command(&[
-            "audit",
-            "query",
-            "--follow",
-            "--device",
-            "pi-carol",
-            "--event-type",
-            "authorization",
-            "--interval",
-            "0.2",
-            "-o",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("follow");
+    let mut follow = ctl.follow("pi-carol");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let answer = stack.get(&device, "/api/orders?seen-by=follow").await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
-    let seen = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            let record: Value =
-                serde_json::from_str(&line).expect("each followed line is a JSON record");
-            if record["path"] == "/api/orders?seen-by=follow" || record["path"] == "/api/orders" {
-                return Some(record);
-            }
-        }
-        None
+    let seen = followed(&mut follow, Duration::from_secs(20), |path| {
+        path == "/api/orders?seen-by=follow" || path == "/api/orders"
     })
-    .await
-    .expect("the follow shows the request within 20 s")
-    .expect("a record");
+    .await;
     assert_eq!(
         (seen["decision"].as_str(), seen["device_id"].as_str()),
         (Some("allow"), Some("pi-carol"))
@@ -504,6 +498,26 @@ async fn a_configuration_file_is_enough_and_policies_are_checked_locally(
     );
 }
 
+/// The first record a follow prints whose path `wanted` accepts, within `limit`.
+async fn followed(
+    follow: &mut tokio::process::Child,
+    limit: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Value {
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(limit, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            let record: Value = serde_json::from_str(&line).expect("each line is a JSON record");
+            if record["path"].as_str().is_some_and(&wanted) {
+                return record;
+            }
+        }
+        panic!("the follow ended without the record")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the follow shows the record within {limit:?}"))
+}
+
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -524,25 +538,7 @@ async fn a_followed_audit_resumes_after_the_control_api_restarts(
         stack: &stack,
         home: tempfile::tempdir().expect("tempdir"),
     };
-    let mut follow = ctl
-        .command(&[
-            "audit",
-            "query",
-            "--follow",
-            "--device",
-            "pi-rita",
-            "--event-type",
-            "authorization",
-            "--interval",
-            "0.2",
-            "-o",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("follow");
+    let mut follow = ctl.follow("pi-rita");
     drop(ctl);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -568,22 +564,10 @@ async fn a_followed_audit_resumes_after_the_control_api_restarts(
     );
     let _api = crate::helpers::ControlApi::start_on(&url, state_dir.path(), ports).await;
 
-    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
-    let seen = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
-            let record: Value = serde_json::from_str(&line).expect("a JSON record per line");
-            if record["path"]
-                .as_str()
-                .is_some_and(|p| p.contains("while=away"))
-            {
-                return Some(record);
-            }
-        }
-        None
+    let seen = followed(&mut follow, Duration::from_secs(30), |path| {
+        path.contains("while=away")
     })
-    .await
-    .expect("shown within 30 s of the restart")
-    .expect("a record");
+    .await;
     assert_eq!(seen["decision"], "allow");
     follow.kill().await.expect("stop follow");
     let mut stderr = String::new();
