@@ -314,6 +314,9 @@ async fn schemathesis(app: &TestApp, files: &FuzzFiles, listener: &str, mode: &s
         .arg(&files.key)
         .args(["--mode", mode, "--seed", "20261202", "--max-examples", "60"])
         .args(["--phases", "examples,coverage,fuzzing", "--workers", "1"])
+        // A connection the loaded machine drops (a listener's header timeout under a parallel test
+        // run) is retried; an answer is never retried, so every check still sees every answer.
+        .args(["--request-retries", "2"])
         .args(["--checks", checks])
         .args(["--generation-database", "none", "--report", "junit"])
         .arg("--report-dir")
