@@ -21,6 +21,8 @@ pub enum EventType {
     Token,
     User,
     Health,
+    /// The operator console: sign-ins (and refused ones) and sign-outs.
+    Console,
 }
 
 impl EventType {
@@ -33,6 +35,7 @@ impl EventType {
             Self::Token => "token",
             Self::User => "user",
             Self::Health => "health",
+            Self::Console => "console",
         }
     }
 }

@@ -113,6 +113,22 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_ADMIN_RATE", default_value_t = 50.0)]
     pub admin_rate: f64,
 
+    /// Hours a console session lasts after signing in (signing out, or a new admin token, ends it
+    /// sooner).
+    #[arg(long, env = "EDGEMESH_CONSOLE_SESSION_HOURS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=168))]
+    pub console_session_hours: u32,
+
+    /// Failed console sign-ins one address may make at once before the sustained rate applies;
+    /// beyond it, sign-ins from that address are refused (429) without being checked.
+    #[arg(long, env = "EDGEMESH_CONSOLE_SIGN_IN_BURST", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub console_sign_in_burst: u32,
+
+    /// Sustained failed console sign-ins per second per address (0.1: one every 10 s).
+    #[arg(long, env = "EDGEMESH_CONSOLE_SIGN_IN_RATE", default_value_t = 0.1)]
+    pub console_sign_in_rate: f64,
+
     /// A device whose last health report is older than this is shown as stale.
     #[arg(long, env = "EDGEMESH_MAX_HEALTH_AGE_SECS", default_value_t = 300)]
     pub max_health_age_secs: u64,

@@ -73,6 +73,7 @@ impl Application {
             (config.enroll_refusal_rate, "refused enrolment"),
             (config.enroll_rate, "enrolment"),
             (config.admin_rate, "admin request"),
+            (config.console_sign_in_rate, "failed console sign-in"),
         ] {
             ensure!(
                 rate.is_finite() && rate > 0.0,
@@ -138,11 +139,25 @@ impl Application {
             enroll_per_address: Arc::new(RateLimiter::new(config.enroll_burst, config.enroll_rate)),
             enroll_per_token: Arc::new(RateLimiter::new(config.enroll_burst, config.enroll_rate)),
             admin_per_token: Arc::new(RateLimiter::new(config.admin_burst, config.admin_rate)),
+            console_sign_in_refusals: Arc::new(RateLimiter::new(
+                config.console_sign_in_burst,
+                config.console_sign_in_rate,
+            )),
+            console_session_lifetime: time::Duration::hours(i64::from(
+                config.console_session_hours,
+            )),
             max_health_age: time::Duration::seconds(
                 i64::try_from(config.max_health_age_secs).unwrap_or(i64::MAX),
             ),
             metrics: Metrics::new()?,
         };
+        // Sessions opened with an earlier admin token end with it.
+        let ended = crate::console::session::end_other_tokens(&state)
+            .await
+            .context("failed to end the console sessions of an earlier admin token")?;
+        if ended > 0 {
+            tracing::info!(sessions = ended, "ended console sessions that expired or belong to an earlier admin token");
+        }
         Ok(Self {
             api_listener,
             device_listener,

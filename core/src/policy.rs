@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use regorus::rvm::{Program, RegoVM};
@@ -372,6 +372,8 @@ pub struct PolicyStore {
     current: RwLock<Arc<PolicySet>>,
     /// The version of files last refused, so a broken file is reported once, not at every poll.
     refused: Mutex<Option<String>>,
+    /// When the files last changed, and what reloading them did (`None`: not since the start).
+    last: Mutex<Option<(SystemTime, Reload)>>,
 }
 
 impl PolicyStore {
@@ -381,7 +383,28 @@ impl PolicyStore {
             dir: dir.to_owned(),
             current: RwLock::new(Arc::new(set)),
             refused: Mutex::new(None),
+            last: Mutex::new(None),
         })
+    }
+
+    /// The directory the policies are loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The policy files as they are on disk now (names and sources, tests left out).
+    pub fn files(&self) -> anyhow::Result<Vec<(String, String)>> {
+        policy_files(&self.dir, Files::Policies)
+    }
+
+    /// The last reload that found changed files: when, and whether they were put in force or refused.
+    pub fn last_outcome(&self) -> Option<(SystemTime, Reload)> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn remember(&self, outcome: &Reload) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((SystemTime::now(), outcome.clone()));
     }
 
     pub fn current(&self) -> Arc<PolicySet> {
@@ -403,7 +426,9 @@ impl PolicyStore {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
                 *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tracing::info!(policy_version = %version, "policies reloaded");
-                Reload::Replaced { version }
+                let outcome = Reload::Replaced { version };
+                self.remember(&outcome);
+                outcome
             }
             Err(e) => self.refuse(Some(version), format!("{e:#}")),
         }
@@ -443,12 +468,16 @@ impl PolicyStore {
 
     fn refuse(&self, version: Option<String>, error: String) -> Reload {
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = Reload::Refused { error };
         if version.is_none() || *refused != version {
-            tracing::error!(error = %error, policy_version = %self.current().version(),
-                "policy files do not load; the policies in force stay");
+            if let Reload::Refused { error } = &outcome {
+                tracing::error!(error = %error, policy_version = %self.current().version(),
+                    "policy files do not load; the policies in force stay");
+            }
+            self.remember(&outcome);
         }
         *refused = version;
-        Reload::Refused { error }
+        outcome
     }
 }
 

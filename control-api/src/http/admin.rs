@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
         .routes(routes!(list_devices))
+        .routes(routes!(fleet_summary))
         .routes(routes!(get_device))
         .routes(routes!(revoke_device))
         .routes(routes!(transfer_device))
@@ -92,10 +93,10 @@ struct CreateUser {
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-struct User {
-    id: String,
+pub(crate) struct User {
+    pub(crate) id: String,
     email: String,
-    role: String,
+    pub(crate) role: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
 }
@@ -151,8 +152,8 @@ async fn create_user(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct UserList {
-    users: Vec<User>,
+pub(crate) struct UserList {
+    pub(crate) users: Vec<User>,
 }
 
 /// `name@domain`: 3 to 254 bytes, something on each side of the last `@`, no whitespace or control
@@ -172,7 +173,7 @@ fn valid_email(email: &str) -> bool {
         (status = 200, description = "The users.", body = UserList),
         (status = 401, description = ADMIN_401, body = ErrorBody),
     ))]
-async fn list_users(State(state): State<AppState>) -> Result<axum::Json<UserList>, ApiError> {
+pub(crate) async fn list_users(State(state): State<AppState>) -> Result<axum::Json<UserList>, ApiError> {
     let users =
         sqlx::query_as::<_, User>("SELECT id, email, role, created_at FROM users ORDER BY id")
             .fetch_all(&state.db)
@@ -184,42 +185,42 @@ async fn list_users(State(state): State<AppState>) -> Result<axum::Json<UserList
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateToken {
+pub(crate) struct CreateToken {
     /// The user whose devices it enrolls.
-    owner: UserId,
+    pub(crate) owner: UserId,
     /// 60 seconds to 30 days.
     #[schema(minimum = 60, maximum = 2592000)]
-    ttl_seconds: i64,
+    pub(crate) ttl_seconds: i64,
     #[schema(minimum = 1, maximum = 100000)]
-    max_uses: i32,
+    pub(crate) max_uses: i32,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct CreatedToken {
-    id: Uuid,
+pub(crate) struct CreatedToken {
+    pub(crate) id: Uuid,
     /// Shown once: only its hash is stored.
-    token: String,
-    owner: String,
-    ca_fingerprint: String,
+    pub(crate) token: String,
+    pub(crate) owner: String,
+    pub(crate) ca_fingerprint: String,
     #[serde(with = "time::serde::rfc3339")]
-    expires_at: OffsetDateTime,
-    max_uses: i32,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) max_uses: i32,
 }
 
 /// An enrollment token as stored: its hash, never the token.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-struct TokenRecord {
-    id: Uuid,
+pub(crate) struct TokenRecord {
+    pub(crate) id: Uuid,
     #[sqlx(rename = "owner_id")]
-    owner: String,
+    pub(crate) owner: String,
     #[serde(with = "time::serde::rfc3339")]
-    expires_at: OffsetDateTime,
-    max_uses: i32,
-    uses: i32,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) max_uses: i32,
+    pub(crate) uses: i32,
     #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
+    pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
-    revoked_at: Option<OffsetDateTime>,
+    pub(crate) revoked_at: Option<OffsetDateTime>,
 }
 
 /// Creates an enrollment token, shown once in the answer (only its hash is stored).
@@ -233,7 +234,7 @@ struct TokenRecord {
         (status = 413, description = "`body_too_large`.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
     ))]
-async fn create_token(
+pub(crate) async fn create_token(
     State(state): State<AppState>,
     Peer(peer): Peer,
     Json(body): Json<CreateToken>,
@@ -311,8 +312,8 @@ async fn create_token(
 const TOKEN_COLUMNS: &str = "id, owner_id, expires_at, max_uses, uses, created_at, revoked_at";
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct TokenList {
-    tokens: Vec<TokenRecord>,
+pub(crate) struct TokenList {
+    pub(crate) tokens: Vec<TokenRecord>,
 }
 
 /// Every enrollment token, newest first.
@@ -322,7 +323,7 @@ struct TokenList {
         (status = 200, description = "The tokens.", body = TokenList),
         (status = 401, description = ADMIN_401, body = ErrorBody),
     ))]
-async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<TokenList>, ApiError> {
+pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<TokenList>, ApiError> {
     let tokens = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
         "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC"
     )))
@@ -369,29 +370,34 @@ async fn revoke_token(
 // ---- devices and certificates
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-struct Device {
-    id: String,
+pub(crate) struct Device {
+    pub(crate) id: String,
     #[sqlx(rename = "owner_id")]
-    owner: String,
-    device_type: String,
-    os: String,
-    os_version: String,
-    status: String,
+    pub(crate) owner: String,
+    /// The owner's role, which the policies decide on.
+    pub(crate) role: String,
+    pub(crate) device_type: String,
+    pub(crate) os: String,
+    pub(crate) os_version: String,
+    pub(crate) status: String,
     #[serde(with = "time::serde::rfc3339")]
-    enrolled_at: OffsetDateTime,
+    pub(crate) enrolled_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
-    last_seen_at: Option<OffsetDateTime>,
+    pub(crate) last_seen_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
-    revoked_at: Option<OffsetDateTime>,
+    pub(crate) revoked_at: Option<OffsetDateTime>,
     /// `unknown` (never reported), `healthy`, `unhealthy`, or `stale` (no report within the maximum
     /// health age, whatever the last one said).
     #[serde(rename = "health")]
     #[schema(rename = "health")]
-    health_status: String,
-    health_reasons: Vec<String>,
+    pub(crate) health_status: String,
+    pub(crate) health_reasons: Vec<String>,
     /// When the latest health values were measured.
     #[serde(with = "time::serde::rfc3339::option")]
-    last_health_at: Option<OffsetDateTime>,
+    pub(crate) last_health_at: Option<OffsetDateTime>,
+    /// When the newest certificate not revoked or retired expires (`null`: none is in force).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub(crate) certificate_expires_at: Option<OffsetDateTime>,
 }
 
 impl Device {
@@ -403,26 +409,31 @@ impl Device {
     }
 }
 
-const DEVICE_COLUMNS: &str = "id, owner_id, device_type, os, os_version, status, enrolled_at, \
-     last_seen_at, revoked_at, health_status, health_reasons, last_health_at";
+/// A device row with its owner's role and the expiry of its newest certificate still in force; the
+/// filters and order that follow name the device's columns as `d.`.
+const DEVICE_SELECT: &str = "SELECT d.id, d.owner_id, u.role, d.device_type, d.os, d.os_version, \
+     d.status, d.enrolled_at, d.last_seen_at, d.revoked_at, d.health_status, d.health_reasons, \
+     d.last_health_at, (SELECT max(c.not_after) FROM certificates c WHERE c.device_id = d.id \
+     AND (c.revoked_at IS NULL OR c.revoked_at > now())) AS certificate_expires_at \
+     FROM devices d JOIN users u ON u.id = d.owner_id";
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-struct Certificate {
-    serial: String,
-    device_id: String,
-    fingerprint: String,
+pub(crate) struct Certificate {
+    pub(crate) serial: String,
+    pub(crate) device_id: String,
+    pub(crate) fingerprint: String,
     #[serde(with = "time::serde::rfc3339")]
-    not_before: OffsetDateTime,
+    pub(crate) not_before: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
-    not_after: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
-    issued_at: OffsetDateTime,
+    pub(crate) issued_at: OffsetDateTime,
     /// When it stops (or stopped) being valid before its expiry: revoked, or retired by a renewal.
     #[serde(with = "time::serde::rfc3339::option")]
-    revoked_at: Option<OffsetDateTime>,
-    revocation_reason: Option<String>,
+    pub(crate) revoked_at: Option<OffsetDateTime>,
+    pub(crate) revocation_reason: Option<String>,
     /// The serial of the certificate this one was renewed from.
-    renewed_from: Option<String>,
+    pub(crate) renewed_from: Option<String>,
 }
 
 const CERTIFICATE_COLUMNS: &str = "serial, device_id, fingerprint, not_before, not_after, issued_at, \
@@ -431,7 +442,7 @@ const CERTIFICATE_COLUMNS: &str = "serial, device_id, fingerprint, not_before, n
 /// A device's health verdict, as listed: `stale` is a report older than the maximum health age.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum Verdict {
+pub(crate) enum Verdict {
     Unknown,
     Healthy,
     Unhealthy,
@@ -440,7 +451,7 @@ enum Verdict {
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum DeviceStatus {
+pub(crate) enum DeviceStatus {
     Active,
     Revoked,
 }
@@ -448,30 +459,32 @@ enum DeviceStatus {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct DeviceListQuery {
+pub(crate) struct DeviceListQuery {
     #[param(inline)]
-    status: Option<DeviceStatus>,
+    pub(crate) status: Option<DeviceStatus>,
     /// The health verdict.
     #[param(inline)]
-    health: Option<Verdict>,
-    owner: Option<UserId>,
+    pub(crate) health: Option<Verdict>,
+    pub(crate) owner: Option<UserId>,
+    /// Only the devices whose id starts with this.
+    pub(crate) id_prefix: Option<DeviceId>,
     /// 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// Keyset cursor: the previous page's `next_cursor` (the audit's convention).
-    cursor: Option<DeviceId>,
+    pub(crate) cursor: Option<DeviceId>,
     /// The earlier name of `cursor`, still accepted.
-    after: Option<DeviceId>,
+    pub(crate) after: Option<DeviceId>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct DevicePage {
-    devices: Vec<Device>,
+pub(crate) struct DevicePage {
+    pub(crate) devices: Vec<Device>,
     /// The `cursor` of the next page; `null` on the last.
-    next_cursor: Option<String>,
+    pub(crate) next_cursor: Option<String>,
     /// The earlier name of `next_cursor`, still sent.
     #[schema(deprecated)]
-    next_after: Option<String>,
+    pub(crate) next_after: Option<String>,
 }
 
 /// The devices, by id, a page at a time.
@@ -483,7 +496,7 @@ struct DevicePage {
         (status = 400, description = "`invalid_query`, `invalid_limit`, `invalid_cursor`.", body = ErrorBody),
         (status = 401, description = ADMIN_401, body = ErrorBody),
     ))]
-async fn list_devices(
+pub(crate) async fn list_devices(
     State(state): State<AppState>,
     Query(query): Query<DeviceListQuery>,
 ) -> Result<axum::Json<DevicePage>, ApiError> {
@@ -518,11 +531,12 @@ async fn list_devices(
     };
     let oldest_fresh = OffsetDateTime::now_utc() - state.max_health_age;
     let devices = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices
-         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR id > $2)
-           AND ($4::text IS NULL OR owner_id = $4) AND ($5::text IS NULL OR health_status = $5)
-           AND ($6::bool IS NULL OR (last_health_at IS NOT NULL AND last_health_at < $7) = $6)
-         ORDER BY id LIMIT $3"
+        "{DEVICE_SELECT}
+         WHERE ($1::text IS NULL OR d.status = $1) AND ($2::text IS NULL OR d.id > $2)
+           AND ($4::text IS NULL OR d.owner_id = $4) AND ($5::text IS NULL OR d.health_status = $5)
+           AND ($6::bool IS NULL OR (d.last_health_at IS NOT NULL AND d.last_health_at < $7) = $6)
+           AND ($8::text IS NULL OR starts_with(d.id, $8))
+         ORDER BY d.id LIMIT $3"
     )))
     .bind(status)
     .bind(cursor.as_ref().map(DeviceId::as_str))
@@ -531,6 +545,7 @@ async fn list_devices(
     .bind(verdict)
     .bind(stale)
     .bind(oldest_fresh)
+    .bind(query.id_prefix.as_ref().map(DeviceId::as_str))
     .fetch_all(&state.db)
     .await?;
     let now = OffsetDateTime::now_utc();
@@ -548,17 +563,84 @@ async fn list_devices(
     }))
 }
 
+/// The fleet in numbers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct FleetSummary {
+    pub(crate) devices: i64,
+    pub(crate) active: i64,
+    pub(crate) revoked: i64,
+    /// Active devices by health verdict: `healthy`, `unhealthy`, `stale`, `unknown` (each present,
+    /// zero or not).
+    #[schema(value_type = Vec<(String, i64)>)]
+    pub(crate) verdicts: Vec<(String, i64)>,
+    /// Active devices whose certificate in force expires within 7 days.
+    pub(crate) expiring_within_7d: i64,
+}
+
+/// How many devices there are, by status and by health verdict, and how many certificates expire soon.
+#[utoipa::path(get, path = "/fleet", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The counts.", body = FleetSummary),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+    ))]
+pub(crate) async fn fleet_summary(
+    State(state): State<AppState>,
+) -> Result<axum::Json<FleetSummary>, ApiError> {
+    let oldest_fresh = OffsetDateTime::now_utc() - state.max_health_age;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT status, CASE WHEN last_health_at IS NOT NULL AND last_health_at < $1 THEN 'stale'
+                ELSE health_status END, count(*)
+         FROM devices GROUP BY 1, 2",
+    )
+    .bind(oldest_fresh)
+    .fetch_all(&state.db)
+    .await?;
+    let expiring: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT c.device_id FROM certificates c JOIN devices d ON d.id = c.device_id
+             WHERE d.status = 'active' AND (c.revoked_at IS NULL OR c.revoked_at > now())
+             GROUP BY c.device_id HAVING max(c.not_after) < now() + interval '7 days') soon",
+    )
+    .fetch_one(&state.db)
+    .await?;
+    let count = |status: &str| -> i64 {
+        rows.iter()
+            .filter(|(s, _, _)| s == status)
+            .map(|(_, _, n)| n)
+            .sum()
+    };
+    let verdicts = ["healthy", "unhealthy", "stale", "unknown"]
+        .into_iter()
+        .map(|verdict| {
+            let n = rows
+                .iter()
+                .filter(|(s, v, _)| s == "active" && v == verdict)
+                .map(|(_, _, n)| n)
+                .sum();
+            (verdict.to_owned(), n)
+        })
+        .collect();
+    Ok(axum::Json(FleetSummary {
+        devices: rows.iter().map(|(_, _, n)| n).sum(),
+        active: count("active"),
+        revoked: count("revoked"),
+        verdicts,
+        expiring_within_7d: expiring,
+    }))
+}
+
 /// A device with its certificates, newest first.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct DeviceDetail {
+pub(crate) struct DeviceDetail {
     #[serde(flatten)]
-    device: Device,
-    certificates: Vec<Certificate>,
+    pub(crate) device: Device,
+    pub(crate) certificates: Vec<Certificate>,
 }
 
 async fn device_detail(state: &AppState, id: &DeviceId) -> Result<DeviceDetail, ApiError> {
     let device = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+        "{DEVICE_SELECT} WHERE d.id = $1"
     )))
     .bind(id.as_str())
     .fetch_optional(&state.db)
@@ -587,7 +669,7 @@ async fn device_detail(state: &AppState, id: &DeviceId) -> Result<DeviceDetail, 
         (status = 401, description = ADMIN_401, body = ErrorBody),
         (status = 404, description = "`unknown_device`.", body = ErrorBody),
     ))]
-async fn get_device(
+pub(crate) async fn get_device(
     State(state): State<AppState>,
     Path(id): Path<DeviceId>,
 ) -> Result<axum::Json<DeviceDetail>, ApiError> {
@@ -630,7 +712,7 @@ fn revocation_reason(body: &Bytes) -> Result<String, ApiError> {
         (status = 404, description = "`unknown_device`.", body = ErrorBody),
         (status = 413, description = "`body_too_large`.", body = ErrorBody),
     ))]
-async fn revoke_device(
+pub(crate) async fn revoke_device(
     State(state): State<AppState>,
     Peer(peer): Peer,
     Path(id): Path<DeviceId>,
@@ -686,7 +768,7 @@ async fn revoke_device(
         (status = 404, description = "`unknown_certificate`.", body = ErrorBody),
         (status = 413, description = "`body_too_large`.", body = ErrorBody),
     ))]
-async fn revoke_certificate(
+pub(crate) async fn revoke_certificate(
     State(state): State<AppState>,
     Peer(peer): Peer,
     Path(serial): Path<String>,

@@ -54,7 +54,7 @@ enum Format {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     device: Option<DeviceId>,
     user: Option<UserId>,
     /// 1 to 64 letters, digits, '.', '_' or '-'.
@@ -120,26 +120,26 @@ impl Cursor {
 
 /// One audited event: a decision (`authorization`) or a control-plane event.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-struct Record {
-    id: Uuid,
+pub(crate) struct Record {
+    pub(crate) id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
-    occurred_at: OffsetDateTime,
-    event_type: String,
-    action: String,
-    device_id: Option<String>,
-    user_id: Option<String>,
-    role: Option<String>,
-    service: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
-    decision: Option<String>,
-    reasons: Vec<String>,
-    policy_version: Option<String>,
-    certificate_serial: Option<String>,
-    latency_us: Option<i64>,
-    peer_address: Option<String>,
+    pub(crate) occurred_at: OffsetDateTime,
+    pub(crate) event_type: String,
+    pub(crate) action: String,
+    pub(crate) device_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) decision: Option<String>,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) policy_version: Option<String>,
+    pub(crate) certificate_serial: Option<String>,
+    pub(crate) latency_us: Option<i64>,
+    pub(crate) peer_address: Option<String>,
     #[schema(value_type = Object)]
-    details: serde_json::Value,
+    pub(crate) details: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -296,7 +296,7 @@ async fn fetch(
         (status = 400, description = "`invalid_query`, `invalid_service`, `invalid_time`, `invalid_time_range`, `invalid_limit`, `invalid_cursor`.", body = ErrorBody),
         (status = 401, description = ADMIN_401, body = ErrorBody),
     ))]
-async fn query(
+pub(crate) async fn query(
     State(state): State<AppState>,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
@@ -327,6 +327,101 @@ async fn query(
         }
     }
 }
+
+/// A page of what `query` matches, as `format=json` answers it: the records and the next cursor.
+pub(crate) async fn page(
+    db: &PgPool,
+    query: &AuditQuery,
+) -> Result<(Vec<Record>, Option<String>), ApiError> {
+    let (filter, cursor, limit) = query.validate()?;
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    let records = fetch(db, &filter, cursor, limit).await?;
+    let next_cursor = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| cursor_of(r).encode()))
+        .flatten();
+    Ok((records, next_cursor))
+}
+
+/// A device's latest authorization decisions, newest first.
+pub(crate) async fn recent_decisions(
+    db: &PgPool,
+    device: &DeviceId,
+    limit: i64,
+) -> Result<Vec<Record>, sqlx::Error> {
+    let filter = Filter {
+        device: Some(device.as_str().to_owned()),
+        user: None,
+        service: None,
+        decision: None,
+        event_type: Some(EventType::Authorization.as_str()),
+        since: None,
+        until: None,
+    };
+    fetch(db, &filter, None, limit).await
+}
+
+/// Where a live feed is: the last decision it sent, by when PostgreSQL stored it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveCursor {
+    written_at: OffsetDateTime,
+    id: Uuid,
+}
+
+impl LiveCursor {
+    /// A feed that starts with what is stored from now on.
+    pub(crate) async fn now(db: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            written_at: sqlx::query_scalar("SELECT clock_timestamp()")
+                .fetch_one(db)
+                .await?,
+            id: Uuid::nil(),
+        })
+    }
+}
+
+/// The authorization decisions stored after `cursor`, oldest first, that match; moves the cursor on.
+/// Only decisions that happened within the last `window_secs` are looked at, so that the read stays
+/// on the primary key's newest entries however large the month's partition is. A row is read once it
+/// was stored [`LIVE_LAG_SECS`] ago: a writer's `COPY` commits its rows together, up to a window
+/// after the first was stored, and a feed that moved past them before the commit would never see them.
+pub(crate) async fn live(
+    db: &PgPool,
+    cursor: &mut LiveCursor,
+    window_secs: f64,
+    device: Option<&DeviceId>,
+    decision: Option<&str>,
+) -> Result<Vec<Record>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        record: Record,
+        written_at: OffsetDateTime,
+    }
+    let rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, written_at FROM audit_log
+         WHERE occurred_at > now() - make_interval(secs => $1) AND event_type = 'authorization'
+           AND (written_at, id) > ($2, $3)
+           AND written_at <= clock_timestamp() - make_interval(secs => $6)
+           AND ($4::text IS NULL OR device_id = $4) AND ($5::text IS NULL OR decision = $5)
+         ORDER BY written_at, id LIMIT 500"
+    )))
+    .bind(window_secs)
+    .bind(cursor.written_at)
+    .bind(cursor.id)
+    .bind(device.map(DeviceId::as_str))
+    .bind(decision)
+    .bind(LIVE_LAG_SECS)
+    .fetch_all(db)
+    .await?;
+    if let Some(last) = rows.last() {
+        cursor.written_at = last.written_at;
+        cursor.id = last.record.id;
+    }
+    Ok(rows.into_iter().map(|row| row.record).collect())
+}
+
+/// How long after being stored a decision is shown live (see [`live`]).
+const LIVE_LAG_SECS: f64 = 0.3;
 
 fn cursor_of(record: &Record) -> Cursor {
     Cursor {

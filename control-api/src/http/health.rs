@@ -221,40 +221,40 @@ async fn report(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// How many reports, newest first: 1 to 1000 (default 20).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
 }
 
 /// A stored health report with the verdict it got.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-struct StoredReport {
+pub(crate) struct StoredReport {
     #[serde(with = "time::serde::rfc3339")]
-    received_at: OffsetDateTime,
+    pub(crate) received_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
-    collected_at: OffsetDateTime,
-    certificate_serial: String,
-    cpu_usage: Option<f64>,
-    memory_usage: Option<f64>,
-    disk_usage: Option<f64>,
-    os: Option<String>,
-    os_version: Option<String>,
-    kernel: Option<String>,
-    uptime_seconds: Option<i64>,
-    disk_encrypted: Option<bool>,
-    os_patches_current: Option<bool>,
-    antivirus_enabled: Option<bool>,
-    firewall_enabled: Option<bool>,
-    agent_version: String,
-    status: String,
-    reasons: Vec<String>,
+    pub(crate) collected_at: OffsetDateTime,
+    pub(crate) certificate_serial: String,
+    pub(crate) cpu_usage: Option<f64>,
+    pub(crate) memory_usage: Option<f64>,
+    pub(crate) disk_usage: Option<f64>,
+    pub(crate) os: Option<String>,
+    pub(crate) os_version: Option<String>,
+    pub(crate) kernel: Option<String>,
+    pub(crate) uptime_seconds: Option<i64>,
+    pub(crate) disk_encrypted: Option<bool>,
+    pub(crate) os_patches_current: Option<bool>,
+    pub(crate) antivirus_enabled: Option<bool>,
+    pub(crate) firewall_enabled: Option<bool>,
+    pub(crate) agent_version: String,
+    pub(crate) status: String,
+    pub(crate) reasons: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct HealthHistory {
+pub(crate) struct HealthHistory {
     device_id: DeviceId,
-    reports: Vec<StoredReport>,
+    pub(crate) reports: Vec<StoredReport>,
 }
 
 /// A device's latest health reports, newest first.
@@ -267,7 +267,7 @@ struct HealthHistory {
         (status = 401, description = ADMIN_401, body = ErrorBody),
         (status = 404, description = "`unknown_device`.", body = ErrorBody),
     ))]
-async fn history(
+pub(crate) async fn history(
     State(state): State<AppState>,
     Path(id): Path<DeviceId>,
     Query(query): Query<HistoryQuery>,

@@ -51,6 +51,10 @@ pub struct AppState {
     pub enroll_per_token: Arc<limit::RateLimiter>,
     /// Admin API requests per presented token (by its SHA-256).
     pub admin_per_token: Arc<limit::RateLimiter>,
+    /// Failed console sign-ins per source address.
+    pub console_sign_in_refusals: Arc<limit::RateLimiter>,
+    /// How long a console session lasts.
+    pub console_session_lifetime: time::Duration,
     /// A device whose health is older than this is shown as stale.
     pub max_health_age: time::Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -81,7 +85,8 @@ pub fn api_router(state: AppState) -> Router {
     let (meta, meta_doc) = openapi::routes().split_for_parts();
     api_doc.merge(meta_doc);
     let published = openapi::Published::new(&openapi::document(api_doc, device_doc));
-    api.with_state(state)
+    api.merge(crate::console::router(state.clone()))
+        .with_state(state)
         .merge(meta.with_state(Arc::new(published)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

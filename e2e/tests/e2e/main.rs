@@ -2,6 +2,7 @@
 //! binaries, a real PostgreSQL database per test, real TLS. Build the binaries first (`make test` does).
 
 mod audit;
+mod console;
 mod ctl;
 mod edge;
 mod enforcement;
