@@ -1,5 +1,5 @@
 # The interface of the local stack. See README.md.
-.PHONY: up down reset demo test bench status lint
+.PHONY: up down reset demo test bench status lint browser
 
 # Start PostgreSQL and the EdgeMesh services in the background (state, logs and pids in .edgemesh/).
 up:
@@ -24,6 +24,10 @@ demo: up
 # Every test: unit, integration (real PostgreSQL, real TLS) and end-to-end (real binaries).
 test:
 	@scripts/test.sh
+
+# Chromium (Debian's package; needs root) and playwright-core, for the console's browser tests.
+browser:
+	@scripts/stack.sh browser-install
 
 # Benchmarks; results go to BENCHMARKS.md by hand, with the command that produced them.
 bench: up

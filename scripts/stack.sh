@@ -2,7 +2,7 @@
 # The local EdgeMesh stack without Docker: a throwaway PostgreSQL 15 cluster and the EdgeMesh services,
 # started in the background with their pids, logs and state under .edgemesh/.
 #
-#   scripts/stack.sh db-up | db-down | envoy-install | test-tools-install | up | down | status
+#   scripts/stack.sh db-up | db-down | envoy-install | test-tools-install | browser-install | up | down | status
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -148,6 +148,7 @@ TEST_TOOLS=('spiffe==0.3.2' 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.
 
 test_tools_install() {
   envoy_install
+  browser_driver_install
   local installed
   installed=$("$VENV/bin/pip" freeze --disable-pip-version-check 2>/dev/null)
   local tool missing=()
@@ -157,6 +158,27 @@ test_tools_install() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]} into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}"
+}
+
+# The console's browser tests drive Chromium with playwright-core (e2e/browser, pinned by its
+# package-lock.json; never its own browser download): installed when Node is here.
+browser_driver_install() {
+  local dir="$ROOT/e2e/browser"
+  command -v npm >/dev/null || { log "npm is missing: the console's browser tests will be skipped"; return 0; }
+  if [ ! -f "$dir/node_modules/playwright-core/package.json" ] \
+     || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    log "installing playwright-core into $dir/node_modules"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+  fi
+}
+
+# Chromium for the console's browser tests, from Debian (as root).
+browser_install() {
+  if [ -x /usr/bin/chromium ]; then return 0; fi
+  [ "$(id -u)" -eq 0 ] || die "installing chromium needs root: sudo apt-get install chromium fonts-dejavu-core"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends chromium fonts-dejavu-core >/dev/null \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 }
 
 # render_envoy_config OUT: envoy/envoy.yaml.in with the local stack's ports and files.
@@ -268,8 +290,9 @@ case "${1:-}" in
   db-down) db_down ;;
   envoy-install) envoy_install ;;
   test-tools-install) test_tools_install ;;
+  browser-install) browser_install; browser_driver_install ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 db-up|db-down|envoy-install|test-tools-install|up|down|status" ;;
+  *) die "usage: $0 db-up|db-down|envoy-install|test-tools-install|browser-install|up|down|status" ;;
 esac

@@ -156,7 +156,10 @@ impl Application {
             .await
             .context("failed to end the console sessions of an earlier admin token")?;
         if ended > 0 {
-            tracing::info!(sessions = ended, "ended console sessions that expired or belong to an earlier admin token");
+            tracing::info!(
+                sessions = ended,
+                "ended console sessions that expired or belong to an earlier admin token"
+            );
         }
         Ok(Self {
             api_listener,

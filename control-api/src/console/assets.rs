@@ -21,13 +21,14 @@ const FILES: [(&str, &str, &str); 2] = [
 ];
 
 pub async fn serve(Path(file): Path<String>) -> Result<Response, Failure> {
-    let (_, content_type, body) = FILES
-        .iter()
-        .find(|(name, _, _)| *name == file)
-        .ok_or_else(|| Failure::Refused {
-            status: StatusCode::NOT_FOUND,
-            detail: format!("no console file {file}"),
-        })?;
+    let (_, content_type, body) =
+        FILES
+            .iter()
+            .find(|(name, _, _)| *name == file)
+            .ok_or_else(|| Failure::Refused {
+                status: StatusCode::NOT_FOUND,
+                detail: format!("no console file {file}"),
+            })?;
     Ok((
         [
             (header::CONTENT_TYPE, *content_type),

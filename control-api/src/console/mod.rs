@@ -40,10 +40,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/fleet") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/fleet") }))
-        .route(
-            "/ui/sign-in",
-            get(pages::sign_in_page).post(pages::sign_in),
-        )
+        .route("/ui/sign-in", get(pages::sign_in_page).post(pages::sign_in))
         .route("/ui/sign-out", axum::routing::post(pages::sign_out))
         .route("/ui/fleet", get(pages::fleet))
         .route("/ui/devices/{id}", get(pages::device))
@@ -109,7 +106,10 @@ impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Refused { status, detail, .. } => Self::Refused { status, detail },
-            ApiError::TooManyRequests { retry_after, detail } => Self::Refused {
+            ApiError::TooManyRequests {
+                retry_after,
+                detail,
+            } => Self::Refused {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 detail: format!("{detail} (retry in {retry_after} s)"),
             },
@@ -135,7 +135,8 @@ impl IntoResponse for Failure {
                 tracing::error!(error = %format!("{e:#}"), "console request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "something went wrong on the server; the control API's log says what".to_owned(),
+                    "something went wrong on the server; the control API's log says what"
+                        .to_owned(),
                 )
             }
         };
@@ -156,11 +157,7 @@ pub struct Html(pub String);
 
 impl IntoResponse for Html {
     fn into_response(self) -> Response {
-        (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            self.0,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], self.0).into_response()
     }
 }
 
@@ -215,10 +212,19 @@ mod tests {
         let now = time::macros::datetime!(2026-12-02 10:00:00 UTC);
         let cases = [
             (time::macros::datetime!(2026-12-02 09:59:30 UTC), "30 s ago"),
-            (time::macros::datetime!(2026-12-02 09:57:00 UTC), "3 min ago"),
+            (
+                time::macros::datetime!(2026-12-02 09:57:00 UTC),
+                "3 min ago",
+            ),
             (time::macros::datetime!(2026-12-02 07:00:00 UTC), "3 h ago"),
-            (time::macros::datetime!(2026-11-29 10:00:00 UTC), "3 days ago"),
-            (time::macros::datetime!(2026-12-08 10:00:00 UTC), "in 6 days"),
+            (
+                time::macros::datetime!(2026-11-29 10:00:00 UTC),
+                "3 days ago",
+            ),
+            (
+                time::macros::datetime!(2026-12-08 10:00:00 UTC),
+                "in 6 days",
+            ),
         ];
         for (at, shown) in cases {
             assert_eq!(relative(&at, now), shown);

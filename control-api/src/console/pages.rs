@@ -48,7 +48,12 @@ fn api_query<T: serde::de::DeserializeOwned>(fields: &[(&str, &str)]) -> Result<
     let map: serde_json::Map<String, serde_json::Value> = fields
         .iter()
         .filter(|(_, v)| !v.trim().is_empty())
-        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v.trim().to_owned())))
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                serde_json::Value::String(v.trim().to_owned()),
+            )
+        })
         .collect();
     serde_json::from_value(serde_json::Value::Object(map)).map_err(bad_filter)
 }
@@ -284,7 +289,13 @@ pub async fn fleet(
         ("active".to_owned(), summary.active),
         ("revoked".to_owned(), summary.revoked),
     ];
-    counts.extend(summary.verdicts.into_iter().map(|(v, n)| (v, n)));
+    let v = &summary.verdicts;
+    counts.extend([
+        ("healthy".to_owned(), v.healthy),
+        ("unhealthy".to_owned(), v.unhealthy),
+        ("stale".to_owned(), v.stale),
+        ("unknown".to_owned(), v.unknown),
+    ]);
     counts.push((
         "certificates expiring within 7 days".to_owned(),
         summary.expiring_within_7d,
@@ -374,10 +385,14 @@ pub async fn device(
             fingerprint: c.fingerprint.clone(),
             not_before: exact(&c.not_before),
             not_after: exact(&c.not_after),
-            expiring: c.revoked_at.is_none() && c.not_after > now && c.not_after - now < EXPIRY_WARNING,
+            expiring: c.revoked_at.is_none()
+                && c.not_after > now
+                && c.not_after - now < EXPIRY_WARNING,
             expires_in: relative(&c.not_after, now),
             state: match (c.revoked_at, &c.revocation_reason) {
-                (Some(at), Some(reason)) if at <= now => format!("revoked {}: {reason}", exact(&at)),
+                (Some(at), Some(reason)) if at <= now => {
+                    format!("revoked {}: {reason}", exact(&at))
+                }
                 (Some(at), None) if at <= now => format!("retired {}", exact(&at)),
                 (Some(at), _) => format!("retires {}", exact(&at)),
                 (None, _) if c.not_after <= now => "expired".to_owned(),
@@ -405,7 +420,10 @@ pub async fn device(
             reasons: r.reasons,
         })
         .collect();
-    let decisions = decisions.into_iter().map(|r| decision_row(r, now)).collect();
+    let decisions = decisions
+        .into_iter()
+        .map(|r| decision_row(r, now))
+        .collect();
     let d = detail.device;
     html(&DevicePage {
         signed_in: true,
@@ -777,7 +795,11 @@ pub async fn live_events(
     let decision = match filter.decision.as_str() {
         "" => None,
         d @ ("allow" | "deny") => Some(d.to_owned()),
-        other => return Err(bad_filter(format!("decision {other:?} is not allow or deny"))),
+        other => {
+            return Err(bad_filter(format!(
+                "decision {other:?} is not allow or deny"
+            )));
+        }
     };
     let start = audit::LiveCursor::now(&state.db).await?;
     struct Feed {
@@ -862,7 +884,10 @@ struct PoliciesPage {
     files: Vec<(String, String)>,
 }
 
-pub async fn policies(State(state): State<AppState>, session: Session) -> Result<Response, Failure> {
+pub async fn policies(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<Response, Failure> {
     let store = &state.policies;
     let files = store.files().map_err(|e| Failure::Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -873,7 +898,9 @@ pub async fn policies(State(state): State<AppState>, session: Session) -> Result
         Some((at, outcome)) => {
             let at = exact(&OffsetDateTime::from(at.min(SystemTime::now())));
             match outcome {
-                Reload::Replaced { version } => (format!("{at}: version {version} put in force"), None),
+                Reload::Replaced { version } => {
+                    (format!("{at}: version {version} put in force"), None)
+                }
                 Reload::Refused { error } => (format!("{at}: refused"), Some(error)),
                 Reload::Unchanged => (format!("{at}: unchanged"), None),
             }

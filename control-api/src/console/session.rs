@@ -182,7 +182,10 @@ mod tests {
         assert_eq!(cookie_value(&h), Some("abc"));
         let h = headers(&[("cookie", "a=1"), ("cookie", "__Host-edgemesh-session=xyz")]);
         assert_eq!(cookie_value(&h), Some("xyz"));
-        assert_eq!(cookie_value(&headers(&[("cookie", "edgemesh-session=abc")])), None);
+        assert_eq!(
+            cookie_value(&headers(&[("cookie", "edgemesh-session=abc")])),
+            None
+        );
     }
 
     #[test]
@@ -193,7 +196,10 @@ mod tests {
                 ("origin", "https://127.0.0.1:8444"),
                 ("sec-fetch-site", "same-origin"),
             ]),
-            headers(&[("host", "127.0.0.1:8444"), ("origin", "https://127.0.0.1:8444")]),
+            headers(&[
+                ("host", "127.0.0.1:8444"),
+                ("origin", "https://127.0.0.1:8444"),
+            ]),
             headers(&[
                 ("host", "127.0.0.1:8444"),
                 ("origin", "null"),
@@ -214,7 +220,10 @@ mod tests {
                 ("origin", "https://127.0.0.1:8444"),
                 ("sec-fetch-site", "same-site"),
             ]),
-            headers(&[("host", "127.0.0.1:8444"), ("origin", "http://127.0.0.1:8444")]),
+            headers(&[
+                ("host", "127.0.0.1:8444"),
+                ("origin", "http://127.0.0.1:8444"),
+            ]),
             headers(&[("host", "127.0.0.1:8444"), ("origin", "null")]),
             headers(&[
                 ("host", "127.0.0.1:8444"),

@@ -173,7 +173,9 @@ fn valid_email(email: &str) -> bool {
         (status = 200, description = "The users.", body = UserList),
         (status = 401, description = ADMIN_401, body = ErrorBody),
     ))]
-pub(crate) async fn list_users(State(state): State<AppState>) -> Result<axum::Json<UserList>, ApiError> {
+pub(crate) async fn list_users(
+    State(state): State<AppState>,
+) -> Result<axum::Json<UserList>, ApiError> {
     let users =
         sqlx::query_as::<_, User>("SELECT id, email, role, created_at FROM users ORDER BY id")
             .fetch_all(&state.db)
@@ -323,7 +325,9 @@ pub(crate) struct TokenList {
         (status = 200, description = "The tokens.", body = TokenList),
         (status = 401, description = ADMIN_401, body = ErrorBody),
     ))]
-pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<TokenList>, ApiError> {
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+) -> Result<axum::Json<TokenList>, ApiError> {
     let tokens = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
         "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC"
     )))
@@ -569,12 +573,19 @@ pub(crate) struct FleetSummary {
     pub(crate) devices: i64,
     pub(crate) active: i64,
     pub(crate) revoked: i64,
-    /// Active devices by health verdict: `healthy`, `unhealthy`, `stale`, `unknown` (each present,
-    /// zero or not).
-    #[schema(value_type = Vec<(String, i64)>)]
-    pub(crate) verdicts: Vec<(String, i64)>,
+    /// Active devices by health verdict.
+    pub(crate) verdicts: VerdictCounts,
     /// Active devices whose certificate in force expires within 7 days.
     pub(crate) expiring_within_7d: i64,
+}
+
+/// Active devices by health verdict (`stale`: no report within the maximum health age).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub(crate) struct VerdictCounts {
+    pub(crate) healthy: i64,
+    pub(crate) unhealthy: i64,
+    pub(crate) stale: i64,
+    pub(crate) unknown: i64,
 }
 
 /// How many devices there are, by status and by health verdict, and how many certificates expire soon.
@@ -610,17 +621,17 @@ pub(crate) async fn fleet_summary(
             .map(|(_, _, n)| n)
             .sum()
     };
-    let verdicts = ["healthy", "unhealthy", "stale", "unknown"]
-        .into_iter()
-        .map(|verdict| {
-            let n = rows
-                .iter()
-                .filter(|(s, v, _)| s == "active" && v == verdict)
-                .map(|(_, _, n)| n)
-                .sum();
-            (verdict.to_owned(), n)
-        })
-        .collect();
+    let mut verdicts = VerdictCounts::default();
+    for (status, verdict, n) in &rows {
+        let count = match (status.as_str(), verdict.as_str()) {
+            ("active", "healthy") => &mut verdicts.healthy,
+            ("active", "unhealthy") => &mut verdicts.unhealthy,
+            ("active", "stale") => &mut verdicts.stale,
+            ("active", _) => &mut verdicts.unknown,
+            _ => continue,
+        };
+        *count += n;
+    }
     Ok(axum::Json(FleetSummary {
         devices: rows.iter().map(|(_, _, n)| n).sum(),
         active: count("active"),

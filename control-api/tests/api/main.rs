@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod console;
 mod enroll;
 mod health;
 mod helpers;

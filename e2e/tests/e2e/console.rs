@@ -155,8 +155,7 @@ impl Browser {
 
     async fn screenshot(&mut self, name: &str) {
         let path = screenshots().join(name);
-        self.send(json!({"op": "screenshot", "path": path}))
-            .await;
+        self.send(json!({"op": "screenshot", "path": path})).await;
     }
 
     async fn close(mut self) {
@@ -191,13 +190,18 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     )
     .await;
     let ui = format!("{}/ui", stack.api.api);
-    let listed = stack.device("console-owner", "developer", "console-pi").await;
+    let listed = stack
+        .device("console-owner", "developer", "console-pi")
+        .await;
     stack.report(&listed, json!({})).await;
 
     // Without a session, a page sends the browser to sign in; the API stays a 401 JSON error.
     let start = browser.goto(&format!("{ui}/fleet")).await;
     assert!(
-        start["url"].as_str().unwrap_or_default().ends_with("/ui/sign-in"),
+        start["url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/ui/sign-in"),
         "{start}"
     );
     let api = client(&std::fs::read_to_string(stack.state_dir.path().join("ca.pem")).expect("ca"))
@@ -234,7 +238,10 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     browser.fill("#token", &stack.api.admin_token).await;
     let signed_in = browser.click("#sign-in").await;
     assert!(
-        signed_in["url"].as_str().unwrap_or_default().ends_with("/ui/fleet"),
+        signed_in["url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/ui/fleet"),
         "{signed_in}"
     );
     // The refused sign-in's 401 is the only error a page shows; from here on there must be none.
@@ -248,11 +255,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
         .cloned()
         .expect("the session cookie");
     assert_eq!(
-        (
-            &cookie["httpOnly"],
-            &cookie["secure"],
-            &cookie["sameSite"]
-        ),
+        (&cookie["httpOnly"], &cookie["secure"], &cookie["sameSite"]),
         (&json!(true), &json!(true), &json!("Strict")),
         "{cookie}"
     );
@@ -261,10 +264,16 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
         .iter()
         .find(|r| r.contains("console-pi"))
         .unwrap_or_else(|| panic!("console-pi is listed: {rows:?}"));
-    assert!(row.contains("healthy") && row.contains("console-owner"), "{row}");
+    assert!(
+        row.contains("healthy") && row.contains("console-owner"),
+        "{row}"
+    );
     let detail = stack.api.admin_get("/devices/console-pi").await;
     let expiry = &detail["certificate_expires_at"].as_str().expect("expiry")[..10];
-    assert!(row.contains(expiry), "the exact expiry date {expiry}: {row}");
+    assert!(
+        row.contains(expiry),
+        "the exact expiry date {expiry}: {row}"
+    );
     browser.screenshot("fleet.png").await;
 
     // A token made in the console enrols a real agent, with the command the console shows.
@@ -281,7 +290,13 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     let args: Vec<String> = command
         .split_whitespace()
         .skip(1) // edgemesh-agent
-        .map(|a| if a == "DEVICE_ID" { "console-agent-pi".to_owned() } else { a.to_owned() })
+        .map(|a| {
+            if a == "DEVICE_ID" {
+                "console-agent-pi".to_owned()
+            } else {
+                a.to_owned()
+            }
+        })
         .map(|a| {
             if a == "enrollment-token" {
                 agent_dir.path().join(a).display().to_string()
@@ -295,7 +310,10 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     assert!(enrolled.success, "{command}: {}", enrolled.stderr);
     let device = agent_device(agent_dir);
     stack.report(&device, json!({})).await;
-    assert_eq!(stack.get(&device, "/api/items").await.status, StatusCode::OK);
+    assert_eq!(
+        stack.get(&device, "/api/items").await.status,
+        StatusCode::OK
+    );
 
     // The live feed shows a request made through Envoy within 2 s.
     browser.goto(&format!("{ui}/live")).await;
@@ -339,7 +357,10 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
         .await;
     let csv_body = csv["body"].as_str().expect("CSV");
     assert!(csv_body.starts_with("id,occurred_at,"), "{csv_body}");
-    assert!(csv_body.contains(&decision_id), "the CSV holds {decision_id}");
+    assert!(
+        csv_body.contains(&decision_id),
+        "the CSV holds {decision_id}"
+    );
 
     // A form posted from another site does not revoke anything.
     browser
@@ -359,7 +380,10 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
         }))
         .await;
     assert!(
-        forged["url"].as_str().unwrap_or_default().ends_with("/ui/sign-in")
+        forged["url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/ui/sign-in")
             || forged["status"] == 403,
         "refused: {forged}"
     );
@@ -407,7 +431,10 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     assert!(browser.url().await.ends_with("/ui/sign-in"));
     let start = browser.goto(&format!("{ui}/fleet")).await;
     assert!(
-        start["url"].as_str().unwrap_or_default().ends_with("/ui/sign-in"),
+        start["url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/ui/sign-in"),
         "{start}"
     );
     let old_cookie = format!(
