@@ -86,6 +86,10 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19192/metrics >/dev/null 2>&
 run "$BIN/edgemesh-simulator" bench-memory --milestones 10000,100000 \
   --ca-cert "$STATE/bench/control-api/ca.pem" --ca-key "$STATE/bench/control-api/ca-key.pem"
 
+echo "== the console's pages with the bench database's devices (the bench control API, after bench-memory)"
+run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 \
+  --admin-token-file "$STATE/bench/control-api/admin-token" bench-console --requests 100
+
 echo "== revocation propagation: 50 revocations during traffic through Envoy (the simulator's scenario)"
 run "$BIN/edgemesh-simulator" --devices 400 --duration 60s --rate 50 --scenario revocation --revocations 50
 

@@ -113,6 +113,12 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_ADMIN_RATE", default_value_t = 50.0)]
     pub admin_rate: f64,
 
+    /// The certificate expiry scan (at start, then daily) and the console warn of a device whose
+    /// certificate in force expires within this many days.
+    #[arg(long, env = "EDGEMESH_CERT_EXPIRY_WARNING_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub cert_expiry_warning_days: u32,
+
     /// Hours a console session lasts after signing in (signing out, or a new admin token, ends it
     /// sooner).
     #[arg(long, env = "EDGEMESH_CONSOLE_SESSION_HOURS", default_value_t = 8,

@@ -5,6 +5,7 @@ pub mod ca;
 pub mod config;
 pub mod console;
 pub mod csr;
+pub mod expiry;
 pub mod http;
 pub mod metrics;
 pub mod server;

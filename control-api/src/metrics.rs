@@ -19,6 +19,10 @@ pub struct Metrics {
     devices: IntGaugeVec,
     unhealthy_devices: IntGauge,
     database_up: IntGauge,
+    /// Active devices whose certificate in force expires within the scan's window (the expiry scan).
+    pub certificates_expiring: IntGaugeVec,
+    /// When the expiry scan last ran to the end (Unix seconds).
+    pub expiry_scanned: IntGauge,
 }
 
 impl Metrics {
@@ -57,6 +61,19 @@ impl Metrics {
             "edgemesh_control_api_database_up",
             "1 if the last scrape could read the fleet gauges from Postgres.",
         )?;
+        let certificates_expiring = IntGaugeVec::new(
+            Opts::new(
+                "edgemesh_certificates_expiring",
+                "Active devices whose certificate in force expires within the window (label within, in days), at the last daily expiry scan.",
+            ),
+            &["within"],
+        )?;
+        let expiry_scanned = IntGauge::new(
+            "edgemesh_certificate_expiry_scan_timestamp_seconds",
+            "When the certificate expiry scan last completed (Unix time).",
+        )?;
+        registry.register(Box::new(certificates_expiring.clone()))?;
+        registry.register(Box::new(expiry_scanned.clone()))?;
         registry.register(Box::new(enrollments.clone()))?;
         registry.register(Box::new(renewals.clone()))?;
         registry.register(Box::new(health_checks.clone()))?;
@@ -85,6 +102,8 @@ impl Metrics {
             devices,
             unhealthy_devices,
             database_up,
+            certificates_expiring,
+            expiry_scanned,
         }))
     }
 

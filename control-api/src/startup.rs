@@ -143,6 +143,7 @@ impl Application {
                 config.console_sign_in_burst,
                 config.console_sign_in_rate,
             )),
+            expiry_warning: time::Duration::days(i64::from(config.cert_expiry_warning_days)),
             console_session_lifetime: time::Duration::hours(i64::from(
                 config.console_session_hours,
             )),
@@ -217,6 +218,12 @@ impl Application {
             self.retention,
             stop_rx.clone(),
         ));
+        let expiry = tokio::spawn(crate::expiry::scan_daily(
+            self.state.db.clone(),
+            Arc::clone(&self.state.metrics),
+            self.state.expiry_warning,
+            stop_rx.clone(),
+        ));
         let mut metrics_stop = stop_rx.clone();
         let metrics = crate::metrics::serve(
             Arc::clone(&self.state.metrics),
@@ -249,6 +256,7 @@ impl Application {
         tokio::join!(api, device, metrics, stop);
         watcher.abort();
         let _ = partitions.await;
+        let _ = expiry.await;
     }
 }
 

@@ -32,6 +32,8 @@ pub enum EventType {
     Token,
     User,
     Health,
+    /// Console sign-ins (refused ones with decision deny) and sign-outs.
+    Console,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 /// is the operator, not a device bootstrapping trust).
 pub struct Admin {
     http: reqwest::Client,
+    ca_pem: String,
     base: String,
     token: String,
 }
@@ -37,9 +38,19 @@ impl Admin {
             http: reqwest::Client::builder()
                 .use_preconfigured_tls(edgemesh_core::tls::client_config(&ca_pem, None)?)
                 .build()?,
+            ca_pem,
             base: base.to_owned(),
             token: token.to_owned(),
         })
+    }
+
+    /// A client for the console's pages, trusting the same CA: it follows no redirect (a redirect to
+    /// the sign-in page is an answer to see, not to follow).
+    pub fn browser(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(edgemesh_core::tls::client_config(&self.ca_pem, None)?)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {

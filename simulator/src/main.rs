@@ -6,6 +6,7 @@
 mod attack;
 mod audit_bench;
 mod bench;
+mod console_bench;
 mod fleet;
 mod memory_bench;
 mod noop_authz;
@@ -152,6 +153,13 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         queries: u32,
     },
+    /// The console's pages at fleet scale (after bench-memory filled the bench database): the server's
+    /// time per page, from its Server-Timing header.
+    BenchConsole {
+        /// Requests per page.
+        #[arg(long, default_value_t = 100)]
+        requests: u32,
+    },
     /// ext-authz's resident memory with many devices cached: writes devices straight into a bench
     /// database, sends one Check per device to an ext-authz serving it, reads its RSS at each milestone.
     BenchMemory {
@@ -263,6 +271,9 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
                 queries,
             )
             .await
+        }
+        Command::BenchConsole { requests } => {
+            console_bench::console(&cli.control_api, &cli.admin_token_file, requests).await
         }
         Command::BenchMemory {
             ref database_url,

@@ -67,8 +67,17 @@ async fn security_headers(State(_): State<AppState>, mut request: Request, next:
     {
         request.headers_mut().insert(header::HOST, host);
     }
+    let started = std::time::Instant::now();
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    // How long the server took to answer (to the headers, for the live feed): what the console bench
+    // reads, and what a browser's developer tools show.
+    if let Ok(timing) = HeaderValue::from_str(&format!(
+        "app;dur={:.3}",
+        started.elapsed().as_secs_f64() * 1000.0
+    )) {
+        headers.insert("server-timing", timing);
+    }
     for (name, value) in SECURITY_HEADERS {
         // An asset may be cached; a page never is.
         if name == "cache-control" && headers.contains_key(header::CACHE_CONTROL) {

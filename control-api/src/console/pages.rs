@@ -24,8 +24,6 @@ use crate::audit::{Event, EventType};
 use crate::http::extract::{Path, Peer, Query};
 use crate::http::{AppState, admin, audit, health};
 
-/// A certificate expiring sooner than this is flagged.
-const EXPIRY_WARNING: time::Duration = time::Duration::days(7);
 /// Devices per fleet page.
 const FLEET_PAGE: i64 = 50;
 /// How often the live feed looks for new decisions, and how far back it looks for them (a decision
@@ -247,6 +245,9 @@ struct FleetPage {
     filter: FleetFilter,
     rows: Vec<FleetRow>,
     next_cursor: Option<String>,
+    expiry_warning_days: i64,
+    expiring: Vec<String>,
+    expiring_more: i64,
 }
 
 pub async fn fleet(
@@ -271,7 +272,7 @@ pub async fn fleet(
         .map(|d| FleetRow {
             expiring: d
                 .certificate_expires_at
-                .is_some_and(|at| d.status == "active" && at - now < EXPIRY_WARNING),
+                .is_some_and(|at| d.status == "active" && at - now < state.expiry_warning),
             expiry: d.certificate_expires_at.map(|at| when(&at, now)),
             last_seen: d.last_seen_at.map(|at| when(&at, now)),
             reasons: d.health_reasons.join("; "),
@@ -297,8 +298,11 @@ pub async fn fleet(
         ("unknown".to_owned(), v.unknown),
     ]);
     counts.push((
-        "certificates expiring within 7 days".to_owned(),
-        summary.expiring_within_7d,
+        format!(
+            "certificates expiring within {} days",
+            summary.expiry_warning_days
+        ),
+        summary.certificates_expiring,
     ));
     html(&FleetPage {
         signed_in: true,
@@ -307,6 +311,9 @@ pub async fn fleet(
         filter,
         rows,
         next_cursor: page.next_cursor,
+        expiry_warning_days: summary.expiry_warning_days,
+        expiring_more: summary.certificates_expiring - summary.expiring_devices.len() as i64,
+        expiring: summary.expiring_devices,
     })
 }
 
@@ -387,7 +394,7 @@ pub async fn device(
             not_after: exact(&c.not_after),
             expiring: c.revoked_at.is_none()
                 && c.not_after > now
-                && c.not_after - now < EXPIRY_WARNING,
+                && c.not_after - now < state.expiry_warning,
             expires_in: relative(&c.not_after, now),
             state: match (c.revoked_at, &c.revocation_reason) {
                 (Some(at), Some(reason)) if at <= now => {

@@ -575,8 +575,12 @@ pub(crate) struct FleetSummary {
     pub(crate) revoked: i64,
     /// Active devices by health verdict.
     pub(crate) verdicts: VerdictCounts,
-    /// Active devices whose certificate in force expires within 7 days.
-    pub(crate) expiring_within_7d: i64,
+    /// Active devices whose certificate in force expires within the warning window (the expiry
+    /// scan's, `EDGEMESH_CERT_EXPIRY_WARNING_DAYS`), soonest first, at most 20.
+    pub(crate) certificates_expiring: i64,
+    pub(crate) expiring_devices: Vec<String>,
+    /// The warning window, in days.
+    pub(crate) expiry_warning_days: i64,
 }
 
 /// Active devices by health verdict (`stale`: no report within the maximum health age).
@@ -588,7 +592,7 @@ pub(crate) struct VerdictCounts {
     pub(crate) unknown: i64,
 }
 
-/// How many devices there are, by status and by health verdict, and how many certificates expire soon.
+/// How many devices there are, by status and by health verdict, and which certificates expire soon.
 #[utoipa::path(get, path = "/fleet", tag = "admin",
     security(("admin_token" = [])),
     responses(
@@ -607,14 +611,8 @@ pub(crate) async fn fleet_summary(
     .bind(oldest_fresh)
     .fetch_all(&state.db)
     .await?;
-    let expiring: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (
-             SELECT c.device_id FROM certificates c JOIN devices d ON d.id = c.device_id
-             WHERE d.status = 'active' AND (c.revoked_at IS NULL OR c.revoked_at > now())
-             GROUP BY c.device_id HAVING max(c.not_after) < now() + interval '7 days') soon",
-    )
-    .fetch_one(&state.db)
-    .await?;
+    let (expiring, expiring_devices) =
+        crate::expiry::expiring(&state.db, state.expiry_warning, 20).await?;
     let count = |status: &str| -> i64 {
         rows.iter()
             .filter(|(s, _, _)| s == status)
@@ -637,7 +635,9 @@ pub(crate) async fn fleet_summary(
         active: count("active"),
         revoked: count("revoked"),
         verdicts,
-        expiring_within_7d: expiring,
+        certificates_expiring: expiring,
+        expiring_devices,
+        expiry_warning_days: state.expiry_warning.whole_days(),
     }))
 }
 

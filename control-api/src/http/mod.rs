@@ -53,6 +53,8 @@ pub struct AppState {
     pub admin_per_token: Arc<limit::RateLimiter>,
     /// Failed console sign-ins per source address.
     pub console_sign_in_refusals: Arc<limit::RateLimiter>,
+    /// Certificates expiring within this are warned of (the expiry scan, the fleet page).
+    pub expiry_warning: time::Duration,
     /// How long a console session lasts.
     pub console_session_lifetime: time::Duration,
     /// A device whose health is older than this is shown as stale.

@@ -374,3 +374,91 @@ async fn what_devices_write_is_shown_escaped(db: PgPool) {
         "shown as text: {device_page}"
     );
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn certificates_close_to_expiry_are_counted_at_start_and_shown(db: PgPool) {
+    // Certificates valid for a day: inside the 7-day warning window from the start.
+    let app = spawn_app_with(db.clone(), &["--cert-validity-secs", "86400"]).await;
+    let token = app.create_token("expiry-owner", 1).await;
+    app.enroll(&token, "expiry-pi").await;
+    let summary: serde_json::Value = app.admin_get("/fleet").await.json().await.expect("json");
+    assert_eq!(summary["certificates_expiring"], 1, "{summary}");
+    assert_eq!(summary["expiring_devices"], json!(["expiry-pi"]));
+    assert_eq!(summary["expiry_warning_days"], 7);
+    assert_eq!(summary["active"], 1);
+    assert_eq!(summary["verdicts"]["unknown"], 1);
+
+    // The scan runs at start (and daily): a control API started now counts it in its metric.
+    let scanned = spawn_app_with(db.clone(), &["--cert-validity-secs", "86400"]).await;
+    let mut metric = String::new();
+    for _ in 0..50 {
+        let text = reqwest::get(&scanned.metrics)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("edgemesh_certificates_expiring{"))
+        {
+            metric = line.to_owned();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric, r#"edgemesh_certificates_expiring{within="7d"} 1"#);
+
+    let (cookie, _) = signed_in(&app).await;
+    let fleet = page(&app, &cookie, "/ui/fleet").await;
+    assert!(
+        fleet.contains("certificates expire within 7 days"),
+        "the warning is shown"
+    );
+    assert!(
+        fleet.contains(r#"<a href="/ui/devices/expiry-pi">expiry-pi</a>"#),
+        "naming the device"
+    );
+    assert!(
+        fleet.contains(r#"<span class="warning">expires in 23 h</span>"#),
+        "and in its row"
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_policies_page_shows_the_version_in_force_and_a_refused_reload(db: PgPool) {
+    let dir = tempfile::tempdir().expect("policy dir");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for entry in std::fs::read_dir(&source).expect("policies") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "rego") {
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let app = spawn_app_with(db, &["--policy-dir", dir.path().to_str().expect("utf-8")]).await;
+    let (cookie, _) = signed_in(&app).await;
+    let before = page(&app, &cookie, "/ui/policies").await;
+    assert!(
+        before.contains("none since the control API started"),
+        "{before}"
+    );
+    assert!(before.contains("authz.rego"), "the files are shown");
+    std::fs::write(
+        dir.path().join("broken.rego"),
+        "package edgemesh.authz\nallow if {",
+    )
+    .expect("write");
+    let mut after = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        after = page(&app, &cookie, "/ui/policies").await;
+        if after.contains("id=\"refused\"") {
+            break;
+        }
+    }
+    assert!(
+        after.contains("id=\"refused\""),
+        "the refused reload is shown: {after}"
+    );
+    assert!(after.contains(": refused"), "{after}");
+}

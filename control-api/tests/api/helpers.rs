@@ -48,9 +48,13 @@ pub async fn spawn_app_with(db: PgPool, flags: &[&str]) -> TestApp {
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0",
-        "--policy-dir",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
     ];
+    if !flags.contains(&"--policy-dir") {
+        args.extend([
+            "--policy-dir",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"),
+        ]);
+    }
     args.extend_from_slice(flags);
     let config = Config::try_parse_from_args(&args);
     let app = Application::build_with_pool(&config, db.clone())
