@@ -35,3 +35,7 @@ BEGIN
         ('authorization', 'enrollment', 'renewal', 'revocation', 'token', 'user', 'health', 'console'));
 END
 $$;
+
+-- The certificate expiry scan (and the fleet page) look for certificates in force that expire soon:
+-- the ones never revoked or retired, by expiry.
+CREATE INDEX certificates_in_force_expiry_idx ON certificates (not_after) WHERE revoked_at IS NULL;

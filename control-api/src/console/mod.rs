@@ -55,10 +55,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/live/events", get(pages::live_events))
         .route("/ui/policies", get(pages::policies))
         .route("/ui/static/{file}", get(assets::serve))
-        .layer(middleware::from_fn_with_state(state, security_headers))
+        .layer(middleware::from_fn_with_state(state, around_every_page))
 }
 
-async fn security_headers(State(_): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Around every console request: the host named as `Host`, and the answer with the security headers
+/// and the server's time.
+async fn around_every_page(
+    State(_): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     // HTTP/2 names the host in `:authority`, not `Host`; the origin check and the enrol command read
     // `Host`, so it is set from the authority when the request has none.
     if !request.headers().contains_key(header::HOST)

@@ -791,7 +791,7 @@ pub struct LiveFilter {
 /// session ends.
 pub async fn live_events(
     State(state): State<AppState>,
-    session: Session,
+    _session: Session,
     headers: HeaderMap,
     Query(filter): Query<LiveFilter>,
 ) -> Result<Response, Failure> {
@@ -827,7 +827,6 @@ pub async fn live_events(
         polls: 0,
         pending: Default::default(),
     };
-    drop(session);
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(record) = feed.pending.pop_front() {

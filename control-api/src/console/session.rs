@@ -48,7 +48,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl Session {
-    /// Opens a session for the admin token `token_sha256`; answers it and the `Set-Cookie` value.
+    /// Opens a session bound to the current admin token; answers it and the `Set-Cookie` value.
     pub async fn open(
         state: &AppState,
         peer: Option<SocketAddr>,
