@@ -55,6 +55,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/live/events", get(pages::live_events))
         .route("/ui/policies", get(pages::policies))
         .route("/ui/static/{file}", get(assets::serve))
+        // Anything else under /ui is a console page that does not exist: a 404 page, with the headers.
+        .route("/ui/{*rest}", axum::routing::any(not_found))
         .layer(middleware::from_fn_with_state(state, around_every_page))
 }
 
@@ -92,6 +94,13 @@ async fn around_every_page(
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+async fn not_found() -> Failure {
+    Failure::Refused {
+        status: StatusCode::NOT_FOUND,
+        detail: "there is no such console page".to_owned(),
+    }
 }
 
 /// Why a console request was not answered with its page.

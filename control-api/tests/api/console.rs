@@ -121,6 +121,12 @@ async fn pages_need_a_session_and_carry_the_security_headers(db: PgPool) {
         assert!(!html.contains("<script>"), "{path}: no inline script");
         assert!(!html.contains(" style="), "{path}: no inline style");
     }
+    // A console path that does not exist is a console page too: a 404, with the same headers.
+    for path in ["/ui/nope", "/ui/devices/pi/nope"] {
+        let missing = get(&app, None, path).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_security_headers(missing.headers(), path);
+    }
     let css = get(&app, None, "/ui/static/console.css").await;
     assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
     assert_eq!(
