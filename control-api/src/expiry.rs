@@ -38,17 +38,11 @@ pub async fn expiring(
          ORDER BY c.not_after, c.device_id LIMIT $2",
     )
     .bind(window.as_seconds_f64())
-    .bind(limit.max(1))
+    .bind(limit)
     .fetch_all(db)
     .await?;
     let total = rows.first().map_or(0, |(_, n)| *n);
-    Ok((
-        total,
-        rows.into_iter()
-            .map(|(id, _)| id)
-            .take(usize::try_from(limit).unwrap_or(0))
-            .collect(),
-    ))
+    Ok((total, rows.into_iter().map(|(id, _)| id).collect()))
 }
 
 /// The `within` label of a window: whole days.

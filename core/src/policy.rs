@@ -468,15 +468,17 @@ impl PolicyStore {
 
     fn refuse(&self, version: Option<String>, error: String) -> Reload {
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = Reload::Refused { error };
-        if version.is_none() || *refused != version {
-            if let Reload::Refused { error } = &outcome {
-                tracing::error!(error = %error, policy_version = %self.current().version(),
-                    "policy files do not load; the policies in force stay");
-            }
-            self.remember(&outcome);
+        // Files already refused are refused again at every poll; they are reported once.
+        let new = version.is_none() || *refused != version;
+        if new {
+            tracing::error!(error = %error, policy_version = %self.current().version(),
+                "policy files do not load; the policies in force stay");
         }
         *refused = version;
+        let outcome = Reload::Refused { error };
+        if new {
+            self.remember(&outcome);
+        }
         outcome
     }
 }

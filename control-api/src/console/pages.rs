@@ -153,8 +153,9 @@ pub async fn sign_in(
         let page = sign_in_form(&state, Some("That is not the admin token.".to_owned()));
         return Ok((StatusCode::UNAUTHORIZED, html(&page)?).into_response());
     }
-    let (_, cookie) = Session::open(&state, peer).await?;
+    // The session and its audit event are one transaction: no session goes unaudited.
     let mut tx = state.db.begin().await?;
+    let (_, cookie) = Session::open(&state, &mut tx, peer).await?;
     Event::new(EventType::Console, "sign_in")
         .peer(peer)
         .record(&mut tx)
@@ -182,8 +183,8 @@ pub async fn sign_out(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Failure> {
     check_form(&headers, &session, &form.csrf)?;
-    session.close(&state).await?;
     let mut tx = state.db.begin().await?;
+    session.close(&mut tx).await?;
     Event::new(EventType::Console, "sign_out")
         .peer(peer)
         .record(&mut tx)

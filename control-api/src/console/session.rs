@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -48,16 +49,17 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
 }
 
 impl Session {
-    /// Opens a session bound to the current admin token; answers it and the `Set-Cookie` value.
+    /// Opens a session bound to the current admin token, in `tx` (with its audit event); answers it
+    /// and the `Set-Cookie` value.
     pub async fn open(
         state: &AppState,
+        tx: &mut PgConnection,
         peer: Option<SocketAddr>,
     ) -> Result<(Self, String), sqlx::Error> {
         let id = random_token();
         let id_sha256: [u8; 32] = Sha256::digest(id.as_bytes()).into();
         let csrf = random_token();
         let lifetime = state.console_session_lifetime;
-        let mut tx = state.db.begin().await?;
         // Expired sessions go when new ones come.
         sqlx::query("DELETE FROM console_sessions WHERE expires_at <= now()")
             .execute(&mut *tx)
@@ -73,7 +75,6 @@ impl Session {
         .bind(peer.map(|p| p.ip().to_string()))
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         let cookie = format!(
             "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
             lifetime.whole_seconds()
@@ -99,11 +100,11 @@ impl Session {
         Ok(csrf.map(|csrf| Self { id_sha256, csrf }))
     }
 
-    /// Ends the session: its cookie no longer works, whoever holds it.
-    pub async fn close(&self, state: &AppState) -> Result<(), sqlx::Error> {
+    /// Ends the session, in `tx` (with its audit event): its cookie no longer works, whoever holds it.
+    pub async fn close(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM console_sessions WHERE id_sha256 = $1")
             .bind(&self.id_sha256[..])
-            .execute(&state.db)
+            .execute(tx)
             .await?;
         Ok(())
     }

@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::enforcement::WEDNESDAY_MORNING;
 use crate::helpers::{agent, client, database_url};
-use crate::proxy::{Device, Options, Stack, device_client};
+use crate::proxy::{Device, Options, Stack};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -164,13 +164,9 @@ impl Browser {
     }
 }
 
-/// The device an agent enrolled in `dir`, as a client presenting its certificate.
-fn agent_device(dir: tempfile::TempDir) -> Device {
-    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
-    Device {
-        client: device_client(&read("ca.pem"), Some((&read("cert.pem"), &read("key.pem")))),
-        dir,
-    }
+/// Where the page a driver command ended on is.
+fn at(answer: &Value) -> &str {
+    answer["url"].as_str().unwrap_or_default()
 }
 
 #[sqlx::test(migrations = false)]
@@ -197,13 +193,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
 
     // Without a session, a page sends the browser to sign in; the API stays a 401 JSON error.
     let start = browser.goto(&format!("{ui}/fleet")).await;
-    assert!(
-        start["url"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("/ui/sign-in"),
-        "{start}"
-    );
+    assert!(at(&start).ends_with("/ui/sign-in"), "{start}");
     let api = client(&std::fs::read_to_string(stack.state_dir.path().join("ca.pem")).expect("ca"))
         .get(format!("{}/api/v1/admin/devices", stack.api.api))
         .send()
@@ -237,13 +227,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     // The admin token opens a session: the fleet lists the device enrolled through the API.
     browser.fill("#token", &stack.api.admin_token).await;
     let signed_in = browser.click("#sign-in").await;
-    assert!(
-        signed_in["url"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("/ui/fleet"),
-        "{signed_in}"
-    );
+    assert!(at(&signed_in).ends_with("/ui/fleet"), "{signed_in}");
     // The refused sign-in's 401 is the only error a page shows; from here on there must be none.
     browser.send(json!({"op": "problems"})).await;
     let cookies = browser.send(json!({"op": "cookies"})).await;
@@ -308,7 +292,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let enrolled = agent(agent_dir.path(), &args, &[]).await;
     assert!(enrolled.success, "{command}: {}", enrolled.stderr);
-    let device = agent_device(agent_dir);
+    let device = Device::from_dir(agent_dir);
     stack.report(&device, json!({})).await;
     assert_eq!(
         stack.get(&device, "/api/items").await.status,
@@ -380,11 +364,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
         }))
         .await;
     assert!(
-        forged["url"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("/ui/sign-in")
-            || forged["status"] == 403,
+        at(&forged).ends_with("/ui/sign-in") || forged["status"] == 403,
         "refused: {forged}"
     );
     assert_eq!(
@@ -407,10 +387,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     browser.fill("#reason", "lost on a train").await;
     let revoked = browser.click("#confirm-revoke").await;
     assert!(
-        revoked["url"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("/ui/devices/console-agent-pi"),
+        at(&revoked).ends_with("/ui/devices/console-agent-pi"),
         "{revoked}"
     );
     assert_eq!(browser.text("#status").await, "revoked");
@@ -430,13 +407,7 @@ async fn an_operator_runs_the_fleet_from_the_console_in_a_real_browser(
     browser.click(".sign-out button").await;
     assert!(browser.url().await.ends_with("/ui/sign-in"));
     let start = browser.goto(&format!("{ui}/fleet")).await;
-    assert!(
-        start["url"]
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("/ui/sign-in"),
-        "{start}"
-    );
+    assert!(at(&start).ends_with("/ui/sign-in"), "{start}");
     let old_cookie = format!(
         "__Host-edgemesh-session={}",
         cookie["value"].as_str().expect("value")

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::helpers::{bin, database_url};
-use crate::proxy::{Device, Options, Stack, device_client};
+use crate::proxy::{Device, Options, Stack};
 
 struct Ctl<'a> {
     stack: &'a Stack,
@@ -228,11 +228,7 @@ async fn every_command_works_against_the_real_control_api(
     assert!(revoked["revoked_at"].is_string());
 
     // devices, filtered; health
-    let read = |name: &str| std::fs::read_to_string(agent_dir.path().join(name)).expect(name);
-    let device = Device {
-        client: device_client(&read("ca.pem"), Some((&read("cert.pem"), &read("key.pem")))),
-        dir: agent_dir,
-    };
+    let device = Device::from_dir(agent_dir);
     let ids = |page: &Value| -> Vec<String> {
         page["devices"]
             .as_array()

@@ -371,9 +371,7 @@ impl Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = agent_enroll(dir.path(), &self.api, &token, &fingerprint, id).await;
         assert!(run.success, "enroll {id}: {}", run.stderr);
-        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
-        let client = device_client(&read("ca.pem"), Some((&read("cert.pem"), &read("key.pem"))));
-        Device { client, dir }
+        Device::from_dir(dir)
     }
 
     /// Sends a health report for `device` over its mTLS connection: healthy values with `patch` applied.
@@ -460,6 +458,15 @@ pub struct Device {
     pub client: reqwest::Client,
     /// The agent's state directory (key, certificate, CA).
     pub dir: tempfile::TempDir,
+}
+
+impl Device {
+    /// The device an agent enrolled in `dir`: a client presenting its certificate.
+    pub fn from_dir(dir: tempfile::TempDir) -> Self {
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
+        let client = device_client(&read("ca.pem"), Some((&read("cert.pem"), &read("key.pem"))));
+        Self { client, dir }
+    }
 }
 
 /// A client that trusts the EdgeMesh CA and presents `identity`, if any.
