@@ -147,7 +147,7 @@ mod tests {
     fn renewal_is_due_at_two_thirds_of_the_lifetime() {
         let info = CertInfo {
             serial: "01".into(),
-            fingerprint: "00".into(),
+            fingerprint: edgemesh_core::cert::Fingerprint::of(b""),
             not_before: datetime!(2026-11-01 00:00 UTC),
             not_after: datetime!(2026-12-01 00:00 UTC),
             uri_sans: vec![],

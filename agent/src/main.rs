@@ -209,18 +209,15 @@ impl State {
 async fn main() -> ExitCode {
     let _log = edgemesh_core::telemetry::init();
     edgemesh_core::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli: Cli = edgemesh_core::exit::parse_args("edgemesh-agent");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        // A device the control API refuses for good: 78 (EX_CONFIG), not restarted by systemd.
+        Err(e) if e.downcast_ref::<daemon::Refused>().is_some() => {
             eprintln!("edgemesh-agent: error: {e:#}");
-            // A device the control API refuses for good: 78 (EX_CONFIG), not restarted by systemd.
-            if e.downcast_ref::<daemon::Refused>().is_some() {
-                ExitCode::from(78)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(78)
         }
+        Err(e) => edgemesh_core::exit::failed("edgemesh-agent", &e),
     }
 }
 

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
-use edgemesh_core::cert::{CertInfo, first_pem_der, sha256_hex, spiffe_id};
+use edgemesh_core::cert::{CertInfo, Fingerprint, TrustDomain, first_pem_der, spiffe_id};
 use edgemesh_core::files::write_atomic;
 use edgemesh_core::id::DeviceId;
 use rand::RngCore;
@@ -77,7 +77,7 @@ impl CertificateAuthority {
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         Ok(Self {
-            fingerprint: sha256_hex(cert.der()),
+            fingerprint: Fingerprint::of(cert.der()).to_string(),
             issuer: Issuer::new(params, key),
             cert_pem,
         })
@@ -110,7 +110,7 @@ impl CertificateAuthority {
         let issuer =
             Issuer::from_ca_cert_pem(&cert_pem, key).context("CA certificate is not usable")?;
         Ok(Self {
-            fingerprint: sha256_hex(&der),
+            fingerprint: Fingerprint::of(&der).to_string(),
             issuer,
             cert_pem,
         })
@@ -139,7 +139,7 @@ impl CertificateAuthority {
     pub fn issue_device(
         &self,
         device: &DeviceId,
-        trust_domain: &str,
+        trust_domain: &TrustDomain,
         public_key: &impl PublicKeyData,
         validity: Duration,
     ) -> anyhow::Result<Issued> {

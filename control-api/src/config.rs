@@ -43,7 +43,7 @@ pub struct Config {
 
     /// SPIFFE trust domain of device identities.
     #[arg(long, env = "EDGEMESH_TRUST_DOMAIN", default_value = "edgemesh.local")]
-    pub trust_domain: String,
+    pub trust_domain: edgemesh_core::cert::TrustDomain,
 
     /// Validity of issued device certificates, in seconds.
     #[arg(long, env = "EDGEMESH_CERT_VALIDITY_SECS", default_value_t = 30 * 24 * 3600,

@@ -3,8 +3,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+const PROGRAM: &str = "edgemesh-control-api";
 use edgemesh_control_api::ca::CertificateAuthority;
 use edgemesh_control_api::{Application, Config};
+use edgemesh_core::exit::ConfigContext;
 use edgemesh_core::files::write_atomic;
 use edgemesh_core::shutdown_signal;
 
@@ -41,7 +44,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let _log = edgemesh_core::telemetry::init();
-    let cli = Cli::parse();
+    let cli: Cli = edgemesh_core::exit::parse_args(PROGRAM);
     let config = cli.config;
     let done = match cli.command {
         Some(Command::IssueServerCert {
@@ -58,18 +61,14 @@ async fn main() -> ExitCode {
     if let Some(done) = done {
         return match done {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("edgemesh-control-api: error: {e:#}");
-                ExitCode::FAILURE
-            }
+            Err(e) => edgemesh_core::exit::failed(PROGRAM, &e),
         };
     }
     let app = match Application::build(&config).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "failed to start");
-            eprintln!("edgemesh-control-api: {e:#}");
-            return ExitCode::from(1);
+            return edgemesh_core::exit::failed(PROGRAM, &e);
         }
     };
     app.run_until_stopped(shutdown_signal()).await;
@@ -85,7 +84,8 @@ fn issue_server_cert(
 ) -> anyhow::Result<()> {
     edgemesh_core::tls::install_crypto_provider();
     let ca = CertificateAuthority::load_or_create(&config.ca_cert_path(), &config.ca_key_path())
-        .context("failed to load or create the CA")?;
+        .context("failed to load or create the CA")
+        .config_error()?;
     let (cert, key) = ca.issue_server(names, time::Duration::days(i64::from(days)))?;
     write_atomic(key_out, key.as_bytes(), 0o600)?;
     write_atomic(cert_out, cert.as_bytes(), 0o644)?;

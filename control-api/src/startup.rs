@@ -12,10 +12,11 @@ use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use edgemesh_core::exit::{ConfigContext, ConfigError};
 use edgemesh_core::files::write_atomic;
 use edgemesh_core::policy::PolicyStore;
 
@@ -55,19 +56,11 @@ impl Application {
     /// Builds on an existing pool whose schema is already migrated (tests use this).
     pub async fn build_with_pool(config: &Config, db: PgPool) -> anyhow::Result<Self> {
         edgemesh_core::tls::install_crypto_provider();
-        ensure!(
-            !config.trust_domain.is_empty()
-                && config
-                    .trust_domain
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')),
-            "trust domain {:?} must be a DNS-like name",
-            config.trust_domain
-        );
         let ca =
             CertificateAuthority::load_or_create(&config.ca_cert_path(), &config.ca_key_path())
-                .context("failed to load or create the CA")?;
-        let admin_token = load_or_create_admin_token(&config.admin_token_path())?;
+                .context("failed to load or create the CA")
+                .config_error()?;
+        let admin_token = load_or_create_admin_token(&config.admin_token_path()).config_error()?;
         for (rate, what) in [
             (config.health_rate, "health report"),
             (config.enroll_refusal_rate, "refused enrolment"),
@@ -75,20 +68,28 @@ impl Application {
             (config.admin_rate, "admin request"),
             (config.console_sign_in_rate, "failed console sign-in"),
         ] {
-            ensure!(
-                rate.is_finite() && rate > 0.0,
-                "the {what} rate must be a positive number per second"
-            );
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::new(format!(
+                    "the {what} rate must be a positive number per second"
+                ))
+                .into());
+            }
         }
-        let policies = Arc::new(PolicyStore::load(&config.policy_dir).with_context(|| {
-            format!(
-                "failed to load the policies in {}",
-                config.policy_dir.display()
-            )
-        })?);
+        let policies = Arc::new(
+            PolicyStore::load(&config.policy_dir)
+                .with_context(|| {
+                    format!(
+                        "failed to load the policies in {}",
+                        config.policy_dir.display()
+                    )
+                })
+                .config_error()?,
+        );
 
-        let (server_cert, server_key) =
-            ca.issue_server(&config.server_names, SERVER_CERT_VALIDITY)?;
+        let (server_cert, server_key) = ca
+            .issue_server(&config.server_names, SERVER_CERT_VALIDITY)
+            .context("bad --server-names")
+            .config_error()?;
         let certs = edgemesh_core::tls::certs_from_pem(&server_cert)?;
         let key = edgemesh_core::tls::key_from_pem(&server_key)?;
         let api_tls = ServerConfig::builder()
@@ -104,13 +105,16 @@ impl Application {
 
         let api_listener = TcpListener::bind(config.api_listen)
             .await
-            .with_context(|| format!("failed to listen on {}", config.api_listen))?;
+            .with_context(|| format!("failed to listen on {}", config.api_listen))
+            .config_error()?;
         let device_listener = TcpListener::bind(config.device_listen)
             .await
-            .with_context(|| format!("failed to listen on {}", config.device_listen))?;
+            .with_context(|| format!("failed to listen on {}", config.device_listen))
+            .config_error()?;
         let metrics_listener = TcpListener::bind(config.metrics_listen)
             .await
-            .with_context(|| format!("failed to listen on {}", config.metrics_listen))?;
+            .with_context(|| format!("failed to listen on {}", config.metrics_listen))
+            .config_error()?;
         let retention = Retention {
             months_ahead: config.audit_months_ahead,
             keep_days: (config.audit_retention_days > 0).then_some(config.audit_retention_days),
@@ -124,7 +128,7 @@ impl Application {
             db,
             ca: Arc::new(ca),
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
-            trust_domain: config.trust_domain.as_str().into(),
+            trust_domain: Arc::new(config.trust_domain.clone()),
             cert_validity: time::Duration::seconds(i64::from(config.cert_validity_secs)),
             renewal: crate::http::device::RenewalRules {
                 overlap: time::Duration::seconds(i64::from(config.renewal_overlap_secs)),
@@ -210,9 +214,14 @@ impl Application {
             "control API listening"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
-        let watcher = tokio::spawn(
-            Arc::clone(&self.state.policies).watch(std::time::Duration::from_secs(1), |_| {}),
-        );
+        let mut watcher_stop = stop_rx.clone();
+        let watcher = tokio::spawn(Arc::clone(&self.state.policies).watch(
+            std::time::Duration::from_secs(1),
+            |_| {},
+            async move {
+                let _ = watcher_stop.wait_for(|stop| *stop).await;
+            },
+        ));
         let partitions = tokio::spawn(crate::audit::keep_partitions(
             self.state.db.clone(),
             self.retention,
@@ -254,17 +263,22 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         tokio::join!(api, device, metrics, stop);
-        watcher.abort();
+        let _ = watcher.await;
         let _ = partitions.await;
         let _ = expiry.await;
     }
 }
 
 async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = config
+        .database_url
+        .parse()
+        .context("invalid database URL (EDGEMESH_DATABASE_URL)")
+        .config_error()?;
     PgPoolOptions::new()
         .max_connections(16)
         .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&config.database_url)
+        .connect_with(options)
         .await
         .context("failed to connect to PostgreSQL")
 }

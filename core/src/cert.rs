@@ -1,6 +1,9 @@
 //! Facts about an X.509 certificate that EdgeMesh relies on: serial, SHA-256 fingerprint, validity and the
 //! device identity carried in the SPIFFE URI SAN `spiffe://<trust-domain>/device/<id>`.
 
+use std::fmt;
+use std::str::FromStr;
+
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
@@ -16,24 +19,87 @@ pub enum CertError {
     Malformed(String),
 }
 
+/// A SPIFFE trust domain: 1 to 255 characters of lower-case letters, digits, `.`, `-` and `_`
+/// (the SPIFFE ID standard, section 2.1), such as `edgemesh.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TrustDomain {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let valid = !s.is_empty()
+            && s.len() <= 255
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            });
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is not a SPIFFE trust domain (1 to 255 characters of a-z, 0-9, '.', '-' \
+                 and '_', such as edgemesh.local)"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The SPIFFE ID of a device in a trust domain.
-pub fn spiffe_id(trust_domain: &str, device: &DeviceId) -> String {
+pub fn spiffe_id(trust_domain: &TrustDomain, device: &DeviceId) -> String {
     format!("spiffe://{trust_domain}/device/{device}")
 }
 
 /// The device named by a SPIFFE ID, if the ID is a device of exactly this trust domain.
-pub fn device_from_spiffe_id(trust_domain: &str, uri: &str) -> Option<DeviceId> {
+pub fn device_from_spiffe_id(trust_domain: &TrustDomain, uri: &str) -> Option<DeviceId> {
     let rest = uri.strip_prefix("spiffe://")?;
     let (domain, path) = rest.split_once('/')?;
-    if !domain.eq_ignore_ascii_case(trust_domain) {
+    if domain != trust_domain.as_str() {
         return None;
     }
     DeviceId::parse(path.strip_prefix("device/")?).ok()
 }
 
-/// Lowercase hex SHA-256 of DER bytes (a certificate's fingerprint).
-pub fn sha256_hex(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
+/// A certificate's SHA-256 fingerprint: the digest of its DER encoding. Shown (and stored) as 64
+/// lower-case hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(der: &[u8]) -> Self {
+        Self(Sha256::digest(der).into())
+    }
+
+    /// From 64 hex digits (either case), as stored.
+    pub fn from_hex(hex_digits: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_digits, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; 64];
+        // Cannot fail: the buffer is exactly twice the input.
+        let _ = hex::encode_to_slice(self.0, &mut text);
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
 }
 
 /// Normalises a user-supplied SHA-256 fingerprint: accepts upper or lower case, `:` separators and a
@@ -73,7 +139,7 @@ pub fn signed_by(der: &[u8], ca_der: &[u8]) -> Result<bool, CertError> {
 pub struct CertInfo {
     /// Lowercase hex of the serial number's DER content bytes.
     pub serial: String,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub uri_sans: Vec<String>,
@@ -99,7 +165,7 @@ impl CertInfo {
             .unwrap_or_default();
         Ok(Self {
             serial: hex::encode(cert.raw_serial()),
-            fingerprint: sha256_hex(der),
+            fingerprint: Fingerprint::of(der),
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             uri_sans,
@@ -112,7 +178,7 @@ impl CertInfo {
 
     /// The device this certificate names in the trust domain; `None` unless exactly one URI SAN
     /// names a device there.
-    pub fn device_id(&self, trust_domain: &str) -> Option<DeviceId> {
+    pub fn device_id(&self, trust_domain: &TrustDomain) -> Option<DeviceId> {
         let mut devices = self
             .uri_sans
             .iter()
@@ -129,19 +195,56 @@ mod tests {
     #[test]
     fn spiffe_ids_round_trip_only_in_their_trust_domain() {
         let id = DeviceId::parse("pi-7").expect("valid id");
-        let uri = spiffe_id("edgemesh.local", &id);
+        let domain: TrustDomain = "edgemesh.local".parse().expect("valid trust domain");
+        let uri = spiffe_id(&domain, &id);
         assert_eq!(uri, "spiffe://edgemesh.local/device/pi-7");
-        assert_eq!(device_from_spiffe_id("edgemesh.local", &uri), Some(id));
+        assert_eq!(device_from_spiffe_id(&domain, &uri), Some(id));
         let refused = [
             ("spiffe://other.local/device/pi-7", "another trust domain"),
+            (
+                "spiffe://EdgeMesh.local/device/pi-7",
+                "trust domains are lower case",
+            ),
             ("spiffe://edgemesh.local/user/pi-7", "not a device path"),
             ("spiffe://edgemesh.local/device/pi-7/x", "nested path"),
             ("spiffe://edgemesh.local/device/", "empty id"),
             ("https://edgemesh.local/device/pi-7", "not spiffe"),
         ];
         for (uri, why) in refused {
-            assert_eq!(device_from_spiffe_id("edgemesh.local", uri), None, "{why}");
+            assert_eq!(device_from_spiffe_id(&domain, uri), None, "{why}");
         }
+    }
+
+    #[test]
+    fn trust_domains_are_spiffe_trust_domains() {
+        for valid in ["edgemesh.local", "a", "prod-eu_1.example.com"] {
+            assert!(valid.parse::<TrustDomain>().is_ok(), "{valid}");
+        }
+        let long = "a".repeat(256);
+        for invalid in [
+            "",
+            "EdgeMesh.local",
+            "edge mesh",
+            "spiffe://x",
+            "x/y",
+            "x:8080",
+            &long,
+        ] {
+            assert!(invalid.parse::<TrustDomain>().is_err(), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_show_as_the_hex_they_are_stored_as() {
+        let fingerprint = Fingerprint::of(b"certificate");
+        let hex = fingerprint.to_string();
+        assert_eq!(hex, hex::encode(Sha256::digest(b"certificate")));
+        assert_eq!(Fingerprint::from_hex(&hex), Some(fingerprint));
+        assert_eq!(
+            Fingerprint::from_hex(&hex.to_uppercase()),
+            Some(fingerprint)
+        );
+        assert_eq!(Fingerprint::from_hex(&hex[2..]), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::api::{
     DeviceStanding, EnrollRequest, ErrorBody, HealthReport, HealthVerdict, IssuedCertificate,
     RenewRequest,
 };
-use crate::cert::{normalize_fingerprint, sha256_hex};
+use crate::cert::{Fingerprint, normalize_fingerprint};
 use crate::id::DeviceId;
 use crate::tls;
 
@@ -103,7 +103,7 @@ fn pinned_ca(pem: String, pin: &str) -> anyhow::Result<String> {
             more.len()
         ),
     };
-    let got = sha256_hex(der);
+    let got = Fingerprint::of(der).to_string();
     anyhow::ensure!(
         got == pin,
         "CA certificate fingerprint {got} does not match the expected {pin}: refusing to trust it"
@@ -205,7 +205,7 @@ mod tests {
     }
 
     fn pin_of(pem: &str) -> String {
-        sha256_hex(&crate::cert::first_pem_der(pem).expect("pem"))
+        Fingerprint::of(&crate::cert::first_pem_der(pem).expect("pem")).to_string()
     }
 
     #[test]

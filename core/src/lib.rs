@@ -1,10 +1,11 @@
-//! Shared by the EdgeMesh binaries: typed identifiers, certificate facts, TLS set-up, the control API's
+//! Shared by the EdgeMesh binaries: typed identifiers, certificate facts, exit statuses, TLS set-up, the control API's
 //! request and response bodies, the enrollment client, the policy engine (feature `policy`), tracing
 //! set-up and the shutdown signal.
 
 pub mod api;
 pub mod cert;
 pub mod client;
+pub mod exit;
 pub mod files;
 pub mod id;
 #[cfg(feature = "policy")]

@@ -434,13 +434,15 @@ impl PolicyStore {
         }
     }
 
-    /// Reloads when the files change (checked every `every`) or on SIGHUP, until the task is dropped;
+    /// Reloads when the files change (checked every `every`) or on SIGHUP, until `stop` completes;
     /// `on_reload` sees every outcome.
     pub async fn watch(
         self: Arc<Self>,
         every: Duration,
         on_reload: impl Fn(&Reload) + Send + 'static,
+        stop: impl std::future::Future<Output = ()> + Send,
     ) {
+        let mut stop = std::pin::pin!(stop);
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(every);
@@ -457,6 +459,7 @@ impl PolicyStore {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = hup => tracing::info!("SIGHUP: checking the policy files"),
+                () = &mut stop => return,
             }
             let store = Arc::clone(&self);
             // Parsing is CPU work; keep it off the threads answering requests.

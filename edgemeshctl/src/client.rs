@@ -11,7 +11,7 @@ use crate::config::Settings;
 /// Why a command did not complete, and so its exit status.
 #[derive(Debug)]
 pub enum Failure {
-    /// Bad flags or configuration: exit 2.
+    /// Bad flags or configuration: exit 64.
     Usage(String),
     /// The server refused: exit 1.
     Refused {
@@ -27,7 +27,7 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Refused { .. } => 1,
-            Self::Usage(_) => 2,
+            Self::Usage(_) => edgemesh_core::exit::CONFIG,
             Self::Unreachable(_) => 3,
         }
     }

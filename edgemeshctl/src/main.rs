@@ -2,7 +2,7 @@
 //!
 //! Output is a table (`--output table`, the default) or the API's JSON (`--output json`) on stdout;
 //! messages go to stderr. Exit status: 0 done, 1 refused by the server (its `{error, detail}` shown) or
-//! a service down, 2 a usage error (bad flags, missing configuration), 3 the server could not be
+//! a service down, 64 a usage error (bad flags, missing configuration), 3 the server could not be
 //! reached or answered something unexpected.
 
 use std::process::ExitCode;
@@ -97,13 +97,13 @@ pub fn lower<T: std::fmt::Debug>(value: T) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = edgemesh_core::exit::parse_args("edgemeshctl");
     if let Command::Policy { command } = &cli.command {
         return match policy::run(command, cli.output) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("edgemeshctl: error: {e:#}");
-                ExitCode::from(2)
+                ExitCode::from(edgemesh_core::exit::CONFIG)
             }
         };
     }

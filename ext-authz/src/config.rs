@@ -1,7 +1,9 @@
 //! Configuration of `edgemesh-ext-authz serve`: flags with `EDGEMESH_` environment variables.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use edgemesh_core::cert::TrustDomain;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -34,7 +36,7 @@ pub struct Config {
 
     /// SPIFFE trust domain of device identities.
     #[arg(long, env = "EDGEMESH_TRUST_DOMAIN", default_value = "edgemesh.local")]
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
 
     /// The EdgeMesh CA certificate (PEM): every peer certificate must carry its signature.
     #[arg(long, env = "EDGEMESH_CA_CERT", default_value = ".edgemesh/ca.pem")]
@@ -95,6 +97,35 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_POLICY_POLL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]
     pub policy_poll_ms: u64,
+}
+
+/// What decisions are made with, fixed for the server's life (from [`Config`] and the CA file).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub trust_domain: TrustDomain,
+    /// The DER of the EdgeMesh CA certificate. Envoy verifies the client's chain; ext-authz checks the
+    /// signature again (see [`crate::identity`]).
+    pub ca_der: Arc<[u8]>,
+    pub max_health_age_seconds: u64,
+    pub timezone: String,
+    pub clock: Clock,
+}
+
+/// What "now" is for decisions.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    System,
+    /// A fixed instant, for deterministic tests of time-of-day rules and what-if questions.
+    Fixed(OffsetDateTime),
+}
+
+impl Clock {
+    pub fn now(&self) -> OffsetDateTime {
+        match self {
+            Clock::System => OffsetDateTime::now_utc(),
+            Clock::Fixed(at) => *at,
+        }
+    }
 }
 
 fn parse_instant(s: &str) -> Result<OffsetDateTime, String> {

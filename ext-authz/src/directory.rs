@@ -10,13 +10,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::metrics::Metrics;
 use std::time::Duration;
 
+use edgemesh_core::cert::Fingerprint;
 use moka::future::Cache;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use time::OffsetDateTime;
+
+use crate::metrics::Metrics;
 
 pub const CHANNEL: &str = "edgemesh_changes";
 /// Payloads of the listeners' heartbeats on `CHANNEL`: `heartbeat:<uuid of the sending process>`.
@@ -47,8 +49,8 @@ pub struct DeviceRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateRecord {
     pub serial: String,
-    /// SHA-256 of the certificate's DER (stored as 32 bytes, not 64 hex characters).
-    pub fingerprint: [u8; 32],
+    /// SHA-256 of the certificate's DER (held as 32 bytes, not 64 hex characters).
+    pub fingerprint: Fingerprint,
     /// When it is (or was) revoked or retired; a time still ahead is an overlap after a renewal.
     pub revoked_at: Option<OffsetDateTime>,
 }
@@ -234,7 +236,7 @@ impl Directory {
         .filter_map(|(serial, fingerprint, revoked_at)| {
             Some(CertificateRecord {
                 serial,
-                fingerprint: fingerprint_bytes(&fingerprint)?,
+                fingerprint: Fingerprint::from_hex(&fingerprint)?,
                 revoked_at,
             })
         })
@@ -442,13 +444,6 @@ impl Directory {
             }
         });
     }
-}
-
-/// The 32 bytes of a fingerprint written as 64 hex digits.
-pub fn fingerprint_bytes(hex_digits: &str) -> Option<[u8; 32]> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_digits, &mut bytes).ok()?;
-    Some(bytes)
 }
 
 #[cfg(test)]

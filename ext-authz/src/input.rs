@@ -11,8 +11,9 @@ use edgemesh_core::policy::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::check::{Peer, Settings};
+use crate::config::Settings;
 use crate::directory::DeviceRecord;
+use crate::identity::Peer;
 use crate::request::{CheckRequest, HttpRequest};
 
 /// Request headers handed to the policy (the rest are not its business). Per-request identifiers such
@@ -202,7 +203,7 @@ pub fn document(settings: &Settings, facts: &Facts) -> Value {
         ]),
         shapes.certificate.with([
             Value::from(peer.serial.as_str()),
-            hex_value(&peer.fingerprint),
+            Value::from(peer.fingerprint.to_string()),
             Value::from(rfc3339(peer.not_after)),
             Value::from(facts.revoked),
         ]),
@@ -233,14 +234,6 @@ fn shared(text: &Arc<str>) -> Value {
     Value::String(Arc::clone(text))
 }
 
-/// 32 bytes as 64 lower-case hex digits, formatted on the stack.
-fn hex_value(bytes: &[u8; 32]) -> Value {
-    let mut text = [0u8; 64];
-    // Cannot fail: the buffer is exactly twice the input.
-    let _ = hex::encode_to_slice(bytes, &mut text);
-    Value::from(std::str::from_utf8(&text).unwrap_or_default())
-}
-
 fn optional<T: Into<Value>>(value: Option<T>) -> Value {
     value.map_or(Value::Null, Into::into)
 }
@@ -259,8 +252,11 @@ mod tests {
     use prost::Message;
     use time::macros::datetime;
 
+    use edgemesh_core::cert::Fingerprint;
+    use edgemesh_core::id::DeviceId;
+
     use super::*;
-    use crate::check::Clock;
+    use crate::config::Clock;
     use crate::directory::HealthRecord;
 
     /// The CheckRequest Envoy sends for a GET of `path` on route `api` with `headers`.
@@ -329,14 +325,14 @@ mod tests {
             status: "unhealthy".into(),
         }));
         let peer = Peer {
-            device: "pi-1".to_owned(),
+            device: DeviceId::parse("pi-1").expect("valid id"),
             serial: "4132f0bb".to_owned(),
-            fingerprint: [0xab; 32],
+            fingerprint: Fingerprint::from_hex(&"ab".repeat(32)).expect("hex"),
             not_after: datetime!(2026-12-22 09:45:05 UTC),
         };
         let now = datetime!(2026-11-18 10:30:00.987654321 UTC);
         let settings = Settings {
-            trust_domain: "edgemesh.local".to_owned(),
+            trust_domain: "edgemesh.local".parse().expect("valid trust domain"),
             ca_der: Arc::from(Vec::new()),
             max_health_age_seconds: 300,
             timezone: "Europe/Berlin".to_owned(),
@@ -393,9 +389,9 @@ mod tests {
         let record = Arc::new(device(None));
         let certificate = || {
             Arc::new(Peer {
-                device: "pi-1".to_owned(),
+                device: DeviceId::parse("pi-1").expect("valid id"),
                 serial: "01".to_owned(),
-                fingerprint: [1; 32],
+                fingerprint: Fingerprint::from_hex(&"01".repeat(32)).expect("hex"),
                 not_after: datetime!(2026-12-22 09:45:05 UTC),
             })
         };

@@ -6,10 +6,11 @@ pub mod check;
 pub mod config;
 pub mod directory;
 pub mod grpc;
+pub mod identity;
 pub mod input;
+pub mod memo;
 pub mod metrics;
 pub mod request;
-pub mod spool;
 pub mod startup;
 
 pub use config::Config;

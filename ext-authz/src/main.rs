@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use edgemesh_ext_authz::startup::Server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,9 +32,11 @@ enum Command {
     Serve(Box<edgemesh_ext_authz::Config>),
 }
 
+const PROGRAM: &str = "edgemesh-ext-authz";
+
 fn main() -> ExitCode {
     let _log = edgemesh_core::telemetry::init();
-    let cli = Cli::parse();
+    let cli: Cli = edgemesh_core::exit::parse_args(PROGRAM);
     match &cli.command {
         Command::Serve(config) => serve(config, &cli.policy_dir),
     }
@@ -52,21 +55,22 @@ fn serve(config: &edgemesh_ext_authz::Config, policy_dir: &Path) -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("edgemesh-ext-authz: error: cannot start the runtime: {e}");
+            eprintln!("{PROGRAM}: error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(edgemesh_ext_authz::startup::serve(
-        config,
-        policy_dir,
-        edgemesh_core::shutdown_signal(),
-    ));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "failed");
-            eprintln!("edgemesh-ext-authz: error: {e:#}");
-            ExitCode::FAILURE
+    runtime.block_on(async {
+        match Server::build(config, policy_dir).await {
+            Ok(server) => {
+                server
+                    .run_until_stopped(edgemesh_core::shutdown_signal())
+                    .await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "failed to start");
+                edgemesh_core::exit::failed(PROGRAM, &e)
+            }
         }
-    }
+    })
 }

@@ -221,7 +221,11 @@ pub fn reason_label(allow: bool, reasons: &[String]) -> &'static str {
 }
 
 /// Serves `/metrics` on `listen` until the task is dropped.
-pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -234,7 +238,10 @@ pub async fn serve(metrics: Arc<Metrics>, listener: tokio::net::TcpListener) {
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "metrics listener failed");
     }
 }

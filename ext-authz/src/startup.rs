@@ -1,11 +1,14 @@
-//! Building the server (policies, directory, gRPC services) and running it until stopped.
+//! Building the server (policies, directory, gRPC services: [`Server::build`]) and running it until
+//! stopped ([`Server::run_until_stopped`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use edgemesh_core::exit::{ConfigContext, ConfigError};
 use edgemesh_core::policy::{PolicyStore, Reload, valid_timezone};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
@@ -13,10 +16,11 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 use crate::audit::{self, WRITE_TIMEOUT};
-use crate::check::{Authorizer, Bounded, Clock, Settings};
-use crate::config::Config;
+use crate::check::Authorizer;
+use crate::config::{Clock, Config, Settings};
 use crate::directory::{Directory, Heartbeat};
 use crate::grpc::{self, AUTHORIZATION_SERVICE};
+use crate::memo::Bounded;
 use crate::metrics::{self, Metrics};
 
 /// Decisions remembered by their facts. The facts hold the time to the second, so what matters is the
@@ -37,132 +41,202 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     ]))
 }
 
-/// Runs the server until `shutdown` completes, then drains in-flight calls.
-pub async fn serve(
-    config: &Config,
-    policy_dir: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        valid_timezone(&config.timezone),
-        "unknown time zone {:?} (an IANA name such as Europe/Berlin)",
-        config.timezone
-    );
-    let policies = Arc::new(
-        PolicyStore::load(policy_dir)
-            .with_context(|| format!("failed to load the policies in {}", policy_dir.display()))?,
-    );
-    tracing::info!(policy_version = %policies.current().version(), dir = %policy_dir.display(), "policies loaded");
-    let ca_pem = std::fs::read_to_string(&config.ca_cert).with_context(|| {
+/// A built server: listeners bound, policies and CA loaded, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    authorizer: Arc<Authorizer>,
+    policies: Arc<PolicyStore>,
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    audit_done: tokio::task::JoinHandle<()>,
+    stop_tx: watch::Sender<bool>,
+    policy_poll: Duration,
+}
+
+impl Server {
+    /// Checks the configuration, loads the policies and the CA certificate, binds both listeners
+    /// and opens the audit spool. Configuration errors are [`ConfigError`]s. PostgreSQL is connected
+    /// lazily: the server starts (not serving) while it is away and becomes ready when it is back.
+    pub async fn build(config: &Config, policy_dir: &Path) -> anyhow::Result<Self> {
+        if !valid_timezone(&config.timezone) {
+            return Err(ConfigError::new(format!(
+                "unknown time zone {:?} (an IANA name such as Europe/Berlin)",
+                config.timezone
+            ))
+            .into());
+        }
+        let policies = Arc::new(
+            PolicyStore::load(policy_dir)
+                .with_context(|| format!("failed to load the policies in {}", policy_dir.display()))
+                .config_error()?,
+        );
+        tracing::info!(policy_version = %policies.current().version(), dir = %policy_dir.display(), "policies loaded");
+        let ca_der: Arc<[u8]> = read_ca(&config.ca_cert).config_error()?.into();
+        let db = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy_with(connect_options(&config.database_url).config_error()?);
+        let metrics = Metrics::new()?;
+        // Bound here, so a taken port is a start-up error.
+        let metrics_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.metrics_listen))
+            .config_error()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))
+            .config_error()?;
+        let directory = Directory::new(
+            db.clone(),
+            config.cache_capacity,
+            Duration::from_secs(config.cache_ttl_secs),
+            Heartbeat {
+                every: Duration::from_millis(config.notify_heartbeat_ms),
+                timeout: Duration::from_millis(3 * config.notify_heartbeat_ms),
+            },
+            Arc::clone(&metrics),
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (audit, audit_done) = audit::start(
+            db,
+            &config.audit_spool_dir,
+            config.audit_queue,
+            Arc::clone(&metrics),
+            stop_rx,
+        )
+        .with_context(|| {
+            format!(
+                "failed to open the audit spool {} (EDGEMESH_AUDIT_SPOOL_DIR)",
+                config.audit_spool_dir.display()
+            )
+        })
+        .config_error()?;
+        let authorizer = Arc::new(Authorizer {
+            policies: Arc::clone(&policies),
+            directory: Arc::clone(&directory),
+            settings: Settings {
+                trust_domain: config.trust_domain.clone(),
+                ca_der,
+                max_health_age_seconds: config.max_health_age_secs,
+                timezone: config.timezone.clone(),
+                clock: config.clock.map_or(Clock::System, Clock::Fixed),
+            },
+            metrics: Arc::clone(&metrics),
+            audit,
+            peers: Bounded::new(usize::try_from(config.cache_capacity).unwrap_or(usize::MAX)),
+            decisions: Bounded::new(DECISIONS),
+        });
+        if let Some(at) = config.clock {
+            tracing::warn!(clock = %at, "deciding with a fixed clock");
+        }
+        Ok(Self {
+            listener,
+            metrics_listener,
+            authorizer,
+            policies,
+            directory,
+            metrics,
+            audit_done,
+            stop_tx,
+            policy_poll: Duration::from_millis(config.policy_poll_ms),
+        })
+    }
+
+    /// The gRPC listener's address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        local_addr(&self.listener)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        local_addr(&self.metrics_listener)
+    }
+
+    /// The request path, for tests that decide without Envoy in between.
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        Arc::clone(&self.authorizer)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls, stops every task and lets the
+    /// audit writer ship what it can.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        tracing::info!(addr = %self.addr(), metrics = %self.metrics_addr(), "ext-authz listening");
+        let stop_rx = self.stop_tx.subscribe();
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let listening = tokio::spawn(Arc::clone(&self.directory).listen(stop_rx.clone()));
+        let reloads = Arc::clone(&self.metrics);
+        let watcher = tokio::spawn(Arc::clone(&self.policies).watch(
+            self.policy_poll,
+            move |reload| {
+                let outcome = match reload {
+                    Reload::Replaced { .. } => "replaced",
+                    Reload::Refused { .. } => "refused",
+                    Reload::Unchanged => return,
+                };
+                reloads.policy_reloads.with_label_values(&[outcome]).inc();
+            },
+            stopped(stop_rx.clone()),
+        ));
+        let metrics_server = tokio::spawn(metrics::serve(
+            Arc::clone(&self.metrics),
+            self.metrics_listener,
+            stopped(stop_rx.clone()),
+        ));
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let readiness = tokio::spawn(report_readiness(
+            reporter,
+            Arc::clone(&self.directory),
+            Arc::clone(&self.metrics),
+            stop_rx,
+        ));
+        let stop_tx = self.stop_tx;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight checks");
+            let _ = stop_tx.send(true);
+        };
+        grpc::serve(self.listener, self.authorizer, health_service, signal).await;
+        for task in [listening, watcher, metrics_server, readiness] {
+            let _ = task.await;
+        }
+        // Every decision made is in the spool already; what the writer ships before the process
+        // ends is not shipped again at the next start.
+        if tokio::time::timeout(WRITE_TIMEOUT * 5, self.audit_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the audit writer did not finish in time; the next start ships the rest from the spool"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// The DER of the CA certificate in the PEM file `path`.
+fn read_ca(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read_to_string(path).with_context(|| {
         format!(
             "failed to read the EdgeMesh CA certificate {} (EDGEMESH_CA_CERT)",
-            config.ca_cert.display()
+            path.display()
         )
     })?;
-    let ca_der: Arc<[u8]> = edgemesh_core::cert::first_pem_der(&ca_pem)
-        .with_context(|| format!("{} holds no PEM certificate", config.ca_cert.display()))?
-        .into();
-    // Lazy: the server starts (not serving) while Postgres is away and becomes ready when it is back.
-    let db = PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_lazy_with(connect_options(&config.database_url)?);
-    let metrics = Metrics::new()?;
-    // Bound at start-up, so a taken port is a start-up error.
-    let metrics_listener = TcpListener::bind(config.metrics_listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.metrics_listen))?;
-    let directory = Directory::new(
-        db.clone(),
-        config.cache_capacity,
-        Duration::from_secs(config.cache_ttl_secs),
-        Heartbeat {
-            every: Duration::from_millis(config.notify_heartbeat_ms),
-            timeout: Duration::from_millis(3 * config.notify_heartbeat_ms),
-        },
-        Arc::clone(&metrics),
-    );
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (audit, audit_done) = audit::start(
-        db.clone(),
-        &config.audit_spool_dir,
-        config.audit_queue,
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-    )?;
-    let authorizer = Arc::new(Authorizer {
-        policies: Arc::clone(&policies),
-        directory: Arc::clone(&directory),
-        settings: Settings {
-            trust_domain: config.trust_domain.clone(),
-            ca_der,
-            max_health_age_seconds: config.max_health_age_secs,
-            timezone: config.timezone.clone(),
-            clock: config.clock.map_or(Clock::System, Clock::Fixed),
-        },
-        metrics: Arc::clone(&metrics),
-        audit,
-        peers: Bounded::new(usize::try_from(config.cache_capacity).unwrap_or(usize::MAX)),
-        decisions: Bounded::new(DECISIONS),
-    });
-    if let Some(at) = config.clock {
-        tracing::warn!(clock = %at, "deciding with a fixed clock");
-    }
+    edgemesh_core::cert::first_pem_der(&pem)
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))
+}
 
-    tokio::spawn(Arc::clone(&directory).listen(stop_rx.clone()));
-    let reloads = Arc::clone(&metrics);
-    tokio::spawn(Arc::clone(&policies).watch(
-        Duration::from_millis(config.policy_poll_ms),
-        move |reload| {
-            match reload {
-                Reload::Replaced { .. } => reloads
-                    .policy_reloads
-                    .with_label_values(&["replaced"])
-                    .inc(),
-                Reload::Refused { .. } => {
-                    reloads.policy_reloads.with_label_values(&["refused"]).inc()
-                }
-                Reload::Unchanged => {}
-            }
-        },
-    ));
-    tokio::spawn(metrics::serve(Arc::clone(&metrics), metrics_listener));
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    tokio::spawn(report_readiness(
-        reporter,
-        Arc::clone(&directory),
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-    ));
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    tracing::info!(addr = %config.listen, "ext-authz listening");
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight checks");
-        let _ = stop_tx.send(true);
-    };
-    grpc::serve(listener, authorizer, health_service, signal).await;
-    // Every decision made is in the spool already; what the writer ships before the process ends
-    // is not shipped again at the next start.
-    if tokio::time::timeout(WRITE_TIMEOUT * 5, audit_done)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "the audit writer did not finish in time; the next start ships the rest from the spool"
-        );
-    }
-    tracing::info!("stopped");
-    Ok(())
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// The gRPC health service says SERVING only while decisions can be trusted: policies loaded (always,

@@ -206,7 +206,7 @@ enum Command {
 async fn main() -> ExitCode {
     let _log = edgemesh_core::telemetry::init();
     edgemesh_core::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli: Cli = edgemesh_core::exit::parse_args("edgemesh-simulator");
     let result = if cli.command.is_some() {
         command(cli).await.map(|()| summary::EXIT_OK)
     } else {
@@ -214,10 +214,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("edgemesh-simulator: error: {e:#}");
-            ExitCode::from(summary::EXIT_ERRORS)
-        }
+        Err(e) => edgemesh_core::exit::failed("edgemesh-simulator", &e),
     }
 }
 

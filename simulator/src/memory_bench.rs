@@ -86,7 +86,10 @@ pub async fn memory(
     for chunk in devices.chunks(10_000) {
         let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
         let serials: Vec<&str> = chunk.iter().map(|d| d.info.serial.as_str()).collect();
-        let fingerprints: Vec<&str> = chunk.iter().map(|d| d.info.fingerprint.as_str()).collect();
+        let fingerprints: Vec<String> = chunk
+            .iter()
+            .map(|d| d.info.fingerprint.to_string())
+            .collect();
         let not_before: Vec<_> = chunk.iter().map(|d| d.info.not_before).collect();
         let not_after: Vec<_> = chunk.iter().map(|d| d.info.not_after).collect();
         let pems: Vec<&str> = chunk.iter().map(|d| d.cert_pem.as_str()).collect();

@@ -95,7 +95,7 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
              WHERE c.serial = $1 AND c.fingerprint = $2",
         )
         .bind(&info.serial)
-        .bind(&info.fingerprint)
+        .bind(info.fingerprint.to_string())
         .fetch_optional(&state.db)
         .await?;
         match row {
@@ -138,7 +138,7 @@ pub async fn record_certificate(
     )
     .bind(&issued.info.serial)
     .bind(device.as_str())
-    .bind(&issued.info.fingerprint)
+    .bind(issued.info.fingerprint.to_string())
     .bind(issued.info.not_before)
     .bind(issued.info.not_after)
     .bind(&issued.pem)

@@ -38,7 +38,7 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     /// SHA-256 of the admin token; the token itself is not kept.
     pub admin_token_sha256: [u8; 32],
-    pub trust_domain: Arc<str>,
+    pub trust_domain: Arc<edgemesh_core::cert::TrustDomain>,
     pub cert_validity: time::Duration,
     pub renewal: device::RenewalRules,
     /// The policies; control-api evaluates the compliance rules on every health report.

@@ -125,7 +125,7 @@ async fn a_token_is_shown_once_and_stored_only_as_a_hash(db: PgPool) {
     let ca_der = edgemesh_core::cert::first_pem_der(&app.ca_pem).expect("der");
     assert_eq!(
         fingerprint,
-        edgemesh_core::cert::sha256_hex(&ca_der),
+        edgemesh_core::cert::Fingerprint::of(&ca_der).to_string(),
         "the fingerprint pins the CA"
     );
 

@@ -97,7 +97,10 @@ async fn enrollment_issues_a_client_certificate_for_the_device_chained_to_the_ca
             .await
             .expect("certificate recorded");
     assert_eq!(serial, hex_serial(&cert));
-    assert_eq!(fingerprint, edgemesh_core::cert::sha256_hex(&cert_der));
+    assert_eq!(
+        fingerprint,
+        edgemesh_core::cert::Fingerprint::of(&cert_der).to_string()
+    );
     let (owner, status, os): (String, String, String) =
         sqlx::query_as("SELECT owner_id, status, os FROM devices WHERE id = 'pi-01'")
             .fetch_one(&app.db)

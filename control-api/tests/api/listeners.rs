@@ -185,7 +185,7 @@ async fn a_certificate_that_expires_on_a_kept_alive_connection_is_refused(db: Pg
     let issued = ca
         .issue_device(
             &DeviceId::parse("pi-expiring").expect("id"),
-            "edgemesh.local",
+            &"edgemesh.local".parse().expect("trust domain"),
             &key,
             time::Duration::seconds(3),
         )
@@ -195,7 +195,7 @@ async fn a_certificate_that_expires_on_a_kept_alive_connection_is_refused(db: Pg
          VALUES ($1, 'pi-expiring', $2, $3, $4, $5)",
     )
     .bind(&issued.info.serial)
-    .bind(&issued.info.fingerprint)
+    .bind(issued.info.fingerprint.to_string())
     .bind(issued.info.not_before)
     .bind(issued.info.not_after)
     .bind(&issued.pem)

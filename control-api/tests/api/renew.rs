@@ -42,7 +42,7 @@ async fn renewal_issues_a_new_certificate_until_the_device_is_revoked(db: PgPool
             .expect("cert");
     assert_eq!(
         renewed
-            .device_id("edgemesh.local")
+            .device_id(&"edgemesh.local".parse().expect("trust domain"))
             .map(|d| d.to_string())
             .as_deref(),
         Some("pi-renew")
@@ -113,7 +113,7 @@ async fn a_certificate_from_another_ca_is_refused(db: PgPool) {
     let forged = other
         .issue_device(
             &DeviceId::parse("pi-forged").expect("id"),
-            "edgemesh.local",
+            &"edgemesh.local".parse().expect("trust domain"),
             &key,
             time::Duration::days(1),
         )

@@ -371,14 +371,14 @@ async fn every_command_works_against_the_real_control_api(
 
     // exit statuses of usage errors and of an unreachable server
     let usage = ctl.run(&["devices", "list", "--limit", "many"]).await;
-    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert_eq!(usage.code, 64, "{}", usage.stderr);
     let no_token = ctl
         .run_with(
             &["users", "list"],
             &[("EDGEMESH_ADMIN_TOKEN_FILE", "/nonexistent/admin-token")],
         )
         .await;
-    assert_eq!(no_token.code, 2);
+    assert_eq!(no_token.code, 64);
     assert!(
         no_token.stderr.contains("/nonexistent/admin-token"),
         "{}",
@@ -396,7 +396,7 @@ async fn every_command_works_against_the_real_control_api(
             )],
         )
         .await;
-    assert_eq!(readable.code, 2);
+    assert_eq!(readable.code, 64);
     assert!(readable.stderr.contains("chmod 600"), "{}", readable.stderr);
     let unreachable = ctl
         .run_with(
@@ -489,7 +489,7 @@ async fn a_configuration_file_is_enough_and_policies_are_checked_locally(
     .await;
     assert_eq!(
         missing.status.code(),
-        Some(2),
+        Some(64),
         "an unreadable policy directory is a usage error"
     );
 }

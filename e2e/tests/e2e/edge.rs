@@ -367,7 +367,7 @@ async fn a_certificate_that_expires_on_a_kept_alive_connection_through_envoy_is_
          VALUES ($1, 'pc-root', $2, $3, $4, $5)",
     )
     .bind(&info.serial)
-    .bind(&info.fingerprint)
+    .bind(info.fingerprint.to_string())
     .bind(info.not_before)
     .bind(info.not_after)
     .bind(cert.pem())

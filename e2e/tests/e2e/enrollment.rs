@@ -59,7 +59,7 @@ async fn the_agent_enrolls_with_a_local_key_renews_and_is_refused_once_revoked(
         key.public_key_raw()
     );
     assert_eq!(
-        edgemesh_core::cert::sha256_hex(&ca_der),
+        edgemesh_core::cert::Fingerprint::of(&ca_der).to_string(),
         fingerprint,
         "the agent stored the pinned CA"
     );

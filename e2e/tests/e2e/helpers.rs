@@ -224,9 +224,10 @@ impl ControlApi {
             .text()
             .await
             .expect("pem");
-        edgemesh_core::cert::sha256_hex(
+        edgemesh_core::cert::Fingerprint::of(
             &edgemesh_core::cert::first_pem_der(&pem).expect("PEM certificate"),
         )
+        .to_string()
     }
 
     /// Creates a developer and a one-use token for them; answers (token, CA fingerprint).

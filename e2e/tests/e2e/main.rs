@@ -7,6 +7,7 @@ mod ctl;
 mod edge;
 mod enforcement;
 mod enrollment;
+mod exits;
 mod health;
 mod helpers;
 mod identity;

@@ -166,6 +166,6 @@ async fn requests_that_fail_for_other_reasons_than_policy_make_the_run_fail(
 
     // A bad argument is refused before anything happens.
     let bad = simulate(&stack, &stack.envoy_url, &["--duration", "forever"]).await;
-    assert_eq!(bad.code, Some(2), "clap's usage error");
+    assert_eq!(bad.code, Some(64), "a usage error");
     assert!(bad.stderr.contains("not a duration"), "{}", bad.stderr);
 }

@@ -1,35 +1,19 @@
-//! The decision audit trail, written without ever making a Check wait and without losing a record.
-//!
-//! The Check path hands each decision to [`AuditLog::record`] before its answer leaves: the record is
-//! appended to the local spool (a journal, [`crate::spool`]; a copy into a mapped file, no `fsync`) and queued for
-//! the writer (never waiting). A record in the journal survives the process: after a SIGKILL or an
-//! OOM kill, the next start ships what the journal holds beyond the last offset known to be in
-//! PostgreSQL. One writer task ships the queue in order, streaming each [`LINGER`] window of records
-//! into one `COPY`, and moves the shipped offset on. When PostgreSQL is unreachable or slow (no answer
-//! within [`WRITE_TIMEOUT`]), or the queue was full, or at start, the writer catches up from the
-//! journal instead (in journal order) until it reaches the records still queued. Records carry their
-//! decision id and time, which are the table's primary key: a record shipped twice (a timeout after the
-//! commit, a replay after a crash) is stored once.
-//!
-//! A crash of the whole machine can take what the kernel had not written to disk: the journal is
-//! flushed every [`FLUSH_EVERY`], so at most that long of decisions, less what PostgreSQL had already
-//! committed (it commits every [`LINGER`] while it is up). A record that could be neither journaled nor
-//! shipped (a full disk, so no next journal segment, while PostgreSQL is away) is counted as lost and
-//! logged as an error; so is an unreadable line in the journal.
+//! The writer: ships the queue to PostgreSQL in order, streaming each [`LINGER`] window of records
+//! into one `COPY`, and catches up from the journal whenever the queue alone would leave a gap.
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
-use uuid::Uuid;
 
+use super::copy::{
+    COPY_HEADER, COPY_TRAILER, copy_row, copy_rows, copy_statement, insert, insert_skipping_stored,
+};
+use super::spool::Spool;
+use super::{Entry, Record};
 use crate::metrics::Metrics;
-use crate::spool::{FLUSH_EVERY, Span, Spool};
 
 /// A batch not written within this time is left to the catch-up from the journal.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,151 +29,6 @@ const STREAM_EVERY: Duration = Duration::from_millis(3);
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How often the shipped offset is written down (a stale one only means a larger replay).
 const SAVE_SHIPPED_EVERY: Duration = Duration::from_secs(1);
-/// Longest path kept in a record (a request path can be tens of kilobytes).
-const MAX_PATH_CHARS: usize = 2048;
-
-/// One authorization decision, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// The decision id (also sent to the client and the upstream).
-    pub id: Uuid,
-    /// Microseconds since the Unix epoch: Postgres's precision, so a replayed record's key is equal.
-    pub at_us: i64,
-    pub device: Option<String>,
-    pub user: Option<String>,
-    pub role: Option<String>,
-    pub service: Option<String>,
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub allow: bool,
-    pub reasons: Vec<String>,
-    pub policy_version: String,
-    pub serial: Option<String>,
-    pub latency_us: i64,
-    pub peer: Option<String>,
-}
-
-impl Record {
-    pub fn at(now: OffsetDateTime) -> i64 {
-        i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
-    }
-
-    /// Bounds a request path for storage.
-    pub fn bounded_path(path: &str) -> String {
-        match path.char_indices().nth(MAX_PATH_CHARS) {
-            Some((cut, _)) => format!("{}…", &path[..cut]),
-            None => path.to_owned(),
-        }
-    }
-}
-
-/// A queued record, with where the journal holds it (`None`: it could not be journaled).
-struct Entry {
-    record: Record,
-    span: Option<Span>,
-}
-
-/// The Check path's handle.
-pub struct AuditLog {
-    queue: mpsc::Sender<Entry>,
-    spool: Arc<Spool>,
-    metrics: Arc<Metrics>,
-}
-
-impl AuditLog {
-    /// Journals a decision and queues it for writing; never waits on PostgreSQL or the disk.
-    pub fn record(&self, record: Record) {
-        let queued = self.spool.append(record, |record, span| {
-            let journaled = span.is_some();
-            (
-                self.queue.try_send(Entry { record, span }).is_ok(),
-                journaled,
-            )
-        });
-        match queued {
-            (true, _) => self.metrics.audit_queue_depth.inc(),
-            // The writer finds the gap in the offsets and ships it from the journal.
-            (false, true) => {}
-            (false, false) => {
-                self.metrics.audit_lost.inc();
-                tracing::error!("AUDIT RECORD LOST: neither journaled nor queued");
-            }
-        }
-    }
-}
-
-/// Starts the writer and the journal's flushing; answers the handle for the Check path and a task
-/// that ends once `stop` turned true and everything queued is shipped or left in the journal.
-pub fn start(
-    db: PgPool,
-    spool_dir: &Path,
-    capacity: usize,
-    metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<(AuditLog, tokio::task::JoinHandle<()>)> {
-    let (spool, opened) = Spool::open(spool_dir)?;
-    let spool = Arc::new(spool);
-    if opened.torn_bytes > 0 {
-        // A crash in the middle of an append: that decision's answer never left.
-        metrics.audit_torn.inc();
-        tracing::warn!(
-            bytes = opened.torn_bytes,
-            "cut a torn record off the audit spool's end (a crash mid-append)"
-        );
-    }
-    let behind = spool.end() - spool.shipped();
-    if behind > 0 {
-        tracing::info!(
-            bytes = behind,
-            "the audit spool holds records PostgreSQL may not have; shipping them first"
-        );
-    }
-    metrics
-        .audit_spool_bytes
-        .set(i64::try_from(behind).unwrap_or(i64::MAX));
-    let (queue, rx) = mpsc::channel(capacity);
-    let writer = tokio::spawn(ship(
-        rx,
-        db,
-        Arc::clone(&spool),
-        Arc::clone(&metrics),
-        stop.clone(),
-    ));
-    let flusher = tokio::spawn(flush(Arc::clone(&spool), stop));
-    let done = tokio::spawn(async move {
-        let _ = writer.await;
-        let _ = flusher.await;
-    });
-    Ok((
-        AuditLog {
-            queue,
-            spool,
-            metrics,
-        },
-        done,
-    ))
-}
-
-/// Flushes the journal to disk every [`FLUSH_EVERY`], and once more at `stop`.
-async fn flush(spool: Arc<Spool>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stopping = tokio::select! {
-            () = tokio::time::sleep(FLUSH_EVERY) => false,
-            _ = stop.wait_for(|stop| *stop) => true,
-        };
-        let spool = Arc::clone(&spool);
-        match tokio::task::spawn_blocking(move || spool.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "the audit spool could not be flushed to disk")
-            }
-            Err(e) => tracing::error!(error = %e, "the audit spool flush did not finish"),
-        }
-        if stopping {
-            return;
-        }
-    }
-}
 
 /// The writer's position: everything before `shipped` is in PostgreSQL.
 struct Shipping {
@@ -274,7 +113,7 @@ impl Shipping {
 /// Ships the queue, or catches up from the journal whenever the queue alone would leave a gap (at
 /// start, after a failed write, after a full queue). After `stop`, ships what is queued once more;
 /// whatever that leaves is in the journal for the next start.
-async fn ship(
+pub(super) async fn ship(
     mut rx: mpsc::Receiver<Entry>,
     db: PgPool,
     spool: Arc<Spool>,
@@ -513,174 +352,11 @@ async fn settle(
     }
 }
 
-/// Inserts the records; a record already stored is skipped. Answers how many were new.
-///
-/// A batch is sent with `COPY` (about half PostgreSQL's CPU per row of an `INSERT`, measured in
-/// BENCHMARKS.md). Only a batch holding a record already stored (a replay after a write that timed
-/// out but committed, or after a crash) fails it; that batch is copied into a temporary table and
-/// moved over with `ON CONFLICT DO NOTHING`, whose speculative insertion would cost every batch more.
-pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error> {
-    if records.is_empty() {
-        return Ok(0);
-    }
-    let rows = copy_rows(records);
-    match copy_in(&mut *db.acquire().await?, "audit_log", &rows).await {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            insert_skipping_stored(db, &rows).await
-        }
-        done => done,
-    }
-}
-
-/// Stores [`copy_rows`] some of which are already stored (so a plain `COPY` fails): through a
-/// temporary table and `ON CONFLICT DO NOTHING`. Answers how many were new.
-async fn insert_skipping_stored(db: &PgPool, rows: &[u8]) -> Result<u64, sqlx::Error> {
-    let mut conn = db.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    sqlx::query(
-        "CREATE TEMPORARY TABLE audit_incoming (LIKE audit_log INCLUDING DEFAULTS) ON COMMIT DROP",
-    )
-    .execute(&mut *tx)
-    .await?;
-    copy_in(&mut tx, "audit_incoming", rows).await?;
-    let done =
-        sqlx::query("INSERT INTO audit_log SELECT * FROM audit_incoming ON CONFLICT DO NOTHING")
-            .execute(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
-}
-
-/// The start of a binary `COPY`: signature, flags, header extension length.
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-/// The end of a binary `COPY`.
-const COPY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
-/// The OID of PostgreSQL's `text` type, named in a binary array.
-const TEXT_OID: i32 = 25;
-
-/// `records` as a whole binary `COPY` (header, rows, trailer).
-fn copy_rows(records: &[Record]) -> Vec<u8> {
-    let mut rows = Vec::with_capacity(COPY_HEADER.len() + records.len() * 256 + 2);
-    rows.extend_from_slice(COPY_HEADER);
-    for record in records {
-        copy_row(&mut rows, record);
-    }
-    rows.extend_from_slice(COPY_TRAILER);
-    rows
-}
-
-/// The binary `COPY` of [`copy_row`]s into `table`: each value in PostgreSQL's own binary form, so
-/// neither side formats or parses text.
-fn copy_statement(table: &'static str) -> String {
-    format!(
-        "COPY {table} (id, occurred_at, event_type, action, device_id, user_id, role, service,
-             method, path, decision, reasons, policy_version, certificate_serial, latency_us,
-             peer_address) FROM STDIN (FORMAT binary)"
-    )
-}
-
-/// `COPY`s [`copy_rows`] into `table`; answers the rows copied.
-async fn copy_in(
-    conn: &mut sqlx::PgConnection,
-    table: &'static str,
-    rows: &[u8],
-) -> Result<u64, sqlx::Error> {
-    let mut copy = conn.copy_in_raw(&copy_statement(table)).await?;
-    copy.send(rows).await?;
-    copy.finish().await
-}
-
-/// One record as a binary `COPY` row of the columns of [`copy_statement`]: the field count, then each
-/// field's length (-1 for NULL) and bytes.
-fn copy_row(out: &mut Vec<u8>, r: &Record) {
-    out.extend_from_slice(&16i16.to_be_bytes());
-    field(out, r.id.as_bytes());
-    field(out, &(r.at_us - POSTGRES_EPOCH_US).to_be_bytes());
-    field(out, b"authorization");
-    field(out, b"check");
-    for value in [&r.device, &r.user, &r.role, &r.service, &r.method, &r.path] {
-        optional_text(out, value.as_deref());
-    }
-    field(out, if r.allow { b"allow" } else { b"deny" });
-    // text[]: dimensions, has-nulls flag, element type, each dimension's length and lower bound,
-    // then the elements.
-    let start = begin_field(out);
-    let dimensions = i32::from(!r.reasons.is_empty());
-    out.extend_from_slice(&dimensions.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&TEXT_OID.to_be_bytes());
-    if dimensions == 1 {
-        let count = i32::try_from(r.reasons.len()).unwrap_or(i32::MAX);
-        out.extend_from_slice(&count.to_be_bytes());
-        out.extend_from_slice(&1i32.to_be_bytes());
-        for reason in &r.reasons {
-            text(out, reason);
-        }
-    }
-    end_field(out, start);
-    text(out, &r.policy_version);
-    optional_text(out, r.serial.as_deref());
-    field(out, &r.latency_us.to_be_bytes());
-    optional_text(out, r.peer.as_deref());
-}
-
-fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&i32::try_from(bytes.len()).unwrap_or(i32::MAX).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn optional_text(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(value) => text(out, value),
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-    }
-}
-
-/// A text value; NUL, which PostgreSQL text cannot hold, becomes U+FFFD.
-fn text(out: &mut Vec<u8>, value: &str) {
-    if value.contains('\0') {
-        field(out, value.replace('\0', "\u{fffd}").as_bytes());
-    } else {
-        field(out, value.as_bytes());
-    }
-}
-
-/// Reserves a field's length, to be filled in by [`end_field`] once its bytes are written.
-fn begin_field(out: &mut Vec<u8>) -> usize {
-    out.extend_from_slice(&[0; 4]);
-    out.len()
-}
-
-fn end_field(out: &mut [u8], start: usize) {
-    let len = i32::try_from(out.len() - start).unwrap_or(i32::MAX);
-    out[start - 4..start].copy_from_slice(&len.to_be_bytes());
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A decision record for tests, told apart by `n`.
-    pub(crate) fn record(n: u32) -> Record {
-        Record {
-            id: Uuid::new_v4(),
-            at_us: 1_763_800_000_000_000 + i64::from(n),
-            device: Some(format!("pi-{n}")),
-            user: None,
-            role: None,
-            service: Some("api".to_owned()),
-            method: Some("GET".to_owned()),
-            path: Some("/api/x".to_owned()),
-            allow: n.is_multiple_of(2),
-            reasons: vec!["a reason, with \"quotes\"\nand a newline".to_owned()],
-            policy_version: "v1".to_owned(),
-            serial: None,
-            latency_us: 80,
-            peer: None,
-        }
-    }
+    use crate::audit::spool::Span;
+    use crate::audit::tests::record;
 
     fn entry(n: u32, span: Option<(u64, u64)>) -> Entry {
         Entry {
@@ -705,15 +381,5 @@ pub(crate) mod tests {
         let gap = [entry(0, Some((10, 20))), entry(1, Some((30, 40)))];
         assert_eq!(first_gap(&gap, 10), Some(1));
         assert_eq!(first_gap(&[entry(0, None)], 99), None);
-    }
-
-    #[test]
-    fn long_paths_are_bounded() {
-        assert_eq!(Record::bounded_path("/api/x"), "/api/x");
-        let long = "/".repeat(5000);
-        assert_eq!(
-            Record::bounded_path(&long).chars().count(),
-            MAX_PATH_CHARS + 1
-        );
     }
 }

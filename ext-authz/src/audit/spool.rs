@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use memmap2::MmapMut;
 
-use crate::audit::Record;
+use super::Record;
 
 /// A segment's size: about 40,000 decisions. The next one is made while this one fills.
 const SEGMENT_BYTES: usize = 16 << 20;
