@@ -29,6 +29,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# The dependency tree: licences, banned crates (rustls-pemfile, a second TLS stack), sources
+# (deny.toml). cargo-deny is built once (about 5 minutes on two cores) into ~/.cargo/bin.
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny --version 0.20.2
+cargo deny --log-level error check bans licenses sources
 # Every single change of an operator or a constant in the policies must fail a Rego test.
 python3 scripts/mutate-policies.py
 # Prometheus rules and configuration, compose file, Dockerfile, compose's Envoy configuration.

@@ -27,11 +27,43 @@ pub fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
+/// A port on 127.0.0.1 for a process a test starts, reserved for the rest of the test.
+///
+/// Asking the kernel for port 0 and letting go of it races: between the drop and the child's bind,
+/// any connection on the machine may take it as its source port (the kernel hands out both from the
+/// ephemeral range), and a parallel test may be handed it too. So ports come from below the
+/// ephemeral range, where no connection's source port is taken from, and each is reserved across
+/// nextest's test processes by an advisory lock on a file of its own, held until this process ends.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (ephemeral_start.saturating_sub(12_000).max(1024), ephemeral_start);
+    let dir = std::env::temp_dir().join("edgemesh-test-ports");
+    std::fs::create_dir_all(&dir).expect("port reservation directory");
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for i in 0..span {
+        let port = low + u16::try_from((start + i * 97) % span).unwrap_or(0);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+            .expect("port reservation file");
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(lock);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 /// The URL of the database `#[sqlx::test]` created for this test.
