@@ -29,7 +29,8 @@ test:
 browser:
 	@scripts/stack.sh browser-install
 
-# Benchmarks; results go to BENCHMARKS.md by hand, with the command that produced them.
+# Every benchmark against the running stack (started if it is not); the transcript goes to
+# .edgemesh/bench/transcript.txt. BENCHMARKS.md reports the figures, by hand.
 bench: up
 	@scripts/bench.sh
 

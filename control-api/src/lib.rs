@@ -1,4 +1,5 @@
-//! EdgeMesh control API: the CA, enrollment by CSR, the device mTLS endpoints and administration.
+//! EdgeMesh control API: the CA, enrollment by CSR, the device mTLS endpoints, the admin API and the
+//! operator console, with the audit partitions and the certificate expiry scan kept beside them.
 
 pub mod audit;
 pub mod ca;

@@ -1,3 +1,6 @@
+//! `edgemesh-control-api`: the control API server (enrollment, device mTLS, admin API, console) and its
+//! one-shot commands (`migrate`, `issue-server-cert`).
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -302,10 +302,15 @@ async fn an_in_process_server_answers_check_and_health_over_grpc(
         .text()
         .await
         .expect("text");
-    assert!(
-        metrics.contains("edgemesh_authz_decisions_total"),
-        "{metrics}"
-    );
+    let counted = |decision: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("edgemesh_authorization_decisions_total{"))
+            .filter(|l| l.contains(&format!("decision=\"{decision}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!((counted("allow"), counted("deny")), (1.0, 1.0), "{metrics}");
 
     stop_tx.send(()).expect("still running");
     tokio::time::timeout(Duration::from_secs(20), running)

@@ -40,7 +40,10 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (low, high) = (ephemeral_start.saturating_sub(12_000).max(1024), ephemeral_start);
+    let (low, high) = (
+        ephemeral_start.saturating_sub(12_000).max(1024),
+        ephemeral_start,
+    );
     let dir = std::env::temp_dir().join("edgemesh-test-ports");
     std::fs::create_dir_all(&dir).expect("port reservation directory");
     let span = u32::from(high - low);
