@@ -235,13 +235,30 @@ impl ServerSide {
     }
 }
 
+#[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    #[arg(long, default_value = "http://127.0.0.1:9191")]
     pub ext_authz: String,
+    #[arg(long, default_value = "http://127.0.0.1:9192/metrics")]
     pub metrics: String,
+    /// Devices enrolled, reported healthy and cached.
+    #[arg(long, default_value_t = 100)]
     pub devices: u32,
+    /// Checks per second in the fixed-rate run.
+    #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    #[arg(long = "duration-secs", default_value = "10", value_parser = parse_secs)]
     pub duration: Duration,
+    /// Checks in flight in the closed-loop run.
+    #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+}
+
+/// Whole seconds, as a duration.
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))
 }
 
 /// Check calls straight to ext-authz over gRPC with a warm cache: a fixed-rate run (server-side and
@@ -368,17 +385,48 @@ pub async fn check(control: &ControlPlane<'_>, args: &CheckArgs) -> anyhow::Resu
     Ok(())
 }
 
+#[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
-    /// Base URLs of Envoy listeners with the same route and, in order: no authorizer, the
-    /// do-nothing authorizer, EdgeMesh's.
-    pub targets: [String; 3],
+    /// The Envoy listener with no authorizer.
+    #[arg(long, default_value = "https://127.0.0.1:10001")]
+    pub none: String,
+    /// The Envoy listener with the do-nothing authorizer (same route).
+    #[arg(long, default_value = "https://127.0.0.1:10002")]
+    pub noop: String,
+    /// The Envoy listener with EdgeMesh's authorizer (same route).
+    #[arg(long, default_value = "https://127.0.0.1:10003")]
+    pub edgemesh: String,
+    /// EdgeMesh ext-authz metrics, for its CPU per request.
+    #[arg(long, default_value = "http://127.0.0.1:9192/metrics")]
     pub metrics: String,
+    /// Connections, one device (own certificate) each, sending back to back.
+    #[arg(long, default_value_t = 16)]
     pub connections: usize,
+    #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    #[arg(long = "phase-secs", default_value = "5", value_parser = parse_secs)]
     pub phase: Duration,
-    /// Processes whose CPU per request is reported for each authorizer (name, pid; a process's
-    /// CPU includes its children's, so a PostgreSQL postmaster counts its backends).
+    /// NAME=PID of a process whose CPU per request to report for each authorizer (with its
+    /// children's: a PostgreSQL postmaster counts its backends); repeatable.
+    #[arg(long, value_parser = parse_watch)]
     pub watch: Vec<(String, u32)>,
+}
+
+impl ProxyArgs {
+    /// The listeners, in the order of [`AUTHORIZERS`].
+    fn targets(&self) -> [&str; 3] {
+        [&self.none, &self.noop, &self.edgemesh]
+    }
+}
+
+fn parse_watch(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PID, got {text:?}"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?} is not a process id"))?;
+    Ok((name.to_owned(), pid))
 }
 
 const AUTHORIZERS: [&str; 3] = ["none", "do-nothing", "edgemesh"];
@@ -391,7 +439,7 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
         .iter()
         .map(SimDevice::client)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for (name, base) in AUTHORIZERS.iter().zip(&args.targets) {
+    for (name, base) in AUTHORIZERS.iter().zip(args.targets()) {
         let response = clients[0].get(format!("{base}/api/bench")).send().await?;
         ensure!(
             response.status().is_success(),
@@ -416,9 +464,10 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
     for round in 0..args.rounds as usize {
         // Each round starts one authorizer later, so what a phase leaves behind (PostgreSQL's
         // autovacuum after EdgeMesh's audit writes, say) falls on each of the three in turn.
-        for step in 0..args.targets.len() {
-            let index = (round + step) % args.targets.len();
-            let base = &args.targets[index];
+        let targets = args.targets();
+        for step in 0..targets.len() {
+            let index = (round + step) % targets.len();
+            let base = targets[index];
             let before = (index == 2).then(|| ServerSide::scrape(&args.metrics));
             let before = match before {
                 Some(f) => Some(f.await?),

@@ -18,7 +18,6 @@ mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -89,47 +88,10 @@ enum Command {
     },
     /// Check calls straight to ext-authz over gRPC with a warm cache: latency at a fixed rate (server
     /// histogram and client), CPU per Check, then closed-loop throughput.
-    BenchCheck {
-        #[arg(long, default_value = "http://127.0.0.1:9191")]
-        ext_authz: String,
-        #[arg(long, default_value = "http://127.0.0.1:9192/metrics")]
-        metrics: String,
-        /// Devices enrolled, reported healthy and cached.
-        #[arg(long, default_value_t = 100)]
-        devices: u32,
-        /// Checks per second in the fixed-rate run.
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-        #[arg(long, default_value_t = 10)]
-        duration_secs: u64,
-        /// Checks in flight in the closed-loop run.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-    },
+    BenchCheck(CheckArgs),
     /// Requests through Envoy on the same route with no authorizer, the do-nothing one and EdgeMesh's
     /// (three listeners of the bench Envoy), interleaved in rounds.
-    BenchProxy {
-        #[arg(long, default_value = "https://127.0.0.1:10001")]
-        none: String,
-        #[arg(long, default_value = "https://127.0.0.1:10002")]
-        noop: String,
-        #[arg(long, default_value = "https://127.0.0.1:10003")]
-        edgemesh: String,
-        /// EdgeMesh ext-authz metrics, for its CPU per request.
-        #[arg(long, default_value = "http://127.0.0.1:9192/metrics")]
-        metrics: String,
-        /// Connections, one device (own certificate) each, sending back to back.
-        #[arg(long, default_value_t = 16)]
-        connections: usize,
-        #[arg(long, default_value_t = 3)]
-        rounds: u32,
-        #[arg(long, default_value_t = 5)]
-        phase_secs: u64,
-        /// NAME=PID of a process whose CPU per request to report for each authorizer (with its
-        /// children's: a PostgreSQL postmaster counts its backends); repeatable.
-        #[arg(long, value_parser = parse_watch)]
-        watch: Vec<(String, u32)>,
-    },
+    BenchProxy(ProxyArgs),
     /// The ext-authz audit writer alone, into a bench database: its drain rate with a full queue,
     /// then the queue depth at half that rate.
     BenchAuditWriter {
@@ -302,57 +264,15 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             let token = admin_token()?;
             bench::health(&control(&token), devices, reports).await
         }
-        Command::BenchCheck {
-            ref ext_authz,
-            ref metrics,
-            devices,
-            rate,
-            duration_secs,
-            concurrency,
-        } => {
+        Command::BenchCheck(ref args) => {
             let token = admin_token()?;
-            let args = CheckArgs {
-                ext_authz: ext_authz.clone(),
-                metrics: metrics.clone(),
-                devices,
-                rate,
-                duration: Duration::from_secs(duration_secs),
-                concurrency,
-            };
-            bench::check(&control(&token), &args).await
+            bench::check(&control(&token), args).await
         }
-        Command::BenchProxy {
-            ref none,
-            ref noop,
-            ref edgemesh,
-            ref metrics,
-            connections,
-            rounds,
-            phase_secs,
-            ref watch,
-        } => {
+        Command::BenchProxy(ref args) => {
             let token = admin_token()?;
-            let args = ProxyArgs {
-                targets: [none.clone(), noop.clone(), edgemesh.clone()],
-                metrics: metrics.clone(),
-                connections,
-                rounds,
-                phase: Duration::from_secs(phase_secs),
-                watch: watch.clone(),
-            };
-            bench::proxy(&control(&token), &args).await
+            bench::proxy(&control(&token), args).await
         }
     }
-}
-
-fn parse_watch(text: &str) -> Result<(String, u32), String> {
-    let (name, pid) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=PID, got {text:?}"))?;
-    let pid = pid
-        .parse()
-        .map_err(|_| format!("{pid:?} is not a process id"))?;
-    Ok((name.to_owned(), pid))
 }
 
 fn read_admin_token(path: &std::path::Path) -> anyhow::Result<String> {
