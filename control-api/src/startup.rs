@@ -246,7 +246,10 @@ impl Application {
         let api = serve_tls(
             self.api_listener,
             self.api_tls,
-            http::api_router(self.state.clone()),
+            http::api_router(
+                self.state.clone(),
+                crate::console::router(self.state.clone()),
+            ),
             self.limits,
             stop_rx.clone(),
         );

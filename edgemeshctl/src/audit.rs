@@ -14,7 +14,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::client::{Admin, Failure};
+use crate::client::Admin;
+use crate::failure::Failure;
 use crate::{Output, lower, table};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -6,8 +6,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::client::{Admin, Failure, answer, error_chain};
+use crate::client::{Admin, answer, error_chain};
 use crate::config::Settings;
+use crate::failure::Failure;
 use crate::{Output, Reason, lower, table};
 
 /// Prints `value` as JSON, or with `show` as a table.

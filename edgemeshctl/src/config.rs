@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
-use crate::client::Failure;
+use crate::failure::Failure;
 
 #[derive(Debug, Args)]
 pub struct Flags {

@@ -13,10 +13,11 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+mod failure;
 mod policy;
 mod table;
 
-use client::Failure;
+use failure::Failure;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgemeshctl", version, about = "EdgeMesh administration")]

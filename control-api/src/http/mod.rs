@@ -81,13 +81,14 @@ fn device_routes() -> OpenApiRouter<AppState> {
         .merge(health::device_router())
 }
 
-pub fn api_router(state: AppState) -> Router {
+/// The API listener's routes, with `beside` (the console's pages) served on the same listener.
+pub fn api_router(state: AppState, beside: Router<AppState>) -> Router {
     let (api, mut api_doc) = api_routes(&state).split_for_parts();
     let (_, device_doc) = device_routes().split_for_parts();
     let (meta, meta_doc) = openapi::routes().split_for_parts();
     api_doc.merge(meta_doc);
     let published = openapi::Published::new(&openapi::document(api_doc, device_doc));
-    api.merge(crate::console::router(state.clone()))
+    api.merge(beside)
         .with_state(state)
         .merge(meta.with_state(Arc::new(published)))
         .fallback(not_found)
