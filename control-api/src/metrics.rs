@@ -72,17 +72,20 @@ impl Metrics {
             "edgemesh_certificate_expiry_scan_timestamp_seconds",
             "When the certificate expiry scan last completed (Unix time).",
         )?;
-        registry.register(Box::new(certificates_expiring.clone()))?;
-        registry.register(Box::new(expiry_scanned.clone()))?;
-        registry.register(Box::new(enrollments.clone()))?;
-        registry.register(Box::new(renewals.clone()))?;
-        registry.register(Box::new(health_checks.clone()))?;
-        registry.register(Box::new(devices.clone()))?;
-        registry.register(Box::new(unhealthy_devices.clone()))?;
-        registry.register(Box::new(database_up.clone()))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        // Every metric of the process, registered in one list.
+        for collector in [
+            Box::new(certificates_expiring.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(expiry_scanned.clone()),
+            Box::new(enrollments.clone()),
+            Box::new(renewals.clone()),
+            Box::new(health_checks.clone()),
+            Box::new(devices.clone()),
+            Box::new(unhealthy_devices.clone()),
+            Box::new(database_up.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(collector)?;
+        }
         // Known label values are exported from the start, so rates and ratios exist before the first
         // event.
         for result in ["enrolled", "refused", "rate_limited"] {

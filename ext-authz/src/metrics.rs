@@ -114,32 +114,6 @@ impl Metrics {
             "Bytes of the audit spool the writer is behind on, shipping from the spool (0 while it \
              ships the queue).",
         )?;
-        for collector in [
-            Box::new(audit_queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(audit_written.clone()),
-            Box::new(audit_write_failures.clone()),
-            Box::new(audit_torn.clone()),
-            Box::new(audit_replayed.clone()),
-            Box::new(audit_duplicates.clone()),
-            Box::new(audit_lost.clone()),
-            Box::new(audit_spool_bytes.clone()),
-        ] {
-            registry.register(collector)?;
-        }
-        registry.register(Box::new(decisions.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(cache_hits.clone()))?;
-        registry.register(Box::new(cache_misses.clone()))?;
-        registry.register(Box::new(cache_invalidations.clone()))?;
-        registry.register(Box::new(cache_entries.clone()))?;
-        registry.register(Box::new(notify_heartbeat_age.clone()))?;
-        registry.register(Box::new(policy_reloads.clone()))?;
-        for result in ["replaced", "refused"] {
-            policy_reloads.with_label_values(&[result]);
-        }
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "edgemesh_ext_authz_build_info",
@@ -150,7 +124,32 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        registry.register(Box::new(build_info))?;
+        // Every metric of the process, registered in one list.
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(cache_hits.clone()),
+            Box::new(cache_misses.clone()),
+            Box::new(cache_invalidations.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(notify_heartbeat_age.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(audit_queue_depth.clone()),
+            Box::new(audit_written.clone()),
+            Box::new(audit_write_failures.clone()),
+            Box::new(audit_torn.clone()),
+            Box::new(audit_replayed.clone()),
+            Box::new(audit_duplicates.clone()),
+            Box::new(audit_lost.clone()),
+            Box::new(audit_spool_bytes.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            registry.register(collector)?;
+        }
+        for result in ["replaced", "refused"] {
+            policy_reloads.with_label_values(&[result]);
+        }
         Ok(Arc::new(Self {
             registry,
             decisions,
