@@ -34,7 +34,9 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
 
     let verdict = stack.report(&device, json!({})).await;
     assert_eq!(verdict["status"], "healthy");
-    let allowed = stack.get(&device, "/database/orders").await;
+    let allowed = stack
+        .get_after_change(&device, "/database/orders", StatusCode::OK)
+        .await;
     assert_eq!(allowed.status, StatusCode::OK, "{:?}", allowed.body);
     let seen = &allowed.body["headers"];
     assert_eq!(allowed.body["service"], "database");

@@ -124,7 +124,12 @@ async fn the_agents_report_is_enforced_on_the_next_request(
     let stored = stack.api.admin_get("/devices/pi-rita").await;
     let reasons: Vec<String> =
         serde_json::from_value(stored["health_reasons"].clone()).expect("reasons");
-    let answer = stack.get(&device, "/api/x").await;
+    let expected = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    let answer = stack.get_after_change(&device, "/api/x", expected).await;
     if reasons.is_empty() {
         assert_eq!(answer.status, StatusCode::OK);
     } else {

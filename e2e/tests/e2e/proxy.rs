@@ -41,6 +41,9 @@ where
     }
 }
 
+/// How long a committed change may take to reach ext-authz (its NOTIFY) in the tests.
+pub const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+
 /// An ext-authz server.
 pub struct ExtAuthz {
     pub process: Process,
@@ -408,6 +411,25 @@ impl Stack {
     /// GET `path` through Envoy as `device`.
     pub async fn get(&self, device: &Device, path: &str) -> Answer {
         self.get_with(device, path, &[]).await
+    }
+
+    /// GET after a change the control API committed: the change reaches ext-authz by a NOTIFY, which
+    /// usually lands before the next request but, on a loaded machine, can trail it by milliseconds.
+    /// Asks until the answer has `status`, for at most [`PROPAGATION_BOUND`]; answers the last one.
+    pub async fn get_after_change(
+        &self,
+        device: &Device,
+        path: &str,
+        status: StatusCode,
+    ) -> Answer {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = self.get(device, path).await;
+            if answer.status == status || started.elapsed() > PROPAGATION_BOUND {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn get_with(&self, device: &Device, path: &str, headers: &[(&str, &str)]) -> Answer {
