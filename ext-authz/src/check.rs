@@ -211,6 +211,9 @@ impl Authorizer {
     /// The peer of `request`, parsed once per certificate.
     fn peer(&self, request: &CheckRequest) -> Result<Arc<Peer>, String> {
         let encoded = request.certificate();
+        if encoded.is_empty() {
+            return Err("no client certificate was presented".to_owned());
+        }
         let key: [u8; 32] = Sha256::digest(encoded).into();
         if let Some(peer) = self.peers.get(&key) {
             return Ok(peer);

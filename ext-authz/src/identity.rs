@@ -26,9 +26,6 @@ impl Peer {
         ca_der: &[u8],
         trust_domain: &TrustDomain,
     ) -> Result<Self, String> {
-        if encoded.is_empty() {
-            return Err("no client certificate was presented".to_owned());
-        }
         let pem = percent_encoding::percent_decode(encoded)
             .decode_utf8()
             .map_err(|_| "the client certificate is not valid PEM".to_owned())?;

@@ -203,7 +203,7 @@ pub fn document(settings: &Settings, facts: &Facts) -> Value {
         ]),
         shapes.certificate.with([
             Value::from(peer.serial.as_str()),
-            Value::from(peer.fingerprint.to_string()),
+            hex_value(peer.fingerprint.as_bytes()),
             Value::from(rfc3339(peer.not_after)),
             Value::from(facts.revoked),
         ]),
@@ -232,6 +232,14 @@ pub fn document(settings: &Settings, facts: &Facts) -> Value {
 /// A string the directory shares between devices, shared with the policy input too (no copy).
 fn shared(text: &Arc<str>) -> Value {
     Value::String(Arc::clone(text))
+}
+
+/// 32 bytes as 64 lower-case hex digits, formatted on the stack.
+fn hex_value(bytes: &[u8; 32]) -> Value {
+    let mut text = [0u8; 64];
+    // Cannot fail: the buffer is exactly twice the input.
+    let _ = hex::encode_to_slice(bytes, &mut text);
+    Value::from(std::str::from_utf8(&text).unwrap_or_default())
 }
 
 fn optional<T: Into<Value>>(value: Option<T>) -> Value {
