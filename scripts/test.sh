@@ -22,8 +22,9 @@ export PGPASSFILE=${PGPASSFILE:-$ROOT/.edgemesh/pg/pgpass}
 export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 # One build for the binaries the end-to-end tests run and for the tests themselves: building all targets
 # unifies the dev-dependencies' features, so the test run below reuses every artifact (and so does
-# `make up`, which builds the same way).
-cargo build --workspace --all-targets
+# `make up`, which builds the same way). It is the build that checks every query against the
+# migrations, and fails when the offline query data in .sqlx/ is out of date.
+scripts/query-data.sh check
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -1,6 +1,6 @@
 //! The audit trail's control-plane half: every change control-api makes is recorded in `audit_log` in the
 //! same transaction as the change, and the monthly partitions are kept (created ahead, old ones dropped).
-//! Authorization decisions are written by ext-authz; the queries are in `http::audit`.
+//! Authorization decisions are written by ext-authz; the SQL is in `db::audit`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,6 +9,8 @@ use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
 use time::{Date, Month, OffsetDateTime};
 use tokio::sync::watch;
+
+use crate::db;
 
 /// The kinds of audited events (the `event_type` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
@@ -43,16 +45,16 @@ impl EventType {
 /// One control-plane event, built with the setters and written with [`Event::record`].
 #[derive(Debug, Clone)]
 pub struct Event {
-    event_type: EventType,
-    action: &'static str,
-    device: Option<String>,
-    user: Option<String>,
-    role: Option<String>,
-    certificate_serial: Option<String>,
-    decision: Option<&'static str>,
-    reasons: Vec<String>,
-    peer: Option<SocketAddr>,
-    details: serde_json::Value,
+    pub(crate) event_type: EventType,
+    pub(crate) action: &'static str,
+    pub(crate) device: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) role: Option<String>,
+    pub(crate) certificate_serial: Option<String>,
+    pub(crate) decision: Option<&'static str>,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) details: serde_json::Value,
 }
 
 impl Event {
@@ -116,25 +118,7 @@ impl Event {
     /// Writes the event on `conn`: pass the transaction of the change it describes, so both commit or
     /// neither does.
     pub async fn record(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
-                 certificate_serial, decision, reasons, peer_address, details)
-             VALUES ($1, clock_timestamp(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(uuid::Uuid::new_v4())
-        .bind(self.event_type.as_str())
-        .bind(self.action)
-        .bind(&self.device)
-        .bind(&self.user)
-        .bind(&self.role)
-        .bind(&self.certificate_serial)
-        .bind(self.decision)
-        .bind(&self.reasons)
-        .bind(self.peer.map(|p| p.to_string()))
-        .bind(&self.details)
-        .execute(conn)
-        .await?;
-        Ok(())
+        db::audit::insert(conn, self).await
     }
 }
 
@@ -165,9 +149,7 @@ pub async fn maintain(
     let mut done = Maintenance::default();
     let mut month = first_of_month(now.date());
     for _ in 0..=retention.months_ahead {
-        let (created,): (bool,) = sqlx::query_as("SELECT edgemesh_audit_partition($1)")
-            .bind(month)
-            .fetch_one(db)
+        let created = db::audit::create_partition(db, month)
             .await
             .context("failed to create an audit partition")?;
         if created {
@@ -181,12 +163,9 @@ pub async fn maintain(
     let cutoff = now - time::Duration::days(i64::from(keep_days));
     // Dropping runs as the tables' owner (the function is SECURITY DEFINER): the control API's own
     // role may not drop or delete audit records.
-    let dropped: Vec<(String,)> = sqlx::query_as("SELECT edgemesh_audit_retain($1)")
-        .bind(cutoff)
-        .fetch_all(db)
+    done.dropped = db::audit::retain(db, cutoff)
         .await
         .context("failed to drop audit partitions past the retention")?;
-    done.dropped.extend(dropped.into_iter().map(|(name,)| name));
     Ok(done)
 }
 

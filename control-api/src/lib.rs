@@ -6,6 +6,7 @@ pub mod ca;
 pub mod config;
 pub mod console;
 pub mod csr;
+pub mod db;
 pub mod expiry;
 pub mod http;
 pub mod metrics;

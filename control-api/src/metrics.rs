@@ -9,6 +9,8 @@ use axum::routing::get;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use sqlx::PgPool;
 
+use crate::db::devices;
+
 pub struct Metrics {
     registry: Registry,
     /// By result: `enrolled`, `refused`.
@@ -30,31 +32,31 @@ impl Metrics {
         let registry = Registry::new();
         let enrollments = IntCounterVec::new(
             Opts::new(
-                "edgemesh_device_enrollments_total",
+                "edgemesh_control_api_enrollments_total",
                 "Enrollment attempts, by result (enrolled, refused, rate_limited: refused unseen after too many refusals from one address).",
             ),
             &["result"],
         )?;
         let renewals = IntCounter::new(
-            "edgemesh_certificate_renewals_total",
+            "edgemesh_control_api_certificate_renewals_total",
             "Device certificates renewed.",
         )?;
         let health_checks = IntCounterVec::new(
             Opts::new(
-                "edgemesh_health_checks_total",
+                "edgemesh_control_api_health_reports_total",
                 "Health reports accepted, by the compliance verdict (healthy, unhealthy).",
             ),
             &["status"],
         )?;
         let devices = IntGaugeVec::new(
             Opts::new(
-                "edgemesh_devices_total",
+                "edgemesh_control_api_devices",
                 "Enrolled devices, by status (active, revoked).",
             ),
             &["status"],
         )?;
         let unhealthy_devices = IntGauge::new(
-            "edgemesh_unhealthy_devices",
+            "edgemesh_control_api_unhealthy_devices",
             "Active devices whose latest health is unhealthy or older than the maximum health age.",
         )?;
         let database_up = IntGauge::new(
@@ -63,13 +65,13 @@ impl Metrics {
         )?;
         let certificates_expiring = IntGaugeVec::new(
             Opts::new(
-                "edgemesh_certificates_expiring",
+                "edgemesh_control_api_certificates_expiring",
                 "Active devices whose certificate in force expires within the window (label within, in days), at the last daily expiry scan.",
             ),
             &["within"],
         )?;
         let expiry_scanned = IntGauge::new(
-            "edgemesh_certificate_expiry_scan_timestamp_seconds",
+            "edgemesh_control_api_expiry_scan_timestamp_seconds",
             "When the certificate expiry scan last completed (Unix time).",
         )?;
         // Every metric of the process, registered in one list.
@@ -112,18 +114,20 @@ impl Metrics {
 
     /// Refreshes the fleet gauges from Postgres and renders everything in the text format.
     pub async fn render(&self, db: &PgPool, max_health_age: time::Duration) -> String {
-        let counts: Result<(i64, i64, i64), _> = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'active'),
-                    count(*) FILTER (WHERE status = 'revoked'),
-                    count(*) FILTER (WHERE status = 'active' AND (health_status = 'unhealthy'
-                        OR last_health_at < now() - make_interval(secs => $1)))
-             FROM devices",
-        )
-        .bind(max_health_age.as_seconds_f64())
-        .fetch_one(db)
-        .await;
-        match counts {
-            Ok((active, revoked, unhealthy)) => {
+        let oldest_fresh = time::OffsetDateTime::now_utc() - max_health_age;
+        match devices::count_by_verdict(db, oldest_fresh).await {
+            Ok(counts) => {
+                let (mut active, mut revoked, mut unhealthy) = (0, 0, 0);
+                for c in &counts {
+                    match (c.status.as_str(), c.verdict.as_str()) {
+                        ("active", "unhealthy" | "stale") => {
+                            active += c.devices;
+                            unhealthy += c.devices;
+                        }
+                        ("active", _) => active += c.devices,
+                        _ => revoked += c.devices,
+                    }
+                }
                 self.devices.with_label_values(&["active"]).set(active);
                 self.devices.with_label_values(&["revoked"]).set(revoked);
                 self.unhealthy_devices.set(unhealthy);

@@ -47,7 +47,9 @@ impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let db = connect(config).await?;
         if config.migrate {
-            let (applied, all) = apply_migrations(&db).await?;
+            let (applied, all) = crate::db::migrate(&db)
+                .await
+                .context("failed to apply migrations")?;
             tracing::info!(applied, all, "migrations applied");
         }
         Self::build_with_pool(config, db).await
@@ -286,27 +288,12 @@ async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .context("failed to connect to PostgreSQL")
 }
 
-/// Applies the migrations the database lacks; answers how many it applied and how many it has now.
-async fn apply_migrations(db: &PgPool) -> anyhow::Result<(i64, i64)> {
-    // The table sqlx keeps its record in does not exist before the first migration.
-    let applied = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(db)
-            .await
-            .unwrap_or(0)
-    };
-    let before = applied().await;
-    sqlx::migrate!("../migrations")
-        .run(db)
-        .await
-        .context("failed to apply migrations")?;
-    let after = applied().await;
-    Ok((after - before, after))
-}
-
 /// `edgemesh-control-api migrate`: applies the migrations, says what it did, and returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    match apply_migrations(&connect(config).await?).await? {
+    match crate::db::migrate(&connect(config).await?)
+        .await
+        .context("failed to apply migrations")?
+    {
         (0, all) => println!("the database is up to date ({all} migrations)"),
         (1, all) => println!("applied 1 migration ({all} in all)"),
         (n, all) => println!("applied {n} migrations ({all} in all)"),

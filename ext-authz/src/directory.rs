@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use time::OffsetDateTime;
 
+use crate::db;
 use crate::metrics::Metrics;
 
 pub const CHANNEL: &str = "edgemesh_changes";
@@ -202,88 +203,43 @@ impl Directory {
 
     async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
         let mut conn = self.db.acquire().await?;
-        type DeviceRow = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OffsetDateTime,
-        );
-        let row: Option<DeviceRow> = sqlx::query_as(
-            "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role, d.enrolled_at
-             FROM devices d JOIN users u ON u.id = d.owner_id
-             WHERE d.id = $1",
-        )
-        .bind(device)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((id, device_type, status, os, os_version, owner_id, role, enrolled_at)) = row
-        else {
+        let Some(row) = db::device(&mut *conn, device).await? else {
             return Ok(None);
         };
-        let certificates = sqlx::query_as::<_, (String, String, Option<OffsetDateTime>)>(
-            "SELECT serial, fingerprint, revoked_at FROM certificates
-             WHERE device_id = $1 AND not_after > now()",
-        )
-        .bind(device)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        // A fingerprint that is not 64 hex digits matches no presented certificate.
-        .filter_map(|(serial, fingerprint, revoked_at)| {
-            Some(CertificateRecord {
-                serial,
-                fingerprint: Fingerprint::from_hex(&fingerprint)?,
-                revoked_at,
+        let certificates = db::unexpired_certificates(&mut *conn, device)
+            .await?
+            .into_iter()
+            // A fingerprint that is not 64 hex digits matches no presented certificate.
+            .filter_map(|c| {
+                Some(CertificateRecord {
+                    fingerprint: Fingerprint::from_hex(&c.fingerprint)?,
+                    serial: c.serial,
+                    revoked_at: c.revoked_at,
+                })
             })
-        })
-        .collect();
-        type HealthRow = (
-            OffsetDateTime,
-            OffsetDateTime,
-            Option<f64>,
-            Option<f64>,
-            Option<f64>,
-            Option<bool>,
-            Option<bool>,
-            Option<bool>,
-            Option<bool>,
-            String,
-        );
-        let health: Option<HealthRow> = sqlx::query_as(
-            "SELECT received_at, collected_at, cpu_usage, memory_usage, disk_usage, disk_encrypted,
-                    os_patches_current, antivirus_enabled, firewall_enabled, status
-             FROM health_reports WHERE device_id = $1 AND received_at >= $2
-             ORDER BY id DESC LIMIT 1",
-        )
-        .bind(device)
-        // Health belongs to an enrolment: a device id enrolled again starts as never reported.
-        .bind(enrolled_at)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let health = health.map(|h| HealthRecord {
-            received_at: h.0,
-            collected_at: h.1,
-            cpu_usage: h.2,
-            memory_usage: h.3,
-            disk_usage: h.4,
-            disk_encrypted: h.5,
-            os_patches_current: h.6,
-            antivirus_enabled: h.7,
-            firewall_enabled: h.8,
-            status: self.intern(h.9),
-        });
+            .collect();
+        let health = db::latest_health(&mut *conn, device, row.enrolled_at)
+            .await?
+            .map(|h| HealthRecord {
+                received_at: h.received_at,
+                collected_at: h.collected_at,
+                cpu_usage: h.cpu_usage,
+                memory_usage: h.memory_usage,
+                disk_usage: h.disk_usage,
+                disk_encrypted: h.disk_encrypted,
+                os_patches_current: h.os_patches_current,
+                antivirus_enabled: h.antivirus_enabled,
+                firewall_enabled: h.firewall_enabled,
+                status: self.intern(h.status),
+            });
         Ok(Some(Arc::new(DeviceRecord {
-            id,
-            device_type: self.intern(device_type),
-            status: self.intern(status),
-            os: self.intern(os),
-            os_version: self.intern(os_version),
-            owner_id: self.intern(owner_id),
-            role: self.intern(role),
+            id: row.id,
+            device_type: self.intern(row.device_type),
+            status: self.intern(row.status),
+            os: self.intern(row.os),
+            os_version: self.intern(row.os_version),
+            owner_id: self.intern(row.owner_id),
+            role: self.intern(row.role),
             certificates,
             health,
         })))
@@ -433,12 +389,9 @@ impl Directory {
     /// Sends one heartbeat through the pool (another connection than the listener's), without
     /// waiting for it: a database that does not answer must not stall the watch.
     fn send_heartbeat(&self, payload: &str) {
-        let (db, payload, limit) = (self.db.clone(), payload.to_owned(), self.heartbeat.every);
+        let (pool, payload, limit) = (self.db.clone(), payload.to_owned(), self.heartbeat.every);
         tokio::spawn(async move {
-            let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(payload)
-                .execute(&db);
+            let sent = db::notify(&pool, CHANNEL, &payload);
             if let Ok(Err(e)) = tokio::time::timeout(limit, sent).await {
                 tracing::debug!(error = %e, "heartbeat notification failed");
             }

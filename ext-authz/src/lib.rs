@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod db;
 pub mod directory;
 pub mod grpc;
 pub mod identity;

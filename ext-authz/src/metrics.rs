@@ -40,77 +40,79 @@ impl Metrics {
         let registry = Registry::new();
         let decisions = IntCounterVec::new(
             Opts::new(
-                "edgemesh_authorization_decisions_total",
+                "edgemesh_ext_authz_decisions_total",
                 "Authorization decisions, by decision, service and (for denies) the main reason.",
             ),
             &["decision", "service", "reason"],
         )?;
         let latency = Histogram::with_opts(
             HistogramOpts::new(
-                "edgemesh_authorization_latency_seconds",
+                "edgemesh_ext_authz_decision_latency_seconds",
                 "Time to handle one Check call, from arrival to answer.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let cache_hits = IntCounter::new(
-            "edgemesh_authz_cache_hits_total",
+            "edgemesh_ext_authz_cache_hits_total",
             "Device lookups answered from the cache.",
         )?;
         let cache_misses = IntCounter::new(
-            "edgemesh_authz_cache_misses_total",
+            "edgemesh_ext_authz_cache_misses_total",
             "Device lookups that read Postgres.",
         )?;
         let cache_invalidations = IntCounter::new(
-            "edgemesh_authz_cache_invalidations_total",
+            "edgemesh_ext_authz_cache_invalidations_total",
             "Change notifications applied to the cache.",
         )?;
-        let cache_entries =
-            IntGauge::new("edgemesh_authz_cache_entries", "Devices currently cached.")?;
+        let cache_entries = IntGauge::new(
+            "edgemesh_ext_authz_cache_entries",
+            "Devices currently cached.",
+        )?;
         let notify_heartbeat_age = prometheus::Gauge::new(
-            "edgemesh_authz_notify_heartbeat_age_seconds",
+            "edgemesh_ext_authz_notify_heartbeat_age_seconds",
             "Seconds since the change listener last heard its own heartbeat notification; beyond the \
              timeout the cache is bypassed and the listener reconnected.",
         )?;
         let policy_reloads = IntCounterVec::new(
             Opts::new(
-                "edgemesh_policy_reloads_total",
+                "edgemesh_ext_authz_policy_reloads_total",
                 "Policy reloads after a change of the files, by result (replaced, refused).",
             ),
             &["result"],
         )?;
         let audit_queue_depth = IntGauge::new(
-            "edgemesh_audit_queue_depth",
+            "edgemesh_ext_authz_audit_queue_depth",
             "Decisions queued for the audit writer.",
         )?;
         let audit_written = IntCounter::new(
-            "edgemesh_audit_records_written_total",
+            "edgemesh_ext_authz_audit_records_written_total",
             "Decision records written to Postgres from the queue.",
         )?;
         let audit_write_failures = IntCounter::new(
-            "edgemesh_audit_write_failures_total",
+            "edgemesh_ext_authz_audit_write_failures_total",
             "Audit batches Postgres did not take in time (shipped from the spool instead).",
         )?;
         let audit_torn = IntCounter::new(
-            "edgemesh_audit_spool_torn_total",
+            "edgemesh_ext_authz_audit_spool_torn_total",
             "Torn records cut off the audit spool's end at start (a crash mid-append: their answers \
              never left).",
         )?;
         let audit_replayed = IntCounter::new(
-            "edgemesh_audit_records_replayed_total",
+            "edgemesh_ext_authz_audit_records_replayed_total",
             "Decision records written to Postgres from the spool instead of the queue (after an outage \
              or a slow write, a full queue, or at start after a crash).",
         )?;
         let audit_duplicates = IntCounter::new(
-            "edgemesh_audit_records_duplicate_total",
+            "edgemesh_ext_authz_audit_records_duplicate_total",
             "Replayed records Postgres already had (a write that timed out after committing).",
         )?;
         let audit_lost = IntCounter::new(
-            "edgemesh_audit_records_lost_total",
+            "edgemesh_ext_authz_audit_records_lost_total",
             "Decision records neither written nor journaled, or unreadable in the spool. Anything above 0 \
              needs an operator.",
         )?;
         let audit_spool_bytes = IntGauge::new(
-            "edgemesh_audit_spool_bytes",
+            "edgemesh_ext_authz_audit_spool_bytes",
             "Bytes of the audit spool the writer is behind on, shipping from the spool (0 while it \
              ships the queue).",
         )?;

@@ -305,7 +305,7 @@ async fn an_in_process_server_answers_check_and_health_over_grpc(
     let counted = |decision: &str| -> f64 {
         metrics
             .lines()
-            .filter(|l| l.starts_with("edgemesh_authorization_decisions_total{"))
+            .filter(|l| l.starts_with("edgemesh_ext_authz_decisions_total{"))
             .filter(|l| l.contains(&format!("decision=\"{decision}\"")))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::watch;
 
+use crate::db;
 use crate::fleet::Admin;
 use crate::stats::percentile;
 
@@ -166,42 +167,24 @@ pub async fn query(
 }
 
 async fn seed(db: &PgPool, rows: u64, devices: u32) -> anyhow::Result<()> {
-    let (have,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM audit_log WHERE event_type = 'authorization' AND policy_version = 'bench'",
-    )
-    .fetch_one(db)
-    .await?;
+    let have = db::bench_records(db).await?;
     if u64::try_from(have)? >= rows {
         println!("bench database already holds {have} records");
         return Ok(());
     }
     // The months the records fall in get their partitions, as they would have in production.
-    sqlx::query(
-        "SELECT edgemesh_audit_partition(((now() AT TIME ZONE 'UTC') - make_interval(months => m))::date)
-         FROM generate_series(0, 3) AS m",
-    )
-    .execute(db)
-    .await?;
+    db::recent_partitions(db).await?;
     let started = Instant::now();
     let chunk = 1_000_000u64;
     let mut done = u64::try_from(have)?;
     while done < rows {
         let n = chunk.min(rows - done);
-        sqlx::query(
-            "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
-                 service, method, path, decision, reasons, policy_version, latency_us)
-             SELECT gen_random_uuid(), now() - random() * interval '90 days', 'authorization', 'check',
-                 'bench-' || (i % $2), 'owner-' || (i % 500), 'developer',
-                 (ARRAY['api', 'database', 'storage', 'analytics'])[1 + i % 4], 'GET',
-                 '/api/items/' || i, CASE WHEN i % 5 = 0 THEN 'deny' ELSE 'allow' END,
-                 CASE WHEN i % 5 = 0 THEN ARRAY['antivirus is not enabled'] ELSE '{}'::text[] END,
-                 'bench', 80
-             FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
+        db::insert_bench_records(
+            db,
+            i64::try_from(done)?,
+            i64::from(devices),
+            i64::try_from(n)?,
         )
-        .bind(i64::try_from(done)?)
-        .bind(i64::from(devices))
-        .bind(i64::try_from(n)?)
-        .execute(db)
         .await?;
         done += n;
         eprintln!(
@@ -209,6 +192,6 @@ async fn seed(db: &PgPool, rows: u64, devices: u32) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    sqlx::query("ANALYZE audit_log").execute(db).await?;
+    db::analyze_audit(db).await?;
     Ok(())
 }

@@ -227,11 +227,15 @@ impl ServerSide {
     }
 
     fn checks(&self) -> f64 {
-        sample(&self.text, "edgemesh_authorization_latency_seconds_count").unwrap_or(0.0)
+        sample(
+            &self.text,
+            "edgemesh_ext_authz_decision_latency_seconds_count",
+        )
+        .unwrap_or(0.0)
     }
 
     fn latency_buckets(&self) -> Vec<(f64, f64)> {
-        buckets(&self.text, "edgemesh_authorization_latency_seconds")
+        buckets(&self.text, "edgemesh_ext_authz_decision_latency_seconds")
     }
 }
 

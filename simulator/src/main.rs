@@ -7,6 +7,7 @@ mod attack;
 mod audit_bench;
 mod bench;
 mod console_bench;
+mod db;
 mod fleet;
 mod memory_bench;
 mod noop_authz;

@@ -14,15 +14,9 @@ use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
 
 use crate::bench::check_request;
+use crate::db::{self, Seeded};
 use crate::fleet::run_id;
 use crate::stats::sample;
-
-/// One seeded device: its id and certificate.
-struct Seeded {
-    id: String,
-    cert_pem: String,
-    info: CertInfo,
-}
 
 pub async fn memory(
     database_url: &str,
@@ -77,54 +71,9 @@ pub async fn memory(
     );
 
     let started = Instant::now();
-    sqlx::query(
-        "INSERT INTO users (id, email, role) VALUES ('bench-admin', 'bench-admin@bench.invalid', 'admin')
-         ON CONFLICT DO NOTHING",
-    )
-    .execute(&db)
-    .await?;
+    db::bench_admin(&db).await?;
     for chunk in devices.chunks(10_000) {
-        let ids: Vec<&str> = chunk.iter().map(|d| d.id.as_str()).collect();
-        let serials: Vec<&str> = chunk.iter().map(|d| d.info.serial.as_str()).collect();
-        let fingerprints: Vec<String> = chunk
-            .iter()
-            .map(|d| d.info.fingerprint.to_string())
-            .collect();
-        let not_before: Vec<_> = chunk.iter().map(|d| d.info.not_before).collect();
-        let not_after: Vec<_> = chunk.iter().map(|d| d.info.not_after).collect();
-        let pems: Vec<&str> = chunk.iter().map(|d| d.cert_pem.as_str()).collect();
-        let mut tx = db.begin().await?;
-        sqlx::query(
-            "INSERT INTO devices (id, owner_id, device_type, os, os_version, health_status, last_health_at)
-             SELECT id, 'bench-admin', 'bench', 'debian', '12', 'healthy', now() FROM UNNEST($1::text[]) AS id",
-        )
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO certificates (serial, device_id, fingerprint, not_before, not_after, certificate_pem)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])",
-        )
-        .bind(&serials)
-        .bind(&ids)
-        .bind(&fingerprints)
-        .bind(&not_before)
-        .bind(&not_after)
-        .bind(&pems)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage, memory_usage,
-                 disk_usage, os, os_version, disk_encrypted, os_patches_current, antivirus_enabled,
-                 firewall_enabled, agent_version, status)
-             SELECT d, s, now(), 20, 40, 50, 'debian', '12', true, true, true, true, 'bench', 'healthy'
-             FROM UNNEST($1::text[], $2::text[]) AS t(d, s)",
-        )
-        .bind(&ids)
-        .bind(&serials)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        db::insert_fleet(&db, chunk).await?;
     }
     eprintln!(
         "wrote {total} devices, certificates and health reports in {:.1} s",
@@ -139,7 +88,7 @@ pub async fn memory(
     let rss = || async {
         let text = reqwest::get(metrics).await?.text().await?;
         let rss = sample(&text, "process_resident_memory_bytes").context("no RSS metric")?;
-        let entries = sample(&text, "edgemesh_authz_cache_entries").unwrap_or(0.0);
+        let entries = sample(&text, "edgemesh_ext_authz_cache_entries").unwrap_or(0.0);
         anyhow::Ok((rss / 1_048_576.0, entries))
     };
     // The writes above notify ext-authz once per row; let it finish applying them, or late
@@ -147,7 +96,7 @@ pub async fn memory(
     let mut last = -1.0;
     loop {
         let text = reqwest::get(metrics).await?.text().await?;
-        let applied = sample(&text, "edgemesh_authz_cache_invalidations_total").unwrap_or(0.0);
+        let applied = sample(&text, "edgemesh_ext_authz_cache_invalidations_total").unwrap_or(0.0);
         if applied == last {
             break;
         }

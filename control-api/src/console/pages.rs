@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use super::session::{self, Session};
 use super::{Failure, check_form, exact, html, relative};
 use crate::audit::{Event, EventType};
+use crate::db;
 use crate::http::extract::{Path, Peer, Query};
 use crate::http::{AppState, admin, audit, health};
 
@@ -356,7 +357,7 @@ struct DecisionRow {
 struct DevicePage {
     signed_in: bool,
     csrf: String,
-    d: admin::Device,
+    d: db::devices::Device,
     spiffe_id: String,
     verdict: String,
     enrolled: String,
@@ -383,7 +384,7 @@ pub async fn device(
         Query(health::HistoryQuery { limit: Some(100) }),
     )
     .await?;
-    let decisions = audit::recent_decisions(&state.db, &id, 20).await?;
+    let decisions = db::audit::recent_decisions(&state.db, id.as_str(), 20).await?;
     let now = OffsetDateTime::now_utc();
     let certificates = detail
         .certificates
@@ -448,7 +449,7 @@ pub async fn device(
     })
 }
 
-fn decision_row(r: audit::Record, now: OffsetDateTime) -> DecisionRow {
+fn decision_row(r: db::audit::Record, now: OffsetDateTime) -> DecisionRow {
     DecisionRow {
         at: when(&r.occurred_at, now),
         decision: r.decision.unwrap_or_else(|| r.action.clone()),
@@ -465,7 +466,7 @@ fn decision_row(r: audit::Record, now: OffsetDateTime) -> DecisionRow {
 
 /// CPU, memory and disk over the reports (newest first), as an SVG drawn here: no script, no
 /// library, and nothing from the device reaches it but numbers.
-fn chart(reports: &[health::StoredReport]) -> String {
+fn chart(reports: &[db::health::StoredReport]) -> String {
     const W: f64 = 640.0;
     const H: f64 = 160.0;
     let n = reports.len();
@@ -481,7 +482,7 @@ fn chart(reports: &[health::StoredReport]) -> String {
         }
     };
     let y = |v: f64| H - H * v.clamp(0.0, 100.0) / 100.0;
-    let line = |pick: fn(&health::StoredReport) -> Option<f64>, class: &str| {
+    let line = |pick: fn(&db::health::StoredReport) -> Option<f64>, class: &str| {
         let points: Vec<String> = reports
             .iter()
             .enumerate()
@@ -566,7 +567,7 @@ struct TokenRow {
 struct TokensPage {
     signed_in: bool,
     csrf: String,
-    users: Vec<admin::User>,
+    users: Vec<db::users::User>,
     tokens: Vec<TokenRow>,
     created: Option<admin::CreatedToken>,
     enroll_command: String,
@@ -809,15 +810,15 @@ pub async fn live_events(
             )));
         }
     };
-    let start = audit::LiveCursor::now(&state.db).await?;
+    let start = db::audit::LiveCursor::now(&state.db).await?;
     struct Feed {
         state: AppState,
         headers: HeaderMap,
-        cursor: audit::LiveCursor,
+        cursor: db::audit::LiveCursor,
         device: Option<DeviceId>,
         decision: Option<String>,
         polls: u32,
-        pending: std::collections::VecDeque<audit::Record>,
+        pending: std::collections::VecDeque<db::audit::Record>,
     }
     let feed = Feed {
         state,
@@ -846,11 +847,11 @@ pub async fn live_events(
                     _ => return None,
                 }
             }
-            match audit::live(
+            match db::audit::live(
                 &feed.state.db,
                 &mut feed.cursor,
                 LIVE_WINDOW_SECS,
-                feed.device.as_ref(),
+                feed.device.as_ref().map(DeviceId::as_str),
                 feed.decision.as_deref(),
             )
             .await
@@ -865,7 +866,7 @@ pub async fn live_events(
         .into_response())
 }
 
-fn live_record(r: &audit::Record) -> serde_json::Value {
+fn live_record(r: &db::audit::Record) -> serde_json::Value {
     serde_json::json!({
         "id": r.id,
         "occurred_at": exact(&r.occurred_at),

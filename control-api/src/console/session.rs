@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use super::Failure;
+use crate::db::sessions;
 use crate::http::AppState;
 
 /// The cookie's name. `__Host-` makes the browser refuse it unless it is Secure, has no Domain and has
@@ -61,19 +62,14 @@ impl Session {
         let csrf = random_token();
         let lifetime = state.console_session_lifetime;
         // Expired sessions go when new ones come.
-        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= now()")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO console_sessions (id_sha256, admin_token_sha256, csrf_token, expires_at, peer)
-             VALUES ($1, $2, $3, $4, $5::inet)",
+        sessions::open(
+            tx,
+            &id_sha256,
+            &state.admin_token_sha256,
+            &csrf,
+            OffsetDateTime::now_utc() + lifetime,
+            peer.map(|p| p.ip()),
         )
-        .bind(&id_sha256[..])
-        .bind(&state.admin_token_sha256[..])
-        .bind(&csrf)
-        .bind(OffsetDateTime::now_utc() + lifetime)
-        .bind(peer.map(|p| p.ip().to_string()))
-        .execute(&mut *tx)
         .await?;
         let cookie = format!(
             "{COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
@@ -89,24 +85,13 @@ impl Session {
             return Ok(None);
         };
         let id_sha256: [u8; 32] = Sha256::digest(id.as_bytes()).into();
-        let csrf: Option<String> = sqlx::query_scalar(
-            "SELECT csrf_token FROM console_sessions
-             WHERE id_sha256 = $1 AND admin_token_sha256 = $2 AND expires_at > now()",
-        )
-        .bind(&id_sha256[..])
-        .bind(&state.admin_token_sha256[..])
-        .fetch_optional(&state.db)
-        .await?;
+        let csrf = sessions::csrf_of(&state.db, &id_sha256, &state.admin_token_sha256).await?;
         Ok(csrf.map(|csrf| Self { id_sha256, csrf }))
     }
 
     /// Ends the session, in `tx` (with its audit event): its cookie no longer works, whoever holds it.
     pub async fn close(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM console_sessions WHERE id_sha256 = $1")
-            .bind(&self.id_sha256[..])
-            .execute(tx)
-            .await?;
-        Ok(())
+        sessions::close(tx, &self.id_sha256).await
     }
 
     /// Whether a form's per-session token is this session's.
@@ -124,13 +109,7 @@ pub fn cleared_cookie() -> String {
 /// Ends every session opened with another admin token than the current one (at start: the token was
 /// rotated). Answers how many.
 pub async fn end_other_tokens(state: &AppState) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM console_sessions WHERE admin_token_sha256 <> $1 OR expires_at <= now()",
-    )
-    .bind(&state.admin_token_sha256[..])
-    .execute(&state.db)
-    .await?
-    .rows_affected())
+    sessions::end_other_tokens(&state.db, &state.admin_token_sha256).await
 }
 
 /// Whether a state-changing request comes from the console's own pages. A browser says where a

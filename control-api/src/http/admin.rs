@@ -21,6 +21,10 @@ use super::error::unique_violation;
 use super::extract::{Json, Path, Peer, Query, bearer};
 use super::{ApiError, AppState, bounded_text};
 use crate::audit::{Event, EventType};
+use crate::db::certificates::{self, Certificate};
+use crate::db::devices::{self, Device};
+use crate::db::tokens::{self, TokenRecord};
+use crate::db::users::{self, User};
 
 const MAX_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
 const MAX_TOKEN_USES: i32 = 100_000;
@@ -92,15 +96,6 @@ struct CreateUser {
     role: Role,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct User {
-    pub(crate) id: String,
-    email: String,
-    pub(crate) role: String,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-}
-
 /// Creates a user, who can then own devices.
 #[utoipa::path(post, path = "/users", tag = "admin",
     security(("admin_token" = [])),
@@ -126,19 +121,17 @@ async fn create_user(
         ));
     }
     let mut tx = state.db.begin().await?;
-    let user = sqlx::query_as::<_, User>(
-        "INSERT INTO users (id, email, role) VALUES ($1, $2, $3) RETURNING id, email, role, created_at",
-    )
-    .bind(body.id.as_str())
-    .bind(email)
-    .bind(body.role.as_str())
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| match unique_violation(&e) {
-        Some("users_pkey") => ApiError::conflict("user_exists", format!("user {} already exists", body.id)),
-        Some("users_email_key") => ApiError::conflict("email_taken", "another user has this email"),
-        _ => e.into(),
-    })?;
+    let user = users::insert(&mut *tx, body.id.as_str(), email, body.role.as_str())
+        .await
+        .map_err(|e| match unique_violation(&e) {
+            Some("users_pkey") => {
+                ApiError::conflict("user_exists", format!("user {} already exists", body.id))
+            }
+            Some("users_email_key") => {
+                ApiError::conflict("email_taken", "another user has this email")
+            }
+            _ => e.into(),
+        })?;
     Event::new(EventType::User, "created")
         .user(&user.id)
         .role(&user.role)
@@ -176,10 +169,7 @@ fn valid_email(email: &str) -> bool {
 pub(crate) async fn list_users(
     State(state): State<AppState>,
 ) -> Result<axum::Json<UserList>, ApiError> {
-    let users =
-        sqlx::query_as::<_, User>("SELECT id, email, role, created_at FROM users ORDER BY id")
-            .fetch_all(&state.db)
-            .await?;
+    let users = users::all(&state.db).await?;
     Ok(axum::Json(UserList { users }))
 }
 
@@ -207,22 +197,6 @@ pub(crate) struct CreatedToken {
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) expires_at: OffsetDateTime,
     pub(crate) max_uses: i32,
-}
-
-/// An enrollment token as stored: its hash, never the token.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct TokenRecord {
-    pub(crate) id: Uuid,
-    #[sqlx(rename = "owner_id")]
-    pub(crate) owner: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) expires_at: OffsetDateTime,
-    pub(crate) max_uses: i32,
-    pub(crate) uses: i32,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) revoked_at: Option<OffsetDateTime>,
 }
 
 /// Creates an enrollment token, shown once in the answer (only its hash is stored).
@@ -262,30 +236,22 @@ pub(crate) async fn create_token(
     let id = Uuid::new_v4();
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(body.ttl_seconds);
     let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "INSERT INTO enrollment_tokens (id, token_hash, owner_id, expires_at, max_uses)
-         SELECT $1, $2, id, $4, $5 FROM users WHERE id = $3",
+    let token_sha256 = Sha256::digest(token.as_bytes());
+    let created = tokens::insert(
+        &mut *tx,
+        id,
+        &token_sha256,
+        body.owner.as_str(),
+        expires_at,
+        body.max_uses,
     )
-    .bind(id)
-    .bind(Sha256::digest(token.as_bytes()).to_vec())
-    .bind(body.owner.as_str())
-    .bind(expires_at)
-    .bind(body.max_uses)
-    .execute(&mut *tx)
-    .await
-    .and_then(|done| {
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(sqlx::Error::RowNotFound)
-        }
-    })
-    .map_err(|e| match e {
-        sqlx::Error::RowNotFound => {
-            ApiError::bad_request("unknown_owner", format!("no user {}", body.owner))
-        }
-        e => e.into(),
-    })?;
+    .await?;
+    if !created {
+        return Err(ApiError::bad_request(
+            "unknown_owner",
+            format!("no user {}", body.owner),
+        ));
+    }
     Event::new(EventType::Token, "created")
         .user(body.owner.as_str())
         .peer(peer)
@@ -311,8 +277,6 @@ pub(crate) async fn create_token(
     ))
 }
 
-const TOKEN_COLUMNS: &str = "id, owner_id, expires_at, max_uses, uses, created_at, revoked_at";
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TokenList {
     pub(crate) tokens: Vec<TokenRecord>,
@@ -328,11 +292,7 @@ pub(crate) struct TokenList {
 pub(crate) async fn list_tokens(
     State(state): State<AppState>,
 ) -> Result<axum::Json<TokenList>, ApiError> {
-    let tokens = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
-        "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC"
-    )))
-    .fetch_all(&state.db)
-    .await?;
+    let tokens = tokens::all(&state.db).await?;
     Ok(axum::Json(TokenList { tokens }))
 }
 
@@ -352,14 +312,9 @@ async fn revoke_token(
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<TokenRecord>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let token = sqlx::query_as::<_, TokenRecord>(sqlx::AssertSqlSafe(format!(
-        "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-         RETURNING {TOKEN_COLUMNS}"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("unknown_token", format!("no enrollment token {id}")))?;
+    let token = tokens::revoke(&mut *tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_token", format!("no enrollment token {id}")))?;
     Event::new(EventType::Token, "revoked")
         .user(&token.owner)
         .peer(peer)
@@ -372,76 +327,6 @@ async fn revoke_token(
 }
 
 // ---- devices and certificates
-
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct Device {
-    pub(crate) id: String,
-    #[sqlx(rename = "owner_id")]
-    pub(crate) owner: String,
-    /// The owner's role, which the policies decide on.
-    pub(crate) role: String,
-    pub(crate) device_type: String,
-    pub(crate) os: String,
-    pub(crate) os_version: String,
-    pub(crate) status: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) enrolled_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) last_seen_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) revoked_at: Option<OffsetDateTime>,
-    /// `unknown` (never reported), `healthy`, `unhealthy`, or `stale` (no report within the maximum
-    /// health age, whatever the last one said).
-    #[serde(rename = "health")]
-    #[schema(rename = "health")]
-    pub(crate) health_status: String,
-    pub(crate) health_reasons: Vec<String>,
-    /// When the latest health values were measured.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) last_health_at: Option<OffsetDateTime>,
-    /// When the newest certificate not revoked or retired expires (`null`: none is in force).
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) certificate_expires_at: Option<OffsetDateTime>,
-}
-
-impl Device {
-    fn with_staleness(mut self, now: OffsetDateTime, max_age: time::Duration) -> Self {
-        if self.last_health_at.is_some_and(|at| now - at > max_age) {
-            self.health_status = "stale".to_owned();
-        }
-        self
-    }
-}
-
-/// A device row with its owner's role and the expiry of its newest certificate still in force; the
-/// filters and order that follow name the device's columns as `d.`.
-const DEVICE_SELECT: &str = "SELECT d.id, d.owner_id, u.role, d.device_type, d.os, d.os_version, \
-     d.status, d.enrolled_at, d.last_seen_at, d.revoked_at, d.health_status, d.health_reasons, \
-     d.last_health_at, (SELECT max(c.not_after) FROM certificates c WHERE c.device_id = d.id \
-     AND (c.revoked_at IS NULL OR c.revoked_at > now())) AS certificate_expires_at \
-     FROM devices d JOIN users u ON u.id = d.owner_id";
-
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct Certificate {
-    pub(crate) serial: String,
-    pub(crate) device_id: String,
-    pub(crate) fingerprint: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) not_after: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) issued_at: OffsetDateTime,
-    /// When it stops (or stopped) being valid before its expiry: revoked, or retired by a renewal.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub(crate) revoked_at: Option<OffsetDateTime>,
-    pub(crate) revocation_reason: Option<String>,
-    /// The serial of the certificate this one was renewed from.
-    pub(crate) renewed_from: Option<String>,
-}
-
-const CERTIFICATE_COLUMNS: &str = "serial, device_id, fingerprint, not_before, not_after, issued_at, \
-     revoked_at, revocation_reason, renewed_from";
 
 /// A device's health verdict, as listed: `stale` is a report older than the maximum health age.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -534,24 +419,17 @@ pub(crate) async fn list_devices(
         Some(Verdict::Unhealthy) => (Some("unhealthy"), Some(false)),
     };
     let oldest_fresh = OffsetDateTime::now_utc() - state.max_health_age;
-    let devices = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
-        "{DEVICE_SELECT}
-         WHERE ($1::text IS NULL OR d.status = $1) AND ($2::text IS NULL OR d.id > $2)
-           AND ($4::text IS NULL OR d.owner_id = $4) AND ($5::text IS NULL OR d.health_status = $5)
-           AND ($6::bool IS NULL OR (d.last_health_at IS NOT NULL AND d.last_health_at < $7) = $6)
-           AND ($8::text IS NULL OR starts_with(d.id, $8))
-         ORDER BY d.id LIMIT $3"
-    )))
-    .bind(status)
-    .bind(cursor.as_ref().map(DeviceId::as_str))
-    .bind(limit)
-    .bind(query.owner.as_ref().map(UserId::as_str))
-    .bind(verdict)
-    .bind(stale)
-    .bind(oldest_fresh)
-    .bind(query.id_prefix.as_ref().map(DeviceId::as_str))
-    .fetch_all(&state.db)
-    .await?;
+    let filter = devices::Filter {
+        status,
+        owner: query.owner.as_ref().map(UserId::as_str),
+        verdict,
+        stale: stale.map(|stale| (stale, oldest_fresh)),
+        id_prefix: query.id_prefix.as_ref().map(DeviceId::as_str),
+        after: cursor.as_ref().map(DeviceId::as_str),
+        limit,
+        ..devices::Filter::default()
+    };
+    let devices = devices::list(&state.db, &filter).await?;
     let now = OffsetDateTime::now_utc();
     let devices: Vec<Device> = devices
         .into_iter()
@@ -603,35 +481,29 @@ pub(crate) async fn fleet_summary(
     State(state): State<AppState>,
 ) -> Result<axum::Json<FleetSummary>, ApiError> {
     let oldest_fresh = OffsetDateTime::now_utc() - state.max_health_age;
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT status, CASE WHEN last_health_at IS NOT NULL AND last_health_at < $1 THEN 'stale'
-                ELSE health_status END, count(*)
-         FROM devices GROUP BY 1, 2",
-    )
-    .bind(oldest_fresh)
-    .fetch_all(&state.db)
-    .await?;
+    let counts = devices::count_by_verdict(&state.db, oldest_fresh).await?;
     let (expiring, expiring_devices) =
-        crate::expiry::expiring(&state.db, state.expiry_warning, 20).await?;
+        certificates::expiring(&state.db, state.expiry_warning, 20).await?;
     let count = |status: &str| -> i64 {
-        rows.iter()
-            .filter(|(s, _, _)| s == status)
-            .map(|(_, _, n)| n)
+        counts
+            .iter()
+            .filter(|c| c.status == status)
+            .map(|c| c.devices)
             .sum()
     };
     let mut verdicts = VerdictCounts::default();
-    for (status, verdict, n) in &rows {
-        let count = match (status.as_str(), verdict.as_str()) {
+    for c in &counts {
+        let count = match (c.status.as_str(), c.verdict.as_str()) {
             ("active", "healthy") => &mut verdicts.healthy,
             ("active", "unhealthy") => &mut verdicts.unhealthy,
             ("active", "stale") => &mut verdicts.stale,
             ("active", _) => &mut verdicts.unknown,
             _ => continue,
         };
-        *count += n;
+        *count += c.devices;
     }
     Ok(axum::Json(FleetSummary {
-        devices: rows.iter().map(|(_, _, n)| n).sum(),
+        devices: counts.iter().map(|c| c.devices).sum(),
         active: count("active"),
         revoked: count("revoked"),
         verdicts,
@@ -650,20 +522,11 @@ pub(crate) struct DeviceDetail {
 }
 
 async fn device_detail(state: &AppState, id: &DeviceId) -> Result<DeviceDetail, ApiError> {
-    let device = sqlx::query_as::<_, Device>(sqlx::AssertSqlSafe(format!(
-        "{DEVICE_SELECT} WHERE d.id = $1"
-    )))
-    .bind(id.as_str())
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?
-    .with_staleness(OffsetDateTime::now_utc(), state.max_health_age);
-    let certificates = sqlx::query_as::<_, Certificate>(sqlx::AssertSqlSafe(format!(
-        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE device_id = $1 ORDER BY issued_at DESC"
-    )))
-    .bind(id.as_str())
-    .fetch_all(&state.db)
-    .await?;
+    let device = devices::find(&state.db, id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_device", format!("no device {id}")))?
+        .with_staleness(OffsetDateTime::now_utc(), state.max_health_age);
+    let certificates = certificates::of_device(&state.db, id.as_str()).await?;
     Ok(DeviceDetail {
         device,
         certificates,
@@ -731,29 +594,14 @@ pub(crate) async fn revoke_device(
 ) -> Result<axum::Json<DeviceDetail>, ApiError> {
     let reason = revocation_reason(&body)?;
     let mut tx = state.db.begin().await?;
-    let found: Option<(String,)> = sqlx::query_as(
-        "UPDATE devices SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
-         WHERE id = $1 RETURNING id",
-    )
-    .bind(id.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if found.is_none() {
+    if !devices::revoke(&mut *tx, id.as_str()).await? {
         return Err(ApiError::not_found(
             "unknown_device",
             format!("no device {id}"),
         ));
     }
     // Retired certificates still in their overlap are revoked now, too.
-    let revoked = sqlx::query(
-        "UPDATE certificates SET revoked_at = now(), revocation_reason = $2
-         WHERE device_id = $1 AND (revoked_at IS NULL OR revoked_at > now())",
-    )
-    .bind(id.as_str())
-    .bind(&reason)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let revoked = certificates::revoke_of_device(&mut *tx, id.as_str(), &reason).await?;
     Event::new(EventType::Revocation, "revoked")
         .device(id.as_str())
         .peer(peer)
@@ -790,44 +638,14 @@ pub(crate) async fn revoke_certificate(
     let mut tx = state.db.begin().await?;
     // The row lock first: a renewal of this certificate in flight has then either committed (and its
     // successor is found below, in a statement that sees it) or waits and finds it revoked.
-    let found: Option<(String,)> =
-        sqlx::query_as("SELECT device_id FROM certificates WHERE serial = $1 FOR UPDATE")
-            .bind(&serial)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((device_id,)) = found else {
+    let Some(device_id) = certificates::lock_device(&mut *tx, &serial).await? else {
         return Err(ApiError::not_found(
             "unknown_certificate",
             format!("no certificate with serial {serial}"),
         ));
     };
-    let lineage: Vec<(String,)> = sqlx::query_as(
-        "WITH RECURSIVE lineage AS (
-             SELECT serial FROM certificates WHERE serial = $1
-             UNION
-             SELECT c.serial FROM certificates c JOIN lineage l ON c.renewed_from = l.serial
-         )
-         UPDATE certificates
-         SET revocation_reason = CASE
-                 -- Revoked before, for a reason of its own: kept. Retired by a renewal: revoked now.
-                 WHEN revoked_at <= now() AND revocation_reason NOT LIKE 'superseded by %'
-                     THEN revocation_reason
-                 WHEN serial = $1 THEN $2
-                 ELSE 'renewed from revoked certificate ' || $1
-             END,
-             revoked_at = least(coalesce(revoked_at, now()), now())
-         WHERE serial IN (SELECT serial FROM lineage)
-         RETURNING serial",
-    )
-    .bind(&serial)
-    .bind(&reason)
-    .fetch_all(&mut *tx)
-    .await?;
-    let descendants: Vec<String> = lineage
-        .into_iter()
-        .map(|(s,)| s)
-        .filter(|s| *s != serial)
-        .collect();
+    let lineage = certificates::revoke_lineage(&mut *tx, &serial, &reason).await?;
+    let descendants: Vec<String> = lineage.into_iter().filter(|s| *s != serial).collect();
     Event::new(EventType::Revocation, "revoked")
         .device(&device_id)
         .serial(&serial)
@@ -836,12 +654,9 @@ pub(crate) async fn revoke_certificate(
         .details(serde_json::json!({ "scope": "certificate", "descendants_revoked": descendants }))
         .record(&mut tx)
         .await?;
-    let certificate = sqlx::query_as::<_, Certificate>(sqlx::AssertSqlSafe(format!(
-        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"
-    )))
-    .bind(&serial)
-    .fetch_one(&mut *tx)
-    .await?;
+    let certificate = certificates::find(&mut *tx, &serial)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     tx.commit().await?;
     tracing::info!(%serial, descendants = descendants.len(), "certificate revoked");
     Ok(axum::Json(certificate))
@@ -875,12 +690,11 @@ async fn transfer_device(
     Json(request): Json<TransferRequest>,
 ) -> Result<axum::Json<DeviceDetail>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let device: Option<(String, String)> =
-        sqlx::query_as("SELECT status, owner_id FROM devices WHERE id = $1 FOR UPDATE")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((status, previous)) = device else {
+    let Some(devices::Holder {
+        status,
+        owner: previous,
+    }) = devices::lock(&mut *tx, id.as_str()).await?
+    else {
         return Err(ApiError::not_found(
             "unknown_device",
             format!("no device {id}"),
@@ -892,21 +706,13 @@ async fn transfer_device(
             format!("device {id} is active; revoke it before transferring it"),
         ));
     }
-    let owner: Option<(String,)> = sqlx::query_as("SELECT id FROM users WHERE id = $1")
-        .bind(request.owner.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-    if owner.is_none() {
+    if !users::exists(&mut *tx, request.owner.as_str()).await? {
         return Err(ApiError::bad_request(
             "unknown_owner",
             format!("no user {}", request.owner),
         ));
     }
-    sqlx::query("UPDATE devices SET owner_id = $2 WHERE id = $1")
-        .bind(id.as_str())
-        .bind(request.owner.as_str())
-        .execute(&mut *tx)
-        .await?;
+    devices::transfer(&mut *tx, id.as_str(), request.owner.as_str()).await?;
     Event::new(EventType::Enrollment, "transferred")
         .device(id.as_str())
         .user(request.owner.as_str())

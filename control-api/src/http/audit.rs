@@ -6,23 +6,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use edgemesh_core::api::ErrorBody;
 use edgemesh_core::id::{DeviceId, UserId};
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::admin::ADMIN_401;
 use super::extract::Query;
 use super::{ApiError, AppState};
 use crate::audit::EventType;
+use crate::db::audit::{self, Cursor, Filter, Record};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -81,76 +79,12 @@ pub(crate) struct AuditQuery {
     format: Format,
 }
 
-/// A validated query.
-#[derive(Debug, Clone)]
-struct Filter {
-    device: Option<String>,
-    user: Option<String>,
-    service: Option<String>,
-    decision: Option<&'static str>,
-    event_type: Option<&'static str>,
-    since: Option<OffsetDateTime>,
-    until: Option<OffsetDateTime>,
-}
-
-/// Where a page ends: the (time, id) of its last record; the next page starts strictly after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cursor {
-    occurred_at: OffsetDateTime,
-    id: Uuid,
-}
-
-impl Cursor {
-    fn encode(self) -> String {
-        let micros = self.occurred_at.unix_timestamp_nanos() / 1000;
-        URL_SAFE_NO_PAD.encode(format!("{micros}.{}", self.id))
-    }
-
-    fn decode(s: &str) -> Option<Self> {
-        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
-        let (micros, id) = raw.split_once('.')?;
-        let micros: i128 = micros.parse().ok()?;
-        Some(Self {
-            occurred_at: OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?)
-                .ok()?,
-            id: Uuid::parse_str(id).ok()?,
-        })
-    }
-}
-
-/// One audited event: a decision (`authorization`) or a control-plane event.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct Record {
-    pub(crate) id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) occurred_at: OffsetDateTime,
-    pub(crate) event_type: String,
-    pub(crate) action: String,
-    pub(crate) device_id: Option<String>,
-    pub(crate) user_id: Option<String>,
-    pub(crate) role: Option<String>,
-    pub(crate) service: Option<String>,
-    pub(crate) method: Option<String>,
-    pub(crate) path: Option<String>,
-    pub(crate) decision: Option<String>,
-    pub(crate) reasons: Vec<String>,
-    pub(crate) policy_version: Option<String>,
-    pub(crate) certificate_serial: Option<String>,
-    pub(crate) latency_us: Option<i64>,
-    pub(crate) peer_address: Option<String>,
-    #[schema(value_type = Object)]
-    pub(crate) details: serde_json::Value,
-}
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AuditPage {
     records: Vec<Record>,
     /// The `cursor` of the next page; `null` on the last.
     next_cursor: Option<String>,
 }
-
-const COLUMNS: &str = "id, occurred_at, event_type, action, device_id, user_id, role, service, method, \
-     path, decision, reasons, policy_version, certificate_serial, latency_us, peer_address, details";
 
 const CSV_HEADER: &str = "id,occurred_at,event_type,action,device_id,user_id,role,service,method,path,\
      decision,reasons,policy_version,certificate_serial,latency_us,peer_address,details\r\n";
@@ -240,48 +174,6 @@ impl AuditQuery {
     }
 }
 
-/// One page of records, newest first, strictly after `cursor`.
-async fn fetch(
-    db: &PgPool,
-    filter: &Filter,
-    cursor: Option<Cursor>,
-    limit: i64,
-) -> Result<Vec<Record>, sqlx::Error> {
-    let mut sql =
-        QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM audit_log WHERE true"));
-    if let Some(device) = &filter.device {
-        sql.push(" AND device_id = ").push_bind(device.clone());
-    }
-    if let Some(user) = &filter.user {
-        sql.push(" AND user_id = ").push_bind(user.clone());
-    }
-    if let Some(service) = &filter.service {
-        sql.push(" AND service = ").push_bind(service.clone());
-    }
-    if let Some(decision) = filter.decision {
-        sql.push(" AND decision = ").push_bind(decision);
-    }
-    if let Some(event_type) = filter.event_type {
-        sql.push(" AND event_type = ").push_bind(event_type);
-    }
-    if let Some(since) = filter.since {
-        sql.push(" AND occurred_at >= ").push_bind(since);
-    }
-    if let Some(until) = filter.until {
-        sql.push(" AND occurred_at < ").push_bind(until);
-    }
-    if let Some(cursor) = cursor {
-        sql.push(" AND (occurred_at, id) < (")
-            .push_bind(cursor.occurred_at)
-            .push(", ")
-            .push_bind(cursor.id)
-            .push(")");
-    }
-    sql.push(" ORDER BY occurred_at DESC, id DESC LIMIT ")
-        .push_bind(limit);
-    sql.build_query_as::<Record>().fetch_all(db).await
-}
-
 /// The audit trail, newest first: a page (`format=json`) or an export of everything that matches.
 #[utoipa::path(get, path = "/audit", tag = "admin",
     security(("admin_token" = [])),
@@ -303,9 +195,9 @@ pub(crate) async fn query(
     let (filter, cursor, limit) = query.validate()?;
     match (query.format, limit) {
         (Format::Json, Some(limit)) => {
-            let records = fetch(&state.db, &filter, cursor, limit).await?;
+            let records = audit::page(&state.db, &filter, cursor, limit).await?;
             let next_cursor = (records.len() as i64 == limit)
-                .then(|| records.last().map(|r| cursor_of(r).encode()))
+                .then(|| records.last().map(|r| Cursor::after(r).encode()))
                 .flatten();
             Ok(axum::Json(AuditPage {
                 records,
@@ -316,7 +208,7 @@ pub(crate) async fn query(
         (format, limit) => {
             // The first chunk is read before answering, so a failing query is an error status rather
             // than a truncated 200.
-            let first = fetch(
+            let first = audit::page(
                 &state.db,
                 &filter,
                 cursor,
@@ -335,99 +227,11 @@ pub(crate) async fn page(
 ) -> Result<(Vec<Record>, Option<String>), ApiError> {
     let (filter, cursor, limit) = query.validate()?;
     let limit = limit.unwrap_or(DEFAULT_PAGE);
-    let records = fetch(db, &filter, cursor, limit).await?;
+    let records = audit::page(db, &filter, cursor, limit).await?;
     let next_cursor = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| cursor_of(r).encode()))
+        .then(|| records.last().map(|r| Cursor::after(r).encode()))
         .flatten();
     Ok((records, next_cursor))
-}
-
-/// A device's latest authorization decisions, newest first.
-pub(crate) async fn recent_decisions(
-    db: &PgPool,
-    device: &DeviceId,
-    limit: i64,
-) -> Result<Vec<Record>, sqlx::Error> {
-    let filter = Filter {
-        device: Some(device.as_str().to_owned()),
-        user: None,
-        service: None,
-        decision: None,
-        event_type: Some(EventType::Authorization.as_str()),
-        since: None,
-        until: None,
-    };
-    fetch(db, &filter, None, limit).await
-}
-
-/// Where a live feed is: the last decision it sent, by when PostgreSQL stored it.
-#[derive(Debug, Clone)]
-pub(crate) struct LiveCursor {
-    written_at: OffsetDateTime,
-    id: Uuid,
-}
-
-impl LiveCursor {
-    /// A feed that starts with what is stored from now on.
-    pub(crate) async fn now(db: &PgPool) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            written_at: sqlx::query_scalar("SELECT clock_timestamp()")
-                .fetch_one(db)
-                .await?,
-            id: Uuid::nil(),
-        })
-    }
-}
-
-/// The authorization decisions stored after `cursor`, oldest first, that match; moves the cursor on.
-/// Only decisions that happened within the last `window_secs` are looked at, so that the read stays
-/// on the primary key's newest entries however large the month's partition is. A row is read once it
-/// was stored [`LIVE_LAG_SECS`] ago: a writer's `COPY` commits its rows together, up to a window
-/// after the first was stored, and a feed that moved past them before the commit would never see them.
-pub(crate) async fn live(
-    db: &PgPool,
-    cursor: &mut LiveCursor,
-    window_secs: f64,
-    device: Option<&DeviceId>,
-    decision: Option<&str>,
-) -> Result<Vec<Record>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        record: Record,
-        written_at: OffsetDateTime,
-    }
-    let rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, written_at FROM audit_log
-         WHERE occurred_at > now() - make_interval(secs => $1) AND event_type = 'authorization'
-           AND (written_at, id) > ($2, $3)
-           AND written_at <= clock_timestamp() - make_interval(secs => $6)
-           AND ($4::text IS NULL OR device_id = $4) AND ($5::text IS NULL OR decision = $5)
-         ORDER BY written_at, id LIMIT 500"
-    )))
-    .bind(window_secs)
-    .bind(cursor.written_at)
-    .bind(cursor.id)
-    .bind(device.map(DeviceId::as_str))
-    .bind(decision)
-    .bind(LIVE_LAG_SECS)
-    .fetch_all(db)
-    .await?;
-    if let Some(last) = rows.last() {
-        cursor.written_at = last.written_at;
-        cursor.id = last.record.id;
-    }
-    Ok(rows.into_iter().map(|row| row.record).collect())
-}
-
-/// How long after being stored a decision is shown live (see [`live`]).
-const LIVE_LAG_SECS: f64 = 0.3;
-
-fn cursor_of(record: &Record) -> Cursor {
-    Cursor {
-        occurred_at: record.occurred_at,
-        id: record.id,
-    }
 }
 
 /// Streams `first` and the pages after it as NDJSON or CSV, at most `limit` records in all.
@@ -478,8 +282,8 @@ fn export(
             }
         }
         if more {
-            let cursor = page.last().map(cursor_of);
-            match fetch(
+            let cursor = page.last().map(Cursor::after);
+            match audit::page(
                 &state.db,
                 &state.filter,
                 cursor,
@@ -559,19 +363,6 @@ fn csv_cell(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let cursor = Cursor {
-            occurred_at: OffsetDateTime::from_unix_timestamp_nanos(1_763_800_000_123_456_000)
-                .expect("valid"),
-            id: Uuid::new_v4(),
-        };
-        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        for bad in ["", "not base64!", &URL_SAFE_NO_PAD.encode("12.not-a-uuid")] {
-            assert_eq!(Cursor::decode(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn csv_cells_are_quoted_and_formulas_neutralised() {

@@ -6,7 +6,6 @@ use axum::http::request::Parts;
 use edgemesh_core::api::{DeviceStanding, ErrorBody, IssuedCertificate, RenewRequest};
 use edgemesh_core::cert::CertInfo;
 use edgemesh_core::id::DeviceId;
-use sqlx::{PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -15,8 +14,8 @@ use utoipa_axum::routes;
 use super::extract::{Json, Peer};
 use super::{ApiError, AppState};
 use crate::audit::{Event, EventType};
-use crate::ca::Issued;
 use crate::csr::Csr;
+use crate::db::{certificates, devices};
 use crate::server::PeerCertificate;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -89,29 +88,22 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
                 "the client certificate names no device of this trust domain",
             )
         })?;
-        let row: Option<(String, bool, String)> = sqlx::query_as(
-            "SELECT c.device_id, coalesce(c.revoked_at <= now(), false), d.status
-             FROM certificates c JOIN devices d ON d.id = c.device_id
-             WHERE c.serial = $1 AND c.fingerprint = $2",
-        )
-        .bind(&info.serial)
-        .bind(info.fingerprint.to_string())
-        .fetch_optional(&state.db)
-        .await?;
-        match row {
+        let presented =
+            certificates::presented(&state.db, &info.serial, &info.fingerprint.to_string()).await?;
+        match presented {
             None => Err(ApiError::forbidden(
                 "unknown_certificate",
                 "the client certificate is not on record",
             )),
-            Some((owner, _, _)) if owner != device.as_str() => Err(ApiError::forbidden(
+            Some(c) if c.device_id != device.as_str() => Err(ApiError::forbidden(
                 "unknown_certificate",
                 "the client certificate is not on record for its device",
             )),
-            Some((_, true, _)) => Err(ApiError::forbidden(
+            Some(c) if c.revoked => Err(ApiError::forbidden(
                 "certificate_revoked",
                 "the client certificate is revoked",
             )),
-            Some((_, _, status)) if status != "active" => Err(ApiError::forbidden(
+            Some(c) if c.device_status != "active" => Err(ApiError::forbidden(
                 "device_revoked",
                 "the device is revoked",
             )),
@@ -121,31 +113,6 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
             }),
         }
     }
-}
-
-/// Stores a newly issued certificate, renewed from the certificate with serial `renewed_from` if any.
-pub async fn record_certificate(
-    tx: &mut Transaction<'static, Postgres>,
-    device: &DeviceId,
-    issued: &Issued,
-    renewed_from: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    let conn: &mut PgConnection = tx;
-    sqlx::query(
-        "INSERT INTO certificates
-             (serial, device_id, fingerprint, not_before, not_after, certificate_pem, renewed_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&issued.info.serial)
-    .bind(device.as_str())
-    .bind(issued.info.fingerprint.to_string())
-    .bind(issued.info.not_before)
-    .bind(issued.info.not_after)
-    .bind(&issued.pem)
-    .bind(renewed_from)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// How renewals are bounded.
@@ -189,36 +156,23 @@ async fn renew(
     let mut tx = state.db.begin().await?;
     // Lock the device, then the certificate: a revocation of either racing this renewal either
     // precedes it (and the renewal is refused) or waits for it (and then revokes the successor too).
-    let status: Option<(String,)> =
-        sqlx::query_as("SELECT status FROM devices WHERE id = $1 FOR UPDATE")
-            .bind(caller.device.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-    if !matches!(status, Some((ref s,)) if s == "active") {
+    let holder = devices::lock(&mut *tx, caller.device.as_str()).await?;
+    if holder.is_none_or(|h| h.status != "active") {
         return Err(ApiError::forbidden(
             "device_revoked",
             "the device is revoked",
         ));
     }
-    let (revoked,): (bool,) = sqlx::query_as(
-        "SELECT coalesce(revoked_at <= now(), false) FROM certificates WHERE serial = $1 FOR UPDATE",
-    )
-    .bind(&caller.serial)
-    .fetch_one(&mut *tx)
-    .await?;
+    let revoked = certificates::lock_revoked(&mut *tx, &caller.serial)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     if revoked {
         return Err(ApiError::forbidden(
             "certificate_revoked",
             "the client certificate is revoked",
         ));
     }
-    let successor: Option<(String, OffsetDateTime)> = sqlx::query_as(
-        "SELECT certificate_pem, not_after FROM certificates WHERE renewed_from = $1",
-    )
-    .bind(&caller.serial)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some((pem, not_after)) = successor {
+    if let Some((pem, not_after)) = certificates::successor(&mut *tx, &caller.serial).await? {
         return if certifies_key(&pem, csr.public_key_raw()) {
             Ok(axum::Json(IssuedCertificate {
                 device_id: caller.device.to_string(),
@@ -236,14 +190,8 @@ async fn renew(
             ))
         };
     }
-    let recent: Option<(i64, Option<OffsetDateTime>)> = sqlx::query_as(
-        "SELECT count(*), min(issued_at) FROM certificates
-         WHERE device_id = $1 AND renewed_from IS NOT NULL AND issued_at > now() - interval '1 hour'",
-    )
-    .bind(caller.device.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some((count, Some(oldest))) = recent
+    if let (count, Some(oldest)) =
+        certificates::renewals_last_hour(&mut *tx, caller.device.as_str()).await?
         && count >= state.renewal.per_hour
     {
         let wait = (oldest + time::Duration::HOUR - OffsetDateTime::now_utc()).whole_seconds();
@@ -261,17 +209,16 @@ async fn renew(
         &csr,
         state.cert_validity,
     )?;
-    record_certificate(&mut tx, &caller.device, &issued, Some(&caller.serial)).await?;
-    let retires_at = OffsetDateTime::now_utc() + state.renewal.overlap;
-    sqlx::query(
-        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3
-         WHERE serial = $1 AND revoked_at IS NULL",
+    certificates::insert(
+        &mut *tx,
+        caller.device.as_str(),
+        &issued,
+        Some(&caller.serial),
     )
-    .bind(&caller.serial)
-    .bind(retires_at)
-    .bind(format!("superseded by {}", issued.info.serial))
-    .execute(&mut *tx)
     .await?;
+    let retires_at = OffsetDateTime::now_utc() + state.renewal.overlap;
+    let superseded = format!("superseded by {}", issued.info.serial);
+    certificates::retire(&mut *tx, &caller.serial, retires_at, &superseded).await?;
     Event::new(EventType::Renewal, "created")
         .device(caller.device.as_str())
         .serial(&issued.info.serial)

@@ -14,6 +14,8 @@ use super::extract::{Json, Peer, bearer};
 use super::{ApiError, AppState, bounded_text};
 use crate::audit::{Event, EventType};
 use crate::csr::Csr;
+use crate::db::tokens::{self, Standing};
+use crate::db::{certificates, devices};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -147,14 +149,7 @@ async fn admit(
     let token_hash = Sha256::digest(token.as_bytes()).to_vec();
 
     // Refuse an unusable token before anything costly (the CSR's signature), without taking a lock.
-    let owner: Option<(String,)> = sqlx::query_as(
-        "SELECT owner_id FROM enrollment_tokens
-         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now() AND uses < max_uses",
-    )
-    .bind(&token_hash)
-    .fetch_optional(&state.db)
-    .await?;
-    let Some((owner,)) = owner else {
+    let Some(owner) = tokens::usable_owner(&state.db, &token_hash).await? else {
         return Err(why_unusable(state, &token_hash).await);
     };
     let csr = Csr::from_pem(&body.csr_pem)
@@ -165,36 +160,20 @@ async fn admit(
         .issue_device(&device, &state.trust_domain, &csr, state.cert_validity)?;
 
     let mut tx = state.db.begin().await?;
-    // A new device, or a revoked one enrolling again for the same owner (upstreams key data on the
-    // device id: another owner's token must not inherit it). An active device keeps its identity (409).
-    // A new enrolment starts as never reported: health belongs to an enrolment, not to the id.
-    let admitted: Option<(String,)> = sqlx::query_as(
-        "INSERT INTO devices (id, owner_id, device_type, os, os_version)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET
-             device_type = excluded.device_type, os = excluded.os,
-             os_version = excluded.os_version, status = 'active', enrolled_at = now(),
-             last_seen_at = NULL, revoked_at = NULL, health_status = 'unknown',
-             health_reasons = '{}', last_health_at = NULL
-         WHERE devices.status = 'revoked' AND devices.owner_id = excluded.owner_id
-         RETURNING id",
-    )
-    .bind(device.as_str())
-    .bind(&owner)
-    .bind(&body.device_type)
-    .bind(&body.os)
-    .bind(&body.os_version)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if admitted.is_none() {
-        let holder: Option<(String, String)> =
-            sqlx::query_as("SELECT status, owner_id FROM devices WHERE id = $1")
-                .bind(device.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+    // A new device, or a revoked one enrolling again for the same owner; an active device keeps its
+    // identity (409).
+    let enrolment = devices::Enrolment {
+        id: device.as_str(),
+        owner: &owner,
+        device_type: &body.device_type,
+        os: &body.os,
+        os_version: &body.os_version,
+    };
+    if !devices::admit(&mut *tx, &enrolment).await? {
+        let holder = devices::lock(&mut *tx, device.as_str()).await?;
         tx.rollback().await?;
         return Err(match holder {
-            Some((status, _)) if status == "active" => ApiError::conflict(
+            Some(holder) if holder.status == "active" => ApiError::conflict(
                 "device_exists",
                 format!(
                     "device {device} is already enrolled and active; revoke it first to enroll it again"
@@ -209,21 +188,11 @@ async fn admit(
             ),
         });
     }
-    super::device::record_certificate(&mut tx, &device, &issued, None).await?;
-    // Consuming a use is one conditional UPDATE, last before commit: concurrent enrollments with a
-    // one-use token serialise on its row lock and exactly one of them sees `uses < max_uses`; the
-    // others roll back their device and certificate.
-    let consumed: Option<(uuid::Uuid,)> = sqlx::query_as(
-        "UPDATE enrollment_tokens SET uses = uses + 1
-         WHERE token_hash = $1 AND owner_id = $2 AND revoked_at IS NULL AND expires_at > now()
-           AND uses < max_uses
-         RETURNING id",
-    )
-    .bind(&token_hash)
-    .bind(&owner)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((token_id,)) = consumed else {
+    certificates::insert(&mut *tx, device.as_str(), &issued, None).await?;
+    // Consuming a use comes last before commit: of concurrent enrolments with a one-use token
+    // exactly one gets it; the others roll back their device and certificate.
+    let consumed = tokens::consume(&mut *tx, &token_hash, &owner).await?;
+    let Some(token_id) = consumed else {
         tx.rollback().await?;
         return Err(why_unusable(state, &token_hash).await);
     };
@@ -256,19 +225,14 @@ async fn admit(
 
 /// Why a token could not be used, for a refusal the device operator can act on.
 async fn why_unusable(state: &AppState, token_hash: &[u8]) -> ApiError {
-    let row: Result<Option<(bool, bool)>, _> = sqlx::query_as(
-        "SELECT revoked_at IS NOT NULL, expires_at <= now() FROM enrollment_tokens WHERE token_hash = $1",
-    )
-    .bind(token_hash)
-    .fetch_optional(&state.db)
-    .await;
-    match row {
+    let standing = tokens::standing(&state.db, token_hash).await;
+    match standing {
         Err(e) => e.into(),
         Ok(None) => ApiError::unauthorized("invalid_token", "the enrollment token is not known"),
-        Ok(Some((true, _))) => {
+        Ok(Some(Standing { revoked: true, .. })) => {
             ApiError::forbidden("token_revoked", "the enrollment token was revoked")
         }
-        Ok(Some((_, true))) => {
+        Ok(Some(Standing { expired: true, .. })) => {
             ApiError::forbidden("token_expired", "the enrollment token has expired")
         }
         Ok(Some(_)) => {

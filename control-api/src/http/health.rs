@@ -19,6 +19,8 @@ use super::device::{AuthenticatedDevice, CERTIFICATE_401};
 use super::extract::{Json, Path, Peer, Query};
 use super::{ApiError, AppState, bounded_text};
 use crate::audit::{Event, EventType};
+use crate::db::devices;
+use crate::db::health::{self, StoredReport};
 
 /// A report may be dated at most this far ahead of the server's clock.
 const MAX_CLOCK_AHEAD: time::Duration = time::Duration::minutes(5);
@@ -119,13 +121,9 @@ async fn report(
     validate(&report, &caller.device, now)?;
 
     let mut tx = state.db.begin().await?;
-    let stored: Option<(String, String)> = sqlx::query_as(
-        "SELECT os, os_version FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
-    )
-    .bind(caller.device.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((stored_os, stored_os_version)) = stored else {
+    let Some((stored_os, stored_os_version)) =
+        devices::lock_active_os(&mut *tx, caller.device.as_str()).await?
+    else {
         return Err(ApiError::forbidden(
             "device_revoked",
             "the device is revoked",
@@ -157,46 +155,23 @@ async fn report(
     } else {
         decision.reasons
     };
-    sqlx::query(
-        "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage,
-             memory_usage, disk_usage, os, os_version, kernel, uptime_seconds, disk_encrypted,
-             os_patches_current, antivirus_enabled, firewall_enabled, agent_version, status, reasons)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    health::insert(
+        &mut *tx,
+        caller.device.as_str(),
+        &caller.serial,
+        &report,
+        status,
+        &reasons,
     )
-    .bind(caller.device.as_str())
-    .bind(&caller.serial)
-    .bind(report.collected_at)
-    .bind(report.cpu_usage)
-    .bind(report.memory_usage)
-    .bind(report.disk_usage)
-    .bind(&report.os)
-    .bind(&report.os_version)
-    .bind(&report.kernel)
-    .bind(report.uptime_seconds.and_then(|u| i64::try_from(u).ok()))
-    .bind(report.disk_encrypted)
-    .bind(report.os_patches_current)
-    .bind(report.antivirus_enabled)
-    .bind(report.firewall_enabled)
-    .bind(&report.agent_version)
-    .bind(status)
-    .bind(&reasons)
-    .execute(&mut *tx)
     .await?;
-    // The device's health is as old as its measurement: a report collected long ago is not fresh.
-    sqlx::query(
-        "UPDATE devices SET health_status = $2, health_reasons = $3,
-             last_health_at = LEAST($4, now()), last_seen_at = now(),
-             os = COALESCE($5, os), os_version = COALESCE($6, os_version)
-         WHERE id = $1",
-    )
-    .bind(caller.device.as_str())
-    .bind(status)
-    .bind(&reasons)
-    .bind(report.collected_at)
-    .bind(&report.os)
-    .bind(&report.os_version)
-    .execute(&mut *tx)
-    .await?;
+    let verdict = devices::Verdict {
+        status,
+        reasons: &reasons,
+        collected_at: report.collected_at,
+        os: report.os.as_deref(),
+        os_version: report.os_version.as_deref(),
+    };
+    devices::record_verdict(&mut *tx, caller.device.as_str(), &verdict).await?;
     Event::new(EventType::Health, "reported")
         .device(caller.device.as_str())
         .serial(&caller.serial)
@@ -227,30 +202,6 @@ pub(crate) struct HistoryQuery {
     pub(crate) limit: Option<i64>,
 }
 
-/// A stored health report with the verdict it got.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub(crate) struct StoredReport {
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) received_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) collected_at: OffsetDateTime,
-    pub(crate) certificate_serial: String,
-    pub(crate) cpu_usage: Option<f64>,
-    pub(crate) memory_usage: Option<f64>,
-    pub(crate) disk_usage: Option<f64>,
-    pub(crate) os: Option<String>,
-    pub(crate) os_version: Option<String>,
-    pub(crate) kernel: Option<String>,
-    pub(crate) uptime_seconds: Option<i64>,
-    pub(crate) disk_encrypted: Option<bool>,
-    pub(crate) os_patches_current: Option<bool>,
-    pub(crate) antivirus_enabled: Option<bool>,
-    pub(crate) firewall_enabled: Option<bool>,
-    pub(crate) agent_version: String,
-    pub(crate) status: String,
-    pub(crate) reasons: Vec<String>,
-}
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct HealthHistory {
     device_id: DeviceId,
@@ -279,26 +230,13 @@ pub(crate) async fn history(
             format!("limit must be between 1 and {MAX_HISTORY}"),
         ));
     }
-    let known: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_optional(&state.db)
-        .await?;
-    if known.is_none() {
+    if !devices::exists(&state.db, id.as_str()).await? {
         return Err(ApiError::not_found(
             "unknown_device",
             format!("no device {id}"),
         ));
     }
-    let reports = sqlx::query_as::<_, StoredReport>(
-        "SELECT received_at, collected_at, certificate_serial, cpu_usage, memory_usage, disk_usage,
-                os, os_version, kernel, uptime_seconds, disk_encrypted, os_patches_current,
-                antivirus_enabled, firewall_enabled, agent_version, status, reasons
-         FROM health_reports WHERE device_id = $1 ORDER BY id DESC LIMIT $2",
-    )
-    .bind(id.as_str())
-    .bind(limit)
-    .fetch_all(&state.db)
-    .await?;
+    let reports = health::history(&state.db, id.as_str(), limit).await?;
     Ok(axum::Json(HealthHistory {
         device_id: id,
         reports,

@@ -120,10 +120,7 @@ struct Liveness {
 ))]
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let version = env!("CARGO_PKG_VERSION");
-    match sqlx::query_scalar::<_, String>("SHOW server_version")
-        .fetch_one(&state.db)
-        .await
-    {
+    match crate::db::server_version(&state.db).await {
         Ok(database_version) => (
             StatusCode::OK,
             axum::Json(Liveness {

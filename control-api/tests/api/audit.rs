@@ -407,12 +407,12 @@ async fn metrics_count_enrollments_and_health(db: PgPool) {
         .await
         .expect("text");
     for line in [
-        "edgemesh_device_enrollments_total{result=\"enrolled\"} 1",
-        "edgemesh_device_enrollments_total{result=\"refused\"} 0",
-        "edgemesh_device_enrollments_total{result=\"rate_limited\"} 0",
-        "edgemesh_health_checks_total{status=\"unhealthy\"} 1",
-        "edgemesh_devices_total{status=\"active\"} 1",
-        "edgemesh_unhealthy_devices 1",
+        "edgemesh_control_api_enrollments_total{result=\"enrolled\"} 1",
+        "edgemesh_control_api_enrollments_total{result=\"refused\"} 0",
+        "edgemesh_control_api_enrollments_total{result=\"rate_limited\"} 0",
+        "edgemesh_control_api_health_reports_total{status=\"unhealthy\"} 1",
+        "edgemesh_control_api_devices{status=\"active\"} 1",
+        "edgemesh_control_api_unhealthy_devices 1",
         "edgemesh_control_api_database_up 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -406,14 +406,17 @@ async fn certificates_close_to_expiry_are_counted_at_start_and_shown(db: PgPool)
             .expect("text");
         if let Some(line) = text
             .lines()
-            .find(|l| l.starts_with("edgemesh_certificates_expiring{"))
+            .find(|l| l.starts_with("edgemesh_control_api_certificates_expiring{"))
         {
             metric = line.to_owned();
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(metric, r#"edgemesh_certificates_expiring{within="7d"} 1"#);
+    assert_eq!(
+        metric,
+        r#"edgemesh_control_api_certificates_expiring{within="7d"} 1"#
+    );
 
     let (cookie, _) = signed_in(&app).await;
     let fleet = page(&app, &cookie, "/ui/fleet").await;

@@ -156,18 +156,21 @@ async fn every_decision_through_envoy_is_audited_once_and_found_by_the_audit_api
     // The audit writer's metrics moved with the traffic; nothing needed shipping from the spool.
     let metrics = stack.ext_authz_metrics().await;
     assert_eq!(
-        metric(&metrics, "edgemesh_audit_records_written_total"),
+        metric(&metrics, "edgemesh_ext_authz_audit_records_written_total"),
         60.0
     );
     assert_eq!(
-        metric(&metrics, "edgemesh_audit_records_replayed_total"),
+        metric(&metrics, "edgemesh_ext_authz_audit_records_replayed_total"),
         0.0
     );
-    assert_eq!(metric(&metrics, "edgemesh_audit_queue_depth"), 0.0);
+    assert_eq!(
+        metric(&metrics, "edgemesh_ext_authz_audit_queue_depth"),
+        0.0
+    );
     assert_eq!(
         metric(
             &metrics,
-            "edgemesh_authorization_decisions_total{decision=\"deny\",reason=\"role\",service=\"database\"}"
+            "edgemesh_ext_authz_decisions_total{decision=\"deny\",reason=\"role\",service=\"database\"}"
         ),
         30.0
     );
@@ -214,8 +217,8 @@ async fn decisions_made_while_postgres_is_down_are_spooled_and_replayed_exactly_
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
         let metrics = stack.ext_authz_metrics().await;
-        if metric(&metrics, "edgemesh_audit_spool_bytes") == 0.0
-            && metric(&metrics, "edgemesh_audit_records_replayed_total") > 0.0
+        if metric(&metrics, "edgemesh_ext_authz_audit_spool_bytes") == 0.0
+            && metric(&metrics, "edgemesh_ext_authz_audit_records_replayed_total") > 0.0
         {
             break metrics;
         }
@@ -231,12 +234,15 @@ async fn decisions_made_while_postgres_is_down_are_spooled_and_replayed_exactly_
     assert_eq!(unique.len(), stored.len(), "no decision is stored twice");
     assert_eq!(stored.len(), decisions.len(), "one record per decision");
     assert_eq!(unique, decisions.iter().collect::<HashSet<_>>());
-    let replayed = metric(&metrics, "edgemesh_audit_records_replayed_total");
+    let replayed = metric(&metrics, "edgemesh_ext_authz_audit_records_replayed_total");
     assert!(
         replayed > 0.0,
         "the outage was shipped from the spool:\n{metrics}"
     );
-    assert_eq!(metric(&metrics, "edgemesh_audit_records_lost_total"), 0.0);
+    assert_eq!(
+        metric(&metrics, "edgemesh_ext_authz_audit_records_lost_total"),
+        0.0
+    );
     eprintln!(
         "postgres outage: {} decisions ({statuses:?}), {replayed} shipped from the spool",
         decisions.len()
@@ -291,11 +297,14 @@ async fn a_spool_with_a_torn_last_line_is_trimmed_and_ext_authz_keeps_answering(
     assert_eq!(stored.len(), 7, "two from the spool, five new");
     let metrics = stack.ext_authz_metrics().await;
     assert_eq!(
-        metric(&metrics, "edgemesh_audit_spool_torn_total"),
+        metric(&metrics, "edgemesh_ext_authz_audit_spool_torn_total"),
         1.0,
         "{metrics}"
     );
-    assert_eq!(metric(&metrics, "edgemesh_audit_records_lost_total"), 0.0);
+    assert_eq!(
+        metric(&metrics, "edgemesh_ext_authz_audit_records_lost_total"),
+        0.0
+    );
 }
 
 /// `kill -9` of ext-authz under load through Envoy, then a restart: every decision whose answer a

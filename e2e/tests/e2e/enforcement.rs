@@ -95,9 +95,7 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
         metrics
             .lines()
             .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "edgemesh_authorization_decisions_total{{{labels}}} "
-                ))
+                l.strip_prefix(&format!("edgemesh_ext_authz_decisions_total{{{labels}}} "))
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
@@ -112,7 +110,7 @@ async fn a_healthy_admin_reaches_the_database_and_the_upstream_sees_who(
         2.0
     );
     assert!(
-        metrics.contains("edgemesh_authorization_latency_seconds_count 6"),
+        metrics.contains("edgemesh_ext_authz_decision_latency_seconds_count 6"),
         "{metrics}"
     );
 }
@@ -433,7 +431,8 @@ async fn a_broken_policy_does_not_replace_the_working_one(
     // The broken file has been read and refused (its metric says so) before the next request.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stack.ext_authz_metrics().await.lines().any(|l| {
-        l.starts_with("edgemesh_policy_reloads_total{result=\"refused\"}") && !l.ends_with(" 0")
+        l.starts_with("edgemesh_ext_authz_policy_reloads_total{result=\"refused\"}")
+            && !l.ends_with(" 0")
     }) {
         assert!(
             Instant::now() < deadline,

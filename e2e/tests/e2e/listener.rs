@@ -74,7 +74,7 @@ async fn a_revocation_behind_a_frozen_listener_is_enforced_within_the_heartbeat_
     }
     let metrics = stack.ext_authz_metrics().await;
     assert!(
-        metrics.contains("edgemesh_authz_notify_heartbeat_age_seconds"),
+        metrics.contains("edgemesh_ext_authz_notify_heartbeat_age_seconds"),
         "{metrics}"
     );
 

@@ -103,20 +103,20 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export(
 
     // The seed plan's names and the ones the issue asks for are all there.
     for name in [
-        "edgemesh_devices_total",
-        "edgemesh_device_enrollments_total",
-        "edgemesh_authorization_decisions_total",
-        "edgemesh_authorization_latency_seconds_bucket",
-        "edgemesh_health_checks_total",
-        "edgemesh_unhealthy_devices",
-        "edgemesh_authz_cache_hits_total",
-        "edgemesh_authz_cache_misses_total",
-        "edgemesh_authz_cache_invalidations_total",
-        "edgemesh_policy_reloads_total",
-        "edgemesh_audit_queue_depth",
-        "edgemesh_audit_spool_torn_total",
-        "edgemesh_authz_notify_heartbeat_age_seconds",
-        "edgemesh_audit_records_replayed_total",
+        "edgemesh_control_api_devices",
+        "edgemesh_control_api_enrollments_total",
+        "edgemesh_ext_authz_decisions_total",
+        "edgemesh_ext_authz_decision_latency_seconds_bucket",
+        "edgemesh_control_api_health_reports_total",
+        "edgemesh_control_api_unhealthy_devices",
+        "edgemesh_ext_authz_cache_hits_total",
+        "edgemesh_ext_authz_cache_misses_total",
+        "edgemesh_ext_authz_cache_invalidations_total",
+        "edgemesh_ext_authz_policy_reloads_total",
+        "edgemesh_ext_authz_audit_queue_depth",
+        "edgemesh_ext_authz_audit_spool_torn_total",
+        "edgemesh_ext_authz_notify_heartbeat_age_seconds",
+        "edgemesh_ext_authz_audit_records_replayed_total",
     ] {
         assert!(names.contains(name), "{name} is not exported");
     }

@@ -163,17 +163,34 @@ pub async fn least_privilege_urls(database_url: &str) -> (String, String) {
     for (prefix, group) in [("ca", "edgemesh_control_api"), ("ea", "edgemesh_ext_authz")] {
         let login = format!("{prefix}_{tag}");
         let password = uuid::Uuid::new_v4().simple().to_string();
-        // Roles are per cluster: one per test database, made again if a database name recurs.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DO $$ BEGIN
-                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{login}') THEN
-                     ALTER ROLE {login} LOGIN PASSWORD '{password}';
+        // Roles are per cluster: one per test database, made again if a database name recurs. DDL
+        // takes no parameters: they go in as settings of the session, which the block quotes.
+        let mut conn = pool.acquire().await.expect("a connection");
+        sqlx::query(
+            "SELECT set_config('edgemesh.login', $1, false), set_config('edgemesh.password', $2, false),
+                    set_config('edgemesh.group', $3, false)",
+        )
+        .bind(&login)
+        .bind(&password)
+        .bind(group)
+        .execute(&mut *conn)
+        .await
+        .expect("login settings");
+        sqlx::query(
+            "DO $$
+             DECLARE
+                 login text := current_setting('edgemesh.login');
+                 password text := current_setting('edgemesh.password');
+             BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = login) THEN
+                     EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', login, password);
                  ELSE
-                     CREATE ROLE {login} LOGIN PASSWORD '{password}' IN ROLE {group};
+                     EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I', login, password,
+                                    current_setting('edgemesh.group'));
                  END IF;
-             END $$"
-        )))
-        .execute(&pool)
+             END $$",
+        )
+        .execute(&mut *conn)
         .await
         .expect("login role");
         let (scheme_user, host) = database_url.split_once('@').expect("a user");

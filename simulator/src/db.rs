@@ -1,0 +1,128 @@
+//! The benches' writes straight into the database (checked against the migrations at compile time,
+//! like the services' queries): a synthetic audit trail, and a fleet issued in bulk.
+
+use edgemesh_core::cert::CertInfo;
+use sqlx::{PgExecutor, PgPool};
+
+/// The synthetic decisions already stored (their policy version is `bench`).
+pub async fn bench_records(db: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM audit_log
+           WHERE event_type = 'authorization' AND policy_version = 'bench'"#
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The partitions of this month and the three before it, as production would have them.
+pub async fn recent_partitions(db: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "SELECT edgemesh_audit_partition(((now() AT TIME ZONE 'UTC') - make_interval(months => m))::date)
+         FROM generate_series(0, 3) AS m"
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(())
+}
+
+/// `count` synthetic decisions numbered from `first`, spread over `devices` devices, 500 owners, four
+/// services and the last 90 days; one in five a deny.
+pub async fn insert_bench_records(
+    db: &PgPool,
+    first: i64,
+    devices: i64,
+    count: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
+             service, method, path, decision, reasons, policy_version, latency_us)
+         SELECT gen_random_uuid(), now() - random() * interval '90 days', 'authorization', 'check',
+             'bench-' || (i % $2), 'owner-' || (i % 500), 'developer',
+             (ARRAY['api', 'database', 'storage', 'analytics'])[1 + i % 4], 'GET',
+             '/api/items/' || i, CASE WHEN i % 5 = 0 THEN 'deny' ELSE 'allow' END,
+             CASE WHEN i % 5 = 0 THEN ARRAY['antivirus is not enabled'] ELSE '{}'::text[] END,
+             'bench', 80
+         FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
+        first,
+        devices,
+        count
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Fresh planner statistics after a bulk insert.
+pub async fn analyze_audit(db: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!("ANALYZE audit_log").execute(db).await?;
+    Ok(())
+}
+
+/// The owner of the bulk fleet, an admin.
+pub async fn bench_admin(db: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO users (id, email, role) VALUES ('bench-admin', 'bench-admin@bench.invalid', 'admin')
+         ON CONFLICT DO NOTHING"
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A device of the bulk fleet: its id, its certificate and what was read from it.
+pub struct Seeded {
+    pub id: String,
+    pub cert_pem: String,
+    pub info: CertInfo,
+}
+
+/// Enrols `devices` for `bench-admin`, each with its certificate and a healthy report, in one
+/// transaction.
+pub async fn insert_fleet(db: &PgPool, devices: &[Seeded]) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    let serials: Vec<&str> = devices.iter().map(|d| d.info.serial.as_str()).collect();
+    let fingerprints: Vec<String> = devices
+        .iter()
+        .map(|d| d.info.fingerprint.to_string())
+        .collect();
+    let not_before: Vec<_> = devices.iter().map(|d| d.info.not_before).collect();
+    let not_after: Vec<_> = devices.iter().map(|d| d.info.not_after).collect();
+    let pems: Vec<&str> = devices.iter().map(|d| d.cert_pem.as_str()).collect();
+    let mut tx = db.begin().await?;
+    insert_devices(&mut *tx, &ids).await?;
+    sqlx::query!(
+        "INSERT INTO certificates (serial, device_id, fingerprint, not_before, not_after, certificate_pem)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])",
+        &serials as &[&str],
+        &ids as &[&str],
+        &fingerprints,
+        &not_before,
+        &not_after,
+        &pems as &[&str]
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage, memory_usage,
+             disk_usage, os, os_version, disk_encrypted, os_patches_current, antivirus_enabled,
+             firewall_enabled, agent_version, status)
+         SELECT d, s, now(), 20, 40, 50, 'debian', '12', true, true, true, true, 'bench', 'healthy'
+         FROM UNNEST($1::text[], $2::text[]) AS t(d, s)",
+        &ids as &[&str],
+        &serials as &[&str]
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+async fn insert_devices(db: impl PgExecutor<'_>, ids: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO devices (id, owner_id, device_type, os, os_version, health_status, last_health_at)
+         SELECT id, 'bench-admin', 'bench', 'debian', '12', 'healthy', now() FROM UNNEST($1::text[]) AS id",
+        ids as &[&str]
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
