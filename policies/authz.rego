@@ -1,7 +1,7 @@
 # EdgeMesh authorization: may this device, in its current health, owned by this user, use this service now?
 #
-# The decision is `allow` (default false) and, for a deny, `reasons`: one human-readable sentence per
-# failed check. Every check is written positively ("this is known to be fine"), so a missing or unknown
+# The decision is `allow` (default false) and, for a deny, `reasons`: one `{"code", "message"}` object
+# per failed check, a short code that metrics and clients match on and a sentence for people. Every check is written positively ("this is known to be fine"), so a missing or unknown
 # value fails it: the policy fails closed. The input document is described in README.md.
 package edgemesh.authz
 
@@ -39,14 +39,14 @@ certificate_ok if input.certificate.revoked == false
 
 device_active if input.device.status == "active"
 
-reasons contains "no usable device identity in the client certificate" if not identity_ok
+reasons contains {"code": "no_identity", "message": "no usable device identity in the client certificate"} if not identity_ok
 
-reasons contains "the client certificate is revoked" if {
+reasons contains {"code": "revoked", "message": "the client certificate is revoked"} if {
 	identity_ok
 	not certificate_ok
 }
 
-reasons contains sprintf("device %s is not active", [input.device.id]) if {
+reasons contains {"code": "device_inactive", "message": sprintf("device %s is not active", [input.device.id])} if {
 	identity_ok
 	not device_active
 }
@@ -63,18 +63,18 @@ health_fresh if {
 	input.health.age_seconds <= max_health_age_seconds
 }
 
-reasons contains "the device has never reported its health" if not health_reported
+reasons contains {"code": "never_reported", "message": "the device has never reported its health"} if not health_reported
 
-reasons contains sprintf("the device's health is stale: last report %d s ago, maximum %d s", [
+reasons contains {"code": "stale_health", "message": sprintf("the device's health is stale: last report %d s ago, maximum %d s", [
 	input.health.age_seconds,
 	max_health_age_seconds,
-]) if {
+])} if {
 	health_reported
 	is_number(input.health.age_seconds)
 	not health_fresh
 }
 
-reasons contains "the device's health report has no age (health.age_seconds)" if {
+reasons contains {"code": "no_health_age", "message": "the device's health report has no age (health.age_seconds)"} if {
 	health_reported
 	not is_number(input.health.age_seconds)
 }
@@ -95,17 +95,17 @@ service_roles := {
 
 role_permitted if input.user.role in service_roles[input.service]
 
-reasons contains "the device's owner has no known role" if not is_string(input.user.role)
+reasons contains {"code": "no_role", "message": "the device's owner has no known role"} if not is_string(input.user.role)
 
-reasons contains sprintf("role %s may not use service %s", [input.user.role, input.service]) if {
+reasons contains {"code": "role", "message": sprintf("role %s may not use service %s", [input.user.role, input.service])} if {
 	is_string(input.user.role)
 	input.service in object.keys(service_roles)
 	not role_permitted
 }
 
-reasons contains "the route names no service (the context extension `service`)" if not is_string(input.service)
+reasons contains {"code": "no_service", "message": "the route names no service (the context extension `service`)"} if not is_string(input.service)
 
-reasons contains sprintf("unknown service %v", [input.service]) if {
+reasons contains {"code": "unknown_service", "message": sprintf("unknown service %v", [input.service])} if {
 	is_string(input.service)
 	not input.service in object.keys(service_roles)
 }
@@ -125,7 +125,7 @@ time_permitted if input.user.role == "admin"
 
 time_permitted if business_hours
 
-reasons contains sprintf("outside business hours (Mon-Fri 09:00-17:00 %s) for role %s", [timezone, input.user.role]) if {
+reasons contains {"code": "business_hours", "message": sprintf("outside business hours (Mon-Fri 09:00-17:00 %s) for role %s", [timezone, input.user.role])} if {
 	is_string(input.user.role)
 	not time_permitted
 }

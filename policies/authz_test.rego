@@ -41,30 +41,30 @@ test_healthy_developer_in_business_hours_is_allowed if {
 
 test_unhealthy_device_is_denied_with_each_reason if {
 	cases := [
-		["antivirus_enabled", false, "antivirus is not enabled"],
-		["os_patches_current", false, "OS security patches are not current"],
-		["disk_encrypted", false, "disk encryption is not enabled"],
-		["cpu_usage", 95, "CPU usage is 90% or more"],
-		["memory_usage", 90, "memory usage is 90% or more"],
-		["antivirus_enabled", null, "antivirus is not enabled"],
+		["antivirus_enabled", false, "antivirus", "antivirus is not enabled"],
+		["os_patches_current", false, "os_patches", "OS security patches are not current"],
+		["disk_encrypted", false, "disk_encryption", "disk encryption is not enabled"],
+		["cpu_usage", 95, "cpu_usage", "CPU usage is 90% or more"],
+		["memory_usage", 90, "memory_usage", "memory usage is 90% or more"],
+		["antivirus_enabled", null, "antivirus", "antivirus is not enabled"],
 	]
 	every case in cases {
 		inp := with_health(case[0], case[1])
 		not authz.allow with input as inp
-		case[2] in authz.reasons with input as inp
+		{"code": case[2], "message": case[3]} in authz.reasons with input as inp
 	}
 }
 
 test_never_reported_is_denied_once if {
 	inp := object.remove(base, ["health"])
 	not authz.allow with input as inp
-	authz.reasons == {"the device has never reported its health"} with input as inp
+	authz.reasons == {{"code": "never_reported", "message": "the device has never reported its health"}} with input as inp
 }
 
 test_stale_health_is_denied if {
 	inp := with_health("age_seconds", 301)
 	not authz.allow with input as inp
-	"the device's health is stale: last report 301 s ago, maximum 300 s" in authz.reasons with input as inp
+	{"code": "stale_health", "message": "the device's health is stale: last report 301 s ago, maximum 300 s"} in authz.reasons with input as inp
 }
 
 test_roles_and_services if {
@@ -81,25 +81,31 @@ test_roles_and_services if {
 		(authz.allow == case[2]) with input as inp
 	}
 	analyst := object.union(base, {"user": {"id": "u", "role": "analyst"}, "service": "database"})
-	"role analyst may not use service database" in authz.reasons with input as analyst
+	{"code": "role", "message": "role analyst may not use service database"} in authz.reasons with input as analyst
 }
 
 test_unknown_service_is_denied if {
 	inp := object.union(base, {"service": "payroll"})
 	not authz.allow with input as inp
-	"unknown service payroll" in authz.reasons with input as inp
+	{"code": "unknown_service", "message": "unknown service payroll"} in authz.reasons with input as inp
+}
+
+test_an_owner_without_a_role_is_denied if {
+	inp := object.union(object.remove(base, ["user"]), {"user": {"id": "u"}})
+	not authz.allow with input as inp
+	{"code": "no_role", "message": "the device's owner has no known role"} in authz.reasons with input as inp
 }
 
 test_a_route_without_a_service_is_denied if {
 	inp := object.remove(base, ["service"])
 	not authz.allow with input as inp
-	authz.reasons == {"the route names no service (the context extension `service`)"} with input as inp
+	authz.reasons == {{"code": "no_service", "message": "the route names no service (the context extension `service`)"}} with input as inp
 }
 
 test_business_hours_bind_non_admins_only if {
 	weekend := object.union(base, {"time": {"now_ns": saturday_morning, "timezone": "UTC"}})
 	not authz.allow with input as weekend
-	"outside business hours (Mon-Fri 09:00-17:00 UTC) for role developer" in authz.reasons with input as weekend
+	{"code": "business_hours", "message": "outside business hours (Mon-Fri 09:00-17:00 UTC) for role developer"} in authz.reasons with input as weekend
 	admin := object.union(weekend, {"user": {"id": "root", "role": "admin"}})
 	authz.allow with input as admin
 }
@@ -113,16 +119,16 @@ test_business_hours_follow_the_time_zone if {
 test_revoked_certificate_and_device_are_denied if {
 	cert := object.union(base, {"certificate": {"serial": "41", "revoked": true}})
 	not authz.allow with input as cert
-	"the client certificate is revoked" in authz.reasons with input as cert
+	{"code": "revoked", "message": "the client certificate is revoked"} in authz.reasons with input as cert
 	device := object.union(base, {"device": object.union(base.device, {"status": "revoked"})})
 	not authz.allow with input as device
-	"device pi-1 is not active" in authz.reasons with input as device
+	{"code": "device_inactive", "message": "device pi-1 is not active"} in authz.reasons with input as device
 }
 
 test_unsupported_os_is_denied if {
 	old := object.union(base, {"device": object.union(base.device, {"os": "ubuntu", "os_version": "18.04"})})
 	not authz.allow with input as old
-	"operating system ubuntu 18.04 is not supported" in authz.reasons with input as old
+	{"code": "unsupported_os", "message": "operating system ubuntu 18.04 is not supported"} in authz.reasons with input as old
 	mac := object.union(base, {"device": object.union(base.device, {"os": "macOS", "os_version": "14.2"})})
 	authz.allow with input as mac
 }
@@ -130,13 +136,13 @@ test_unsupported_os_is_denied if {
 test_missing_identity_is_denied if {
 	inp := object.remove(base, ["device", "user", "certificate"])
 	not authz.allow with input as inp
-	"no usable device identity in the client certificate" in authz.reasons with input as inp
+	{"code": "no_identity", "message": "no usable device identity in the client certificate"} in authz.reasons with input as inp
 }
 
 test_unknown_health_age_is_denied_with_its_reason if {
 	inp := with_health("age_seconds", null)
 	not authz.allow with input as inp
-	authz.reasons == {"the device's health report has no age (health.age_seconds)"} with input as inp
+	authz.reasons == {{"code": "no_health_age", "message": "the device's health report has no age (health.age_seconds)"}} with input as inp
 }
 
 # ---- the boundaries, pinned: any change of an operator or a constant in the policies fails a test
@@ -203,7 +209,7 @@ test_a_report_exactly_at_the_maximum_age_is_fresh if {
 	unconfigured := object.remove(base, ["config"])
 	decides(object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 300})}), true)
 	decides(object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 301})}), false)
-	"the device's health is stale: last report 301 s ago, maximum 300 s" in authz.reasons with input as object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 301})})
+	{"code": "stale_health", "message": "the device's health is stale: last report 301 s ago, maximum 300 s"} in authz.reasons with input as object.union(unconfigured, {"health": object.union(healthy, {"age_seconds": 301})})
 }
 
 test_the_configured_maximum_age_and_time_zone_are_used if {

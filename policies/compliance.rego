@@ -1,7 +1,7 @@
 # EdgeMesh device compliance: is this device's reported health acceptable?
 #
 # control-api evaluates it on every health report to store the device's verdict (`healthy` when
-# `compliant`, else `unhealthy` with `reasons`); authz.rego uses the same rules for every request, so the
+# `compliant`, else `unhealthy` with `reasons`, `{"code", "message"}` objects as in authz.rego); authz.rego uses the same rules for every request, so the
 # stored verdict and the enforced one cannot disagree. Input: `device` ({os, os_version}) and `health`
 # (the report's values, `null` for what the agent could not determine). Checks are positive, so an
 # unknown value fails them.
@@ -44,15 +44,15 @@ memory_ok if {
 }
 
 # Health-value reasons only for a device that reported: "never reported" is the caller's single reason.
-health_reasons contains "OS security patches are not current" if not patches_ok
+health_reasons contains {"code": "os_patches", "message": "OS security patches are not current"} if not patches_ok
 
-health_reasons contains "antivirus is not enabled" if not antivirus_ok
+health_reasons contains {"code": "antivirus", "message": "antivirus is not enabled"} if not antivirus_ok
 
-health_reasons contains "disk encryption is not enabled" if not disk_encryption_ok
+health_reasons contains {"code": "disk_encryption", "message": "disk encryption is not enabled"} if not disk_encryption_ok
 
-health_reasons contains "CPU usage is 90% or more" if not cpu_ok
+health_reasons contains {"code": "cpu_usage", "message": "CPU usage is 90% or more"} if not cpu_ok
 
-health_reasons contains "memory usage is 90% or more" if not memory_ok
+health_reasons contains {"code": "memory_usage", "message": "memory usage is 90% or more"} if not memory_ok
 
 reasons contains reason if {
 	is_object(input.health)
@@ -78,7 +78,7 @@ os_supported if {
 	to_number(split(input.device.os_version, ".")[0]) >= 13
 }
 
-reasons contains sprintf("operating system %v %v is not supported", [
+reasons contains {"code": "unsupported_os", "message": sprintf("operating system %v %v is not supported", [
 	object.get(input, ["device", "os"], null),
 	object.get(input, ["device", "os_version"], null),
-]) if not os_supported
+])} if not os_supported

@@ -27,16 +27,16 @@ test_a_healthy_report_is_compliant if {
 
 test_each_failed_check_has_its_reason if {
 	cases := [
-		["antivirus_enabled", false, "antivirus is not enabled"],
-		["os_patches_current", null, "OS security patches are not current"],
-		["disk_encrypted", false, "disk encryption is not enabled"],
-		["cpu_usage", 90, "CPU usage is 90% or more"],
-		["memory_usage", null, "memory usage is 90% or more"],
+		["antivirus_enabled", false, "antivirus", "antivirus is not enabled"],
+		["os_patches_current", null, "os_patches", "OS security patches are not current"],
+		["disk_encrypted", false, "disk_encryption", "disk encryption is not enabled"],
+		["cpu_usage", 90, "cpu_usage", "CPU usage is 90% or more"],
+		["memory_usage", null, "memory_usage", "memory usage is 90% or more"],
 	]
 	every case in cases {
 		inp := with_health(case[0], case[1])
 		not compliance.compliant with input as inp
-		compliance.reasons == {case[2]} with input as inp
+		compliance.reasons == {{"code": case[2], "message": case[3]}} with input as inp
 	}
 }
 
@@ -47,7 +47,7 @@ test_an_unknown_firewall_does_not_fail_compliance if {
 test_an_unsupported_os_is_not_compliant if {
 	inp := object.union(healthy, {"device": {"os": "ubuntu", "os_version": "18.04"}})
 	not compliance.compliant with input as inp
-	compliance.reasons == {"operating system ubuntu 18.04 is not supported"} with input as inp
+	compliance.reasons == {{"code": "unsupported_os", "message": "operating system ubuntu 18.04 is not supported"}} with input as inp
 }
 
 test_no_health_is_not_compliant_and_gives_no_health_reasons if {
@@ -82,7 +82,7 @@ test_every_supported_os_version_and_its_neighbours if {
 	]
 	every case in unsupported {
 		not compliance.compliant with input as on(case[0], case[1])
-		compliance.reasons == {sprintf("operating system %v %v is not supported", case)} with input as on(case[0], case[1])
+		compliance.reasons == {{"code": "unsupported_os", "message": sprintf("operating system %v %v is not supported", case)}} with input as on(case[0], case[1])
 	}
 }
 
@@ -91,5 +91,5 @@ test_cpu_and_memory_thresholds_are_ninety_percent if {
 	not compliance.compliant with input as with_health("cpu_usage", 90)
 	compliance.compliant with input as with_health("memory_usage", 89.9)
 	not compliance.compliant with input as with_health("memory_usage", 90)
-	compliance.reasons == {"memory usage is 90% or more"} with input as with_health("memory_usage", 90)
+	compliance.reasons == {{"code": "memory_usage", "message": "memory usage is 90% or more"}} with input as with_health("memory_usage", 90)
 }

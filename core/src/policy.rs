@@ -46,8 +46,53 @@ pub const COMPLIANCE: Rules = Rules {
     reasons: "data.edgemesh.compliance.reasons",
 };
 
-/// The reason of a deny that an evaluation error made; the error itself is logged, not sent.
-pub const EVALUATION_FAILED: &str = "policy evaluation failed";
+/// The code of the reason of a deny that an evaluation error made; the error itself is logged, not
+/// sent.
+pub const EVALUATION_FAILED: &str = "policy_error";
+/// The code of a reason a policy gave without one of its own (a bare string, say).
+pub const UNSPECIFIED: &str = "unspecified";
+
+/// Why a deny: a code for machines (a metric label and what a client matches on) and a sentence for
+/// people. The policies give them as `{"code": …, "message": …}` objects in their `reasons` set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+}
+
+impl Reason {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A reason as a policy gave it. A code must be 1 to 48 lower-case letters, digits or `_`,
+    /// starting with a letter (it becomes a metric label); anything else keeps its text and gets the
+    /// code [`UNSPECIFIED`]: the deny stands either way.
+    fn from_value(value: &Value) -> Self {
+        let field = |name: &str| value[name].as_string().ok().map(|s| s.to_string());
+        match (field("code"), field("message")) {
+            (Some(code), Some(message)) if valid_code(&code) => Self { code, message },
+            _ => Self {
+                code: UNSPECIFIED.to_owned(),
+                message: match value.as_string() {
+                    Ok(text) => text.to_string(),
+                    Err(_) => value.to_string(),
+                },
+            },
+        }
+    }
+}
+
+fn valid_code(code: &str) -> bool {
+    (1..=48).contains(&code.len())
+        && code.starts_with(|c: char| c.is_ascii_lowercase())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
 
 /// An evaluation that failed: the deny it makes, and the error for the log.
 #[derive(Debug, Clone)]
@@ -60,8 +105,15 @@ pub struct EvaluationFailed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub allow: bool,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub policy_version: String,
+}
+
+impl Decision {
+    /// The reasons' sentences, as a deny shows and the audit stores them.
+    pub fn messages(&self) -> Vec<String> {
+        self.reasons.iter().map(|r| r.message.clone()).collect()
+    }
 }
 
 pub struct PolicySet {
@@ -214,15 +266,18 @@ impl PolicySet {
 
     fn failed(&self, error: &anyhow::Error) -> EvaluationFailed {
         EvaluationFailed {
-            deny: self.decision((false, vec![EVALUATION_FAILED.to_owned()])),
+            deny: self.decision((
+                false,
+                vec![Reason::new(EVALUATION_FAILED, "policy evaluation failed")],
+            )),
             error: format!("{error:#}"),
         }
     }
 
-    fn decision(&self, (allow, reasons): (bool, Vec<String>)) -> Decision {
+    fn decision(&self, (allow, reasons): (bool, Vec<Reason>)) -> Decision {
         let mut reasons = reasons;
         if !allow && reasons.is_empty() {
-            reasons.push("denied by policy".to_owned());
+            reasons.push(Reason::new(UNSPECIFIED, "denied by policy"));
         }
         Decision {
             allow,
@@ -244,7 +299,7 @@ impl PolicySet {
         Ok(vm)
     }
 
-    fn try_evaluate(&self, rules: Rules, input: Value) -> anyhow::Result<(bool, Vec<String>)> {
+    fn try_evaluate(&self, rules: Rules, input: Value) -> anyhow::Result<(bool, Vec<Reason>)> {
         let mut vm = self.vm()?;
         let outcome = Self::run(&mut vm, rules, input);
         // A VM that failed mid-way is dropped rather than reused.
@@ -254,7 +309,7 @@ impl PolicySet {
         outcome
     }
 
-    fn run(vm: &mut RegoVM, rules: Rules, input: Value) -> anyhow::Result<(bool, Vec<String>)> {
+    fn run(vm: &mut RegoVM, rules: Rules, input: Value) -> anyhow::Result<(bool, Vec<Reason>)> {
         vm.set_input(input);
         let allow = vm.execute_entry_point_by_name(rules.allow)?;
         // Only `true` allows: undefined, false or any other value is a deny.
@@ -264,10 +319,7 @@ impl PolicySet {
         }
         // A policy without a `reasons` rule still denies; the caller supplies a generic reason.
         let reasons = match vm.execute_entry_point_by_name(rules.reasons) {
-            Ok(regorus::Value::Set(set)) => set
-                .iter()
-                .filter_map(|r| r.as_string().ok().map(|s| s.to_string()))
-                .collect(),
+            Ok(regorus::Value::Set(set)) => set.iter().map(Reason::from_value).collect(),
             _ => Vec::new(),
         };
         Ok((allow, reasons))
@@ -337,9 +389,12 @@ impl Example {
         let reasons = expect["reasons"].as_array().map_or(&[][..], Vec::as_slice);
         Some(
             expect["allow"].as_bool() == Some(decision.allow)
-                && reasons
-                    .iter()
-                    .all(|r| decision.reasons.iter().any(|d| r.as_str() == Some(d))),
+                && reasons.iter().all(|r| {
+                    decision
+                        .reasons
+                        .iter()
+                        .any(|d| r.as_str() == Some(&d.message))
+                }),
         )
     }
 }
@@ -659,7 +714,7 @@ mod tests {
         assert_eq!(example.input, serde_json::json!({"device": {"id": "pi"}}));
         let decision = |allow, reasons: &[&str]| Decision {
             allow,
-            reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+            reasons: reasons.iter().map(|r| Reason::new("test", *r)).collect(),
             policy_version: String::new(),
         };
         assert_eq!(
@@ -707,7 +762,7 @@ mod tests {
         let denied = first.evaluate(AUTHZ, &serde_json::json!({"ok": "yes"}));
         assert_eq!(
             denied.reasons,
-            ["denied by policy"],
+            [Reason::new(UNSPECIFIED, "denied by policy")],
             "a deny always carries a reason"
         );
 

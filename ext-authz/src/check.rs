@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore};
+use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore, Reason};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
@@ -23,6 +23,9 @@ use crate::input::{Facts, document};
 use crate::memo::Bounded;
 use crate::metrics::{Metrics, reason_label};
 use crate::request::CheckRequest;
+
+/// The code of a deny for a request without a usable device identity (the policies' too).
+const NO_IDENTITY: &str = "no_identity";
 
 /// The headers EdgeMesh sets for the upstream; a client-sent copy is overwritten, never appended to.
 pub const DEVICE_HEADER: &str = "x-edgemesh-device-id";
@@ -74,7 +77,7 @@ impl Authorizer {
                     "deny"
                 },
                 service_label(verdict.service.as_deref()),
-                reason_label(verdict.decision.allow, &verdict.decision.reasons),
+                reason_label(&verdict.decision),
             ])
             .inc();
         let http = request.http();
@@ -105,7 +108,12 @@ impl Authorizer {
             method,
             path,
             allow: verdict.decision.allow,
-            reasons: verdict.decision.reasons,
+            reasons: verdict
+                .decision
+                .reasons
+                .into_iter()
+                .map(|r| r.message)
+                .collect(),
             policy_version: verdict.decision.policy_version,
             serial: verdict.serial,
             latency_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
@@ -119,7 +127,7 @@ impl Authorizer {
         let decision_id = uuid::Uuid::new_v4();
         let policies = self.policies.current();
         let service = request.service().map(str::to_owned);
-        let deny = |reason: String, peer: Option<&Peer>| Verdict {
+        let deny = |reason: Reason, peer: Option<&Peer>| Verdict {
             decision_id,
             decision: Decision {
                 allow: false,
@@ -140,14 +148,20 @@ impl Authorizer {
             Ok(Some(record)) => record,
             Ok(None) => {
                 return deny(
-                    format!("device {} is not enrolled", peer.device),
+                    Reason::new(
+                        "not_enrolled",
+                        format!("device {} is not enrolled", peer.device),
+                    ),
                     Some(&peer),
                 );
             }
             Err(e) => {
                 tracing::warn!(error = %e, device = %peer.device, "device directory unavailable");
                 return deny(
-                    "the device directory is unavailable".to_owned(),
+                    Reason::new(
+                        "directory_unavailable",
+                        "the device directory is unavailable",
+                    ),
                     Some(&peer),
                 );
             }
@@ -158,9 +172,12 @@ impl Authorizer {
             .find(|c| c.serial == peer.serial && c.fingerprint == peer.fingerprint)
         else {
             return deny(
-                format!(
-                    "the client certificate (serial {}) is not on record for device {}",
-                    peer.serial, peer.device
+                Reason::new(
+                    "unknown_certificate",
+                    format!(
+                        "the client certificate (serial {}) is not on record for device {}",
+                        peer.serial, peer.device
+                    ),
                 ),
                 Some(&peer),
             );
@@ -169,7 +186,10 @@ impl Authorizer {
         // real clock, like revocation: validity is not a what-if.)
         let now = OffsetDateTime::now_utc();
         if peer.not_after <= now {
-            return deny("the client certificate has expired".to_owned(), Some(&peer));
+            return deny(
+                Reason::new("expired", "the client certificate has expired"),
+                Some(&peer),
+            );
         }
         let facts = Facts::new(
             request,
@@ -209,21 +229,22 @@ impl Authorizer {
     }
 
     /// The peer of `request`, parsed once per certificate.
-    fn peer(&self, request: &CheckRequest) -> Result<Arc<Peer>, String> {
+    fn peer(&self, request: &CheckRequest) -> Result<Arc<Peer>, Reason> {
         let encoded = request.certificate();
         if encoded.is_empty() {
-            return Err("no client certificate was presented".to_owned());
+            return Err(Reason::new(
+                NO_IDENTITY,
+                "no client certificate was presented",
+            ));
         }
         let key: [u8; 32] = Sha256::digest(encoded).into();
         if let Some(peer) = self.peers.get(&key) {
             return Ok(peer);
         }
         let settings = &self.settings;
-        let peer = Arc::new(Peer::from_envoy(
-            encoded,
-            &settings.ca_der,
-            &settings.trust_domain,
-        )?);
+        let peer = Peer::from_envoy(encoded, &settings.ca_der, &settings.trust_domain)
+            .map_err(|message| Reason::new(NO_IDENTITY, message))?;
+        let peer = Arc::new(peer);
         self.peers.insert(key, Arc::clone(&peer));
         Ok(peer)
     }
@@ -284,7 +305,7 @@ pub fn response(request: &CheckRequest, verdict: &Verdict) -> CheckResponse {
         denied.add_header("content-type", "application/json", None, false);
         denied.add_header(DECISION_HEADER, decision_id.clone(), None, false);
         denied.set_body(
-            json!({"decision_id": decision_id, "reasons": verdict.decision.reasons}).to_string(),
+            json!({"decision_id": decision_id, "reasons": verdict.decision.messages()}).to_string(),
         );
         response.set_status(Status::permission_denied("denied"));
         response.set_http_response(denied);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
+use edgemesh_core::policy::Decision;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -180,45 +181,55 @@ impl Metrics {
     }
 }
 
-/// The bounded reason label of a deny: the first of its reasons, by this order, that matches.
-pub fn reason_label(allow: bool, reasons: &[String]) -> &'static str {
-    if allow {
+/// The codes of deny reasons, the most fundamental first: a deny's `reason` label is the first of its
+/// codes in this order (a revoked device is counted as revoked, not as also outside business hours).
+/// A code a policy adds of its own comes after these, in alphabetical order.
+const REASON_PRECEDENCE: [&str; 25] = [
+    "no_identity",
+    "expired",
+    "not_enrolled",
+    "unknown_certificate",
+    "revoked",
+    "device_inactive",
+    "directory_unavailable",
+    "policy_error",
+    "never_reported",
+    "stale_health",
+    "no_health_age",
+    "unsupported_os",
+    "os_patches",
+    "antivirus",
+    "disk_encryption",
+    "cpu_usage",
+    "memory_usage",
+    "disk_usage",
+    "firewall",
+    "no_role",
+    "no_service",
+    "unknown_service",
+    "role",
+    "business_hours",
+    "unspecified",
+];
+
+/// The `reason` label of a decision: `none` for an allow, else the code of its main reason (see
+/// [`REASON_PRECEDENCE`]). Codes are what the policies emit, never matched from their text.
+pub fn reason_label(decision: &Decision) -> &str {
+    if decision.allow {
         return "none";
     }
-    const LABELS: [(&str, &str); 18] = [
-        ("no client certificate", "no_identity"),
-        ("not issued by the EdgeMesh CA", "no_identity"),
-        ("has expired", "expired"),
-        ("names no device", "no_identity"),
-        ("no usable device identity", "no_identity"),
-        ("does not parse", "no_identity"),
-        ("not enrolled", "not_enrolled"),
-        ("not on record", "unknown_certificate"),
-        ("revoked", "revoked"),
-        ("is not active", "revoked"),
-        ("directory is unavailable", "directory_unavailable"),
-        ("never reported", "never_reported"),
-        ("stale", "stale_health"),
-        ("not supported", "unsupported_os"),
-        ("may not use service", "role"),
-        ("unknown service", "unknown_service"),
-        ("business hours", "business_hours"),
-        ("policy evaluation failed", "policy_error"),
-    ];
-    for (needle, label) in LABELS {
-        if reasons.iter().any(|r| r.contains(needle)) {
-            return label;
-        }
-    }
-    if reasons.iter().any(|r| {
-        r.contains("patches")
-            || r.contains("antivirus")
-            || r.contains("encryption")
-            || r.contains("usage")
-    }) {
-        return "unhealthy";
-    }
-    "other"
+    let rank = |code: &str| {
+        REASON_PRECEDENCE
+            .iter()
+            .position(|known| *known == code)
+            .unwrap_or(REASON_PRECEDENCE.len())
+    };
+    decision
+        .reasons
+        .iter()
+        .map(|r| r.code.as_str())
+        .min_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)))
+        .unwrap_or("unspecified")
 }
 
 /// Serves `/metrics` on `listen` until the task is dropped.
@@ -249,36 +260,41 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use edgemesh_core::policy::Reason;
+
     use super::*;
 
     #[test]
-    fn reasons_map_to_a_bounded_set_of_labels() {
-        let label = |r: &[&str]| {
-            reason_label(
-                false,
-                &r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-            )
+    fn the_label_is_the_code_of_the_most_fundamental_reason() {
+        let denied = |codes: &[&str]| Decision {
+            allow: false,
+            reasons: codes
+                .iter()
+                .map(|code| Reason::new(code, "text that decides nothing"))
+                .collect(),
+            policy_version: String::new(),
         };
-        assert_eq!(reason_label(true, &[]), "none");
-        assert_eq!(label(&["antivirus is not enabled"]), "unhealthy");
+        let allowed = Decision {
+            allow: true,
+            reasons: Vec::new(),
+            policy_version: String::new(),
+        };
+        assert_eq!(reason_label(&allowed), "none");
+        assert_eq!(reason_label(&denied(&["antivirus"])), "antivirus");
         assert_eq!(
-            label(&[
-                "antivirus is not enabled",
-                "the client certificate is revoked"
-            ]),
+            reason_label(&denied(&["business_hours", "antivirus", "revoked"])),
             "revoked",
             "the more fundamental reason wins"
         );
         assert_eq!(
-            label(&["role analyst may not use service database"]),
-            "role"
+            reason_label(&denied(&["role", "site_closed", "aardvark"])),
+            "role",
+            "a known code comes before a policy's own"
         );
-        assert_eq!(label(&["device pi-9 is not enrolled"]), "not_enrolled");
-        assert_eq!(label(&["the client certificate has expired"]), "expired");
         assert_eq!(
-            label(&["the client certificate is not issued by the EdgeMesh CA"]),
-            "no_identity"
+            reason_label(&denied(&["site_closed", "aardvark"])),
+            "aardvark",
+            "a policy's own codes, alphabetically"
         );
-        assert_eq!(label(&["something new"]), "other");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use edgemesh_core::exit::ConfigError;
+use edgemesh_core::policy::Reason;
 use edgemesh_ext_authz::Config;
 use edgemesh_ext_authz::check::response;
 use edgemesh_ext_authz::request::CheckRequest as Decoded;
@@ -357,21 +358,30 @@ async fn decisions_without_envoy_name_what_they_checked(
     assert!(!verdict.decision.allow);
     assert_eq!(
         verdict.decision.reasons,
-        ["the client certificate is not issued by the EdgeMesh CA"]
+        [Reason::new(
+            "no_identity",
+            "the client certificate is not issued by the EdgeMesh CA"
+        )]
     );
 
     // Our CA's certificate for a device that is not enrolled.
     let stranger = decoded(&check_request(&leaf(&fixture.ca, "pi-2"), &[]));
     let verdict = authorizer.decide(&stranger).await;
-    assert_eq!(verdict.decision.reasons, ["device pi-2 is not enrolled"]);
+    assert_eq!(
+        verdict.decision.reasons,
+        [Reason::new("not_enrolled", "device pi-2 is not enrolled")]
+    );
     assert_eq!(verdict.device.as_deref(), Some("pi-2"));
 
     // Our CA's second certificate for pi-1, never recorded for it.
     let unrecorded = decoded(&check_request(&leaf(&fixture.ca, "pi-1"), &[]));
     let verdict = authorizer.decide(&unrecorded).await;
     assert!(!verdict.decision.allow);
+    assert_eq!(verdict.decision.reasons[0].code, "unknown_certificate");
     assert!(
-        verdict.decision.reasons[0].starts_with("the client certificate (serial "),
+        verdict.decision.reasons[0]
+            .message
+            .starts_with("the client certificate (serial "),
         "{:?}",
         verdict.decision.reasons
     );

@@ -153,7 +153,7 @@ async fn report(
     let reasons = if decision.allow {
         Vec::new()
     } else {
-        decision.reasons
+        decision.messages()
     };
     health::insert(
         &mut *tx,

@@ -125,11 +125,12 @@ async fn an_unknown_value_is_not_compliant(db: PgPool) {
         .await
         .expect("json");
     assert_eq!(verdict["status"], "unhealthy");
+    // Both reasons, in the policy's order (by their codes: disk_encryption, os_patches).
     assert_eq!(
         verdict["reasons"],
         json!([
-            "OS security patches are not current",
-            "disk encryption is not enabled"
+            "disk encryption is not enabled",
+            "OS security patches are not current"
         ])
     );
 }
