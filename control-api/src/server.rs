@@ -4,7 +4,6 @@
 //! headers, and time a connection may sit idle.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
+use edgemesh_core::serve;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
@@ -54,28 +53,15 @@ pub async fn serve_tls(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut shutdown) => break,
-        };
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    serve::accept_until(listener, stopped, DRAIN_TIMEOUT, |tcp, peer, graceful| {
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             tracing::debug!(%peer, max = limits.max_connections, "connection limit reached; closing");
-            continue;
+            return;
         };
-        // Small request/response exchanges otherwise wait on Nagle's algorithm and delayed ACKs.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "failed to set TCP_NODELAY");
-        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
@@ -126,26 +112,8 @@ pub async fn serve_tls(
                 }
             }
         });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain period; closing them");
-    }
-}
-
-/// Completes once the shutdown flag is set (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// The local address a listener is bound to, for logs and tests that bind port 0.
-pub fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    })
+    .await;
 }
 
 /// When a connection last read or wrote anything.

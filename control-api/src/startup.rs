@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use edgemesh_core::exit::{ConfigContext, ConfigError};
 use edgemesh_core::files::write_atomic;
 use edgemesh_core::policy::PolicyStore;
+use edgemesh_core::serve::local_addr;
 
 use crate::audit::Retention;
 use crate::ca::CertificateAuthority;
@@ -26,7 +27,7 @@ use crate::config::Config;
 use crate::http::limit::RateLimiter;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::server::{Limits, local_addr, serve_tls};
+use crate::server::{Limits, serve_tls};
 
 /// Validity of the control API's own TLS certificate, issued afresh at every start.
 const SERVER_CERT_VALIDITY: time::Duration = time::Duration::days(90);

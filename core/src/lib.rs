@@ -10,6 +10,8 @@ pub mod files;
 pub mod id;
 #[cfg(feature = "policy")]
 pub mod policy;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod telemetry;
 pub mod tls;
 

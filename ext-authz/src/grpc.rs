@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use edgemesh_core::serve;
 use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use prost::Message;
 use tokio::net::TcpListener;
 use tonic::codegen::Service;
@@ -66,23 +66,9 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send,
 {
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Answers are small and must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+    // Envoy closes a connection once its calls are answered after the GOAWAY; one that does not is
+    // not waited for forever.
+    serve::accept_until(listener, shutdown, DRAIN_LIMIT, |stream, _, graceful| {
         let (authorizer, other) = (Arc::clone(&authorizer), other.clone());
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let (authorizer, mut other) = (Arc::clone(&authorizer), other.clone());
@@ -103,16 +89,8 @@ pub async fn serve<S>(
                 tracing::debug!(error = %e, "gRPC connection ended with an error");
             }
         });
-    }
-    drop(listener);
-    // Envoy closes a connection once its calls are answered after the GOAWAY; one that does not is
-    // not waited for forever.
-    if tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("gRPC connections still open after the drain limit; closing them");
-    }
+    })
+    .await;
 }
 
 /// One Check call: exactly one uncompressed request message in, one response message out.

@@ -1,15 +1,14 @@
 //! The policy input document (described in `policies/README.md`), built directly in the policy
-//! engine's value type from a decision's [`Facts`]. Its objects have fixed keys, so each object's
-//! layout is built once (keys allocated and sorted a single time, see [`Shape`]) and a decision only
-//! fills in the values.
+//! engine's value type from a decision's [`Facts`], around the device and health objects core's
+//! `policy::input` builds (control-api builds its compliance document from the same). Its objects
+//! have fixed keys, so each object's layout is built once and a decision only fills in the values.
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use edgemesh_core::policy::Value;
+use edgemesh_core::policy::input::{self, Shape, optional, rfc3339};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::config::Settings;
 use crate::directory::DeviceRecord;
@@ -20,46 +19,10 @@ use crate::request::{CheckRequest, HttpRequest};
 /// as `x-request-id` stay out: they decide nothing and would make every decision's facts unique.
 pub const POLICY_HEADERS: [&str; 2] = ["user-agent", "content-type"];
 
-/// An object with fixed keys, laid out once: [`Shape::with`] copies the layout and fills in the values
-/// in the order the keys were given.
-struct Shape<const N: usize> {
-    keys: [Value; N],
-    /// The object with every value `null`, in the engine's compact sorted form.
-    layout: Value,
-}
-
-impl<const N: usize> Shape<N> {
-    fn new(names: [&str; N]) -> Self {
-        let keys = names.map(Value::from);
-        // The conversion stores the object in the engine's compact form, which keeps its layout when
-        // only values change.
-        let layout = Value::from(
-            keys.iter()
-                .map(|key| (key.clone(), Value::Null))
-                .collect::<BTreeMap<_, _>>(),
-        );
-        Self { keys, layout }
-    }
-
-    fn with(&self, values: [Value; N]) -> Value {
-        let mut object = self.layout.clone();
-        if let Ok(fields) = object.as_object_mut() {
-            for (key, value) in self.keys.iter().zip(values) {
-                if let Some(slot) = fields.get_mut(key) {
-                    *slot = value;
-                }
-            }
-        }
-        object
-    }
-}
-
 /// The shapes of the document's objects.
 struct Shapes {
     document: Shape<8>,
-    device: Shape<5>,
     certificate: Shape<4>,
-    health: Shape<10>,
     user: Shape<2>,
     request: Shape<4>,
     time: Shape<3>,
@@ -77,20 +40,7 @@ static SHAPES: LazyLock<Shapes> = LazyLock::new(|| Shapes {
         "time",
         "config",
     ]),
-    device: Shape::new(["id", "type", "status", "os", "os_version"]),
     certificate: Shape::new(["serial", "fingerprint", "not_after", "revoked"]),
-    health: Shape::new([
-        "age_seconds",
-        "cpu_usage",
-        "memory_usage",
-        "disk_usage",
-        "os_patches_current",
-        "antivirus_enabled",
-        "disk_encrypted",
-        "firewall_enabled",
-        "collected_at",
-        "status",
-    ]),
     user: Shape::new(["id", "role"]),
     request: Shape::new(["method", "path", "host", "headers"]),
     time: Shape::new(["now_ns", "rfc3339", "timezone"]),
@@ -180,27 +130,27 @@ pub fn document(settings: &Settings, facts: &Facts) -> Value {
         }
     }
     let health = record.health.as_ref().map_or(Value::Null, |h| {
-        shapes.health.with([
-            Value::from(h.age_seconds(now)),
-            optional(h.cpu_usage),
-            optional(h.memory_usage),
-            optional(h.disk_usage),
-            optional(h.os_patches_current),
-            optional(h.antivirus_enabled),
-            optional(h.disk_encrypted),
-            optional(h.firewall_enabled),
-            Value::from(rfc3339(h.collected_at)),
-            shared(&h.status),
-        ])
+        input::health(input::Health {
+            age_seconds: h.age_seconds(now),
+            cpu_usage: h.cpu_usage,
+            memory_usage: h.memory_usage,
+            disk_usage: h.disk_usage,
+            os_patches_current: h.os_patches_current,
+            antivirus_enabled: h.antivirus_enabled,
+            disk_encrypted: h.disk_encrypted,
+            firewall_enabled: h.firewall_enabled,
+            collected_at: h.collected_at,
+            status: shared(&h.status),
+        })
     });
     shapes.document.with([
-        shapes.device.with([
-            Value::from(record.id.as_str()),
-            shared(&record.device_type),
-            shared(&record.status),
-            shared(&record.os),
-            shared(&record.os_version),
-        ]),
+        input::device(input::Device {
+            id: Value::from(record.id.as_str()),
+            device_type: shared(&record.device_type),
+            status: shared(&record.status),
+            os: shared(&record.os),
+            os_version: shared(&record.os_version),
+        }),
         shapes.certificate.with([
             Value::from(peer.serial.as_str()),
             hex_value(peer.fingerprint.as_bytes()),
@@ -240,14 +190,6 @@ fn hex_value(bytes: &[u8; 32]) -> Value {
     // Cannot fail: the buffer is exactly twice the input.
     let _ = hex::encode_to_slice(bytes, &mut text);
     Value::from(std::str::from_utf8(&text).unwrap_or_default())
-}
-
-fn optional<T: Into<Value>>(value: Option<T>) -> Value {
-    value.map_or(Value::Null, Into::into)
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]

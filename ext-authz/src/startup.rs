@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use edgemesh_core::exit::{ConfigContext, ConfigError};
 use edgemesh_core::policy::{PolicyStore, Reload, valid_timezone};
+use edgemesh_core::serve::local_addr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -231,12 +232,6 @@ fn read_ca(path: &Path) -> anyhow::Result<Vec<u8>> {
     })?;
     edgemesh_core::cert::first_pem_der(&pem)
         .with_context(|| format!("{} holds no PEM certificate", path.display()))
-}
-
-fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// The gRPC health service says SERVING only while decisions can be trusted: policies loaded (always,

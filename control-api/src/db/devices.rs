@@ -193,19 +193,26 @@ pub async fn transfer(db: impl PgExecutor<'_>, id: &str, owner: &str) -> Result<
     Ok(())
 }
 
-/// The OS an active device was enrolled with (or last reported), locked for a health report: `None`
-/// when the device is revoked or unknown.
-pub async fn lock_active_os(
+/// What a health report is judged with: an active device's type and the OS it was enrolled with (or
+/// last reported).
+pub struct Reporting {
+    pub device_type: String,
+    pub os: String,
+    pub os_version: String,
+}
+
+/// The device, locked for a health report: `None` when it is revoked or unknown.
+pub async fn lock_active(
     db: impl PgExecutor<'_>,
     id: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    let row = sqlx::query!(
-        "SELECT os, os_version FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
+) -> Result<Option<Reporting>, sqlx::Error> {
+    sqlx::query_as!(
+        Reporting,
+        "SELECT device_type, os, os_version FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
         id
     )
     .fetch_optional(db)
-    .await?;
-    Ok(row.map(|row| (row.os, row.os_version)))
+    .await
 }
 
 /// A health report's verdict, on the device.

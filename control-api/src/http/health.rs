@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::extract::State;
 use edgemesh_core::api::{ErrorBody, HealthReport, HealthVerdict};
 use edgemesh_core::id::DeviceId;
-use edgemesh_core::policy::COMPLIANCE;
+use edgemesh_core::policy::{COMPLIANCE, Value, input};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -121,30 +121,43 @@ async fn report(
     validate(&report, &caller.device, now)?;
 
     let mut tx = state.db.begin().await?;
-    let Some((stored_os, stored_os_version)) =
-        devices::lock_active_os(&mut *tx, caller.device.as_str()).await?
-    else {
+    let Some(stored) = devices::lock_active(&mut *tx, caller.device.as_str()).await? else {
         return Err(ApiError::forbidden(
             "device_revoked",
             "the device is revoked",
         ));
     };
-    let input = serde_json::json!({
-        "device": {
-            "os": report.os.as_deref().unwrap_or(&stored_os),
-            "os_version": report.os_version.as_deref().unwrap_or(&stored_os_version),
-        },
-        "health": {
-            "cpu_usage": report.cpu_usage,
-            "memory_usage": report.memory_usage,
-            "disk_usage": report.disk_usage,
-            "os_patches_current": report.os_patches_current,
-            "antivirus_enabled": report.antivirus_enabled,
-            "disk_encrypted": report.disk_encrypted,
-            "firewall_enabled": report.firewall_enabled,
-        },
-    });
-    let decision = state.policies.current().evaluate(COMPLIANCE, &input);
+    // The compliance rules read the same device and health objects as every decision does.
+    let input = input::compliance(
+        input::device(input::Device {
+            id: Value::from(caller.device.as_str()),
+            device_type: Value::from(stored.device_type.as_str()),
+            status: Value::from("active"),
+            os: Value::from(report.os.as_deref().unwrap_or(&stored.os)),
+            os_version: Value::from(report.os_version.as_deref().unwrap_or(&stored.os_version)),
+        }),
+        input::health(input::Health {
+            age_seconds: (now - report.collected_at).whole_seconds().max(0),
+            cpu_usage: report.cpu_usage,
+            memory_usage: report.memory_usage,
+            disk_usage: report.disk_usage,
+            os_patches_current: report.os_patches_current,
+            antivirus_enabled: report.antivirus_enabled,
+            disk_encrypted: report.disk_encrypted,
+            firewall_enabled: report.firewall_enabled,
+            collected_at: report.collected_at,
+            // The verdict is what is being decided.
+            status: Value::Null,
+        }),
+    );
+    let decision = state
+        .policies
+        .current()
+        .evaluate_value(COMPLIANCE, input)
+        .unwrap_or_else(|failed| {
+            tracing::warn!(error = %failed.error, "compliance evaluation failed; unhealthy");
+            failed.deny
+        });
     let status = if decision.allow {
         "healthy"
     } else {

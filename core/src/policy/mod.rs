@@ -4,6 +4,8 @@
 //! [`PolicyStore`] holds the set in force and replaces it when the files change, refusing a set that
 //! does not load (the last good one stays).
 
+pub mod input;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
