@@ -20,11 +20,11 @@ if [ -z "${EDGEMESH_BENCH_TRANSCRIPT:-}" ]; then
 fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-STATE="$ROOT/.edgemesh"
-BIN="$ROOT/target/debug"
+# The stack's own way to start and stop a service, render Envoy's configuration and reach PostgreSQL.
+source "$ROOT/scripts/stack.sh"
+BIN=$PROFILE_DIR
 # The transcript holds the numbers, not the services' logs.
 export EDGEMESH_LOG=${EDGEMESH_LOG:-error}
-ENVOY_BIN=${EDGEMESH_ENVOY_BIN:-$ROOT/.venv/bin/envoy}
 mkdir -p "$STATE/bench"
 
 run() { echo "\$ $*"; "$@"; echo; }
@@ -41,41 +41,36 @@ echo "== the Check handler over gRPC (the stack's ext-authz, warm cache)"
 run "$BIN/edgemesh-simulator" bench-check --devices 100 --rate 1000 --duration-secs 10 --concurrency 16
 
 echo "== the audit trail, in a bench database (edgemesh_bench; the stack's own database is left alone)"
-PG_PORT=${EDGEMESH_PG_PORT:-54329}
-PG_BIN=${EDGEMESH_PG_BIN:-/usr/lib/postgresql/15/bin}
-# Over the cluster's Unix socket, as the stack's services (scripts/stack.sh says why).
-export EDGEMESH_BENCH_DATABASE_URL="postgres://postgres@localhost/edgemesh_bench?host=$(readlink -f "$STATE/pg")/run&port=$PG_PORT"
-# The cluster requires passwords: the superuser's is in its pgpass file (-w: never prompt for one).
-export PGPASSFILE=${PGPASSFILE:-$STATE/pg/pgpass}
-"$PG_BIN/createdb" -w -h 127.0.0.1 -p "$PG_PORT" -U postgres edgemesh_bench 2>/dev/null || true
+# Over the cluster's Unix socket, as the stack's services.
+export EDGEMESH_BENCH_DATABASE_URL=$(db_url postgres edgemesh_bench)
+pg_sql -d postgres -c "CREATE DATABASE edgemesh_bench" 2>/dev/null || true
 EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL "$BIN/edgemesh-control-api" migrate
 run "$BIN/edgemesh-simulator" bench-audit-writer --records 200000 --steady-secs 10
-# A second control API, serving the bench database, answers the audit queries.
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+
+# The bench's own services, started like the stack's (pids and logs in .edgemesh/) and stopped at the end.
+HELPERS="bench-envoy bench-upstream bench-noop-authz bench-ext-authz bench-control-api"
+cleanup() { for name in $HELPERS; do stop "$name"; done; }
 trap cleanup EXIT
-EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL EDGEMESH_STATE_DIR="$STATE/bench/control-api" \
-  EDGEMESH_API_LISTEN=127.0.0.1:18444 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18443 \
-  EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19190 EDGEMESH_LOG=warn \
-  EDGEMESH_ADMIN_BURST=100000 EDGEMESH_ADMIN_RATE=10000 \
-  "$BIN/edgemesh-control-api" >"$STATE/bench/control-api.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf --cacert "$STATE/bench/control-api/ca.pem" https://127.0.0.1:18444/healthz >/dev/null 2>&1 && break
-  sleep 0.2
-done
+cleanup
+# A second control API, serving the bench database, answers the audit queries.
+start bench-control-api \
+  "curl -sf --cacert '$STATE/bench/control-api/ca.pem' https://127.0.0.1:18444/healthz" \
+  env EDGEMESH_DATABASE_URL="$EDGEMESH_BENCH_DATABASE_URL" EDGEMESH_STATE_DIR="$STATE/bench/control-api" \
+    EDGEMESH_API_LISTEN=127.0.0.1:18444 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18443 \
+    EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19190 EDGEMESH_LOG=warn \
+    EDGEMESH_ADMIN_BURST=100000 EDGEMESH_ADMIN_RATE=10000 \
+    "$BIN/edgemesh-control-api"
 run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 \
   --admin-token-file "$STATE/bench/control-api/admin-token" bench-audit-query --rows 10000000 --queries 500
 
 echo "== ext-authz resident memory with 10,000 and 100,000 devices cached (an ext-authz on the bench database)"
 # The cache's TTL (a safety net, 60 s by default) at its maximum, so that what is measured at the end is
 # every device checked, not the last minute's.
-EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
-  EDGEMESH_CACHE_TTL_SECS=3600 EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/audit-spool" \
-  EDGEMESH_CA_CERT="$STATE/bench/control-api/ca.pem" \
-  EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve >"$STATE/bench/ext-authz.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19192/metrics >/dev/null 2>&1 && break; sleep 0.2; done
+start bench-ext-authz "curl -sf http://127.0.0.1:19192/metrics" \
+  env EDGEMESH_DATABASE_URL="$EDGEMESH_BENCH_DATABASE_URL" EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
+    EDGEMESH_CACHE_TTL_SECS=3600 EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 \
+    EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/audit-spool" EDGEMESH_CA_CERT="$STATE/bench/control-api/ca.pem" \
+    EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve
 run "$BIN/edgemesh-simulator" bench-memory --milestones 10000,100000 \
   --ca-cert "$STATE/bench/control-api/ca.pem" --ca-key "$STATE/bench/control-api/ca-key.pem"
 
@@ -87,32 +82,19 @@ echo "== revocation propagation: 50 revocations during traffic through Envoy (th
 run "$BIN/edgemesh-simulator" --devices 400 --duration 60s --rate 50 --scenario revocation --revocations 50
 
 echo "== through Envoy: no authorizer, the do-nothing authorizer, EdgeMesh's (same route, one run)"
-"$BIN/edgemesh-simulator" noop-authz --listen 127.0.0.1:9193 >"$STATE/bench/noop-authz.log" 2>&1 &
-pids+=($!)
-noop_pid=$!
+start bench-noop-authz "bash -c '</dev/tcp/127.0.0.1/9193'" \
+  "$BIN/edgemesh-simulator" noop-authz --listen 127.0.0.1:9193
 # The route's upstream answers every request alike: the demo upstream's echo of the identity headers
 # would give EdgeMesh's requests (and only them) bigger responses.
-"$BIN/edgemesh-simulator" upstream --plain --listen 127.0.0.1:8091 >"$STATE/bench/upstream.log" 2>&1 &
-pids+=($!)
-upstream_pid=$!
-sed -e "s|@ADMIN_PORT@|9902|; s|@NONE_PORT@|10001|g; s|@NOOP_PORT@|10002|g; s|@EDGEMESH_PORT@|10003|g" \
-    -e "s|@EXT_AUTHZ_PORT@|9191|; s|@NOOP_AUTHZ_PORT@|9193|; s|@UPSTREAM_PORT@|8091|" \
-    -e "s|@TRUST_DOMAIN@|${EDGEMESH_TRUST_DOMAIN:-edgemesh.local}|" \
-    -e "s|@SERVER_CERT@|$STATE/envoy/server.pem|; s|@SERVER_KEY@|$STATE/envoy/server-key.pem|" \
-    -e "s|@CA_CERT@|$STATE/ca.pem|" \
-    envoy/bench.yaml.in >"$STATE/bench/envoy.yaml"
-"$ENVOY_BIN" -c "$STATE/bench/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warn \
-    >"$STATE/bench/envoy.log" 2>&1 &
-pids+=($!)
-envoy_pid=$!
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:9902/ready >/dev/null 2>&1 && break; sleep 0.1; done
-curl -sf http://127.0.0.1:9902/ready >/dev/null || { tail "$STATE/bench/envoy.log"; exit 1; }
-# A leftover bench Envoy or helper would answer in their place with another configuration.
-for pid in "$envoy_pid" "$noop_pid" "$upstream_pid"; do
-  kill -0 "$pid" 2>/dev/null || { echo "a bench helper exited (ports 9902, 9193, 8091, 10001-10003 in use?)" >&2; tail "$STATE/bench/"*.log >&2; exit 1; }
-done
+start bench-upstream "curl -sf http://127.0.0.1:8091/" \
+  "$BIN/edgemesh-simulator" upstream --plain --listen 127.0.0.1:8091
+render_envoy envoy/bench.yaml.in "$STATE/bench/envoy.yaml" ADMIN_PORT=9902 NONE_PORT=10001 \
+  NOOP_PORT=10002 EDGEMESH_PORT=10003 EXT_AUTHZ_PORT=9191 NOOP_AUTHZ_PORT=9193 UPSTREAM_PORT=8091
+start bench-envoy "curl -sf http://127.0.0.1:9902/ready" \
+  "$ENVOY_BIN" -c "$STATE/bench/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warn
 # Each process's CPU per request, by authorizer (PostgreSQL: the postmaster and its backends).
 run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 4 --phase-secs 5 \
-  --watch "envoy=$envoy_pid" --watch "ext-authz=$(cat "$STATE/pids/ext-authz.pid")" \
-  --watch "do-nothing authz=$noop_pid" --watch "upstream=$upstream_pid" \
+  --watch "envoy=$(cat "$PIDS/bench-envoy.pid")" --watch "ext-authz=$(cat "$PIDS/ext-authz.pid")" \
+  --watch "do-nothing authz=$(cat "$PIDS/bench-noop-authz.pid")" \
+  --watch "upstream=$(cat "$PIDS/bench-upstream.pid")" \
   --watch "postgres=$(head -1 "$STATE/pg/data/postmaster.pid")"

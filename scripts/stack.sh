@@ -3,6 +3,8 @@
 # started in the background with their pids, logs and state under .edgemesh/.
 #
 #   scripts/stack.sh db-up | db-down | envoy-install | test-tools-install | browser-install | up | down | status
+#
+# Sourced (scripts/bench.sh does), it only defines its functions: `start`, `stop`, `render_envoy`, ….
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -181,13 +183,18 @@ browser_install() {
     || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 }
 
-# render_envoy_config OUT: envoy/envoy.yaml.in with the local stack's ports and files.
-render_envoy_config() {
-  sed -e "s|@ADMIN_PORT@|9901|g; s|@STATS_PORT@|9903|; s|@LISTEN_PORT@|10000|; s|@EXT_AUTHZ_PORT@|9191|" \
-      -e "s|@UPSTREAM_PORT@|8081|; s|@TRUST_DOMAIN@|$TRUST_DOMAIN|" \
-      -e "s|@SERVER_CERT@|$STATE/envoy/server.pem|; s|@SERVER_KEY@|$STATE/envoy/server-key.pem|" \
-      -e "s|@CA_CERT@|$STATE/ca.pem|" \
-      "$ROOT/envoy/envoy.yaml.in" >"$1"
+# render_envoy TEMPLATE OUT [NAME=VALUE...]: the Envoy configuration TEMPLATE with each @NAME@ given
+# replaced, and the stack's trust domain, server certificate and CA filled in; a placeholder left over
+# (outside comments) is an error.
+render_envoy() {
+  local template=$1 out=$2 pair; shift 2
+  local exprs=(-e "s|@TRUST_DOMAIN@|$TRUST_DOMAIN|g" -e "s|@CA_CERT@|$STATE/ca.pem|g"
+    -e "s|@SERVER_CERT@|$STATE/envoy/server.pem|g" -e "s|@SERVER_KEY@|$STATE/envoy/server-key.pem|g")
+  for pair in "$@"; do exprs+=(-e "s|@${pair%%=*}@|${pair#*=}|g"); done
+  sed "${exprs[@]}" "$template" >"$out"
+  if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_]*@'; then
+    die "$out: placeholders left: $(grep -v '^[[:space:]]*#' "$out" | grep -o '@[A-Z_]*@' | sort -u | tr '\n' ' ')"
+  fi
 }
 
 alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
@@ -259,7 +266,8 @@ up() {
     env EDGEMESH_STATE_DIR="$STATE" "$PROFILE_DIR/edgemesh-control-api" issue-server-cert \
       --names localhost,127.0.0.1 --cert-out "$STATE/envoy/server.pem" --key-out "$STATE/envoy/server-key.pem" >/dev/null
   fi
-  render_envoy_config "$STATE/envoy/envoy.yaml"
+  render_envoy "$ROOT/envoy/envoy.yaml.in" "$STATE/envoy/envoy.yaml" \
+    ADMIN_PORT=9901 STATS_PORT=9903 LISTEN_PORT=10000 EXT_AUTHZ_PORT=9191 UPSTREAM_PORT=8081
   start envoy "curl -sf http://127.0.0.1:9901/ready" \
     "$ENVOY_BIN" -c "$STATE/envoy/envoy.yaml" --disable-hot-restart --log-level warn
   log "control-api    https://127.0.0.1:8444 (enrollment, admin, audit)  https://127.0.0.1:8443 (devices, mTLS)  metrics http://127.0.0.1:9190/metrics"
@@ -284,6 +292,8 @@ status() {
   done
   if pg_running; then echo "postgres running on 127.0.0.1:$PG_PORT"; else echo "postgres stopped"; fi
 }
+
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 case "${1:-}" in
   db-up) db_up ;;

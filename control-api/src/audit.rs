@@ -45,16 +45,16 @@ impl EventType {
 /// One control-plane event, built with the setters and written with [`Event::record`].
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub(crate) event_type: EventType,
-    pub(crate) action: &'static str,
-    pub(crate) device: Option<String>,
-    pub(crate) user: Option<String>,
-    pub(crate) role: Option<String>,
-    pub(crate) certificate_serial: Option<String>,
-    pub(crate) decision: Option<&'static str>,
-    pub(crate) reasons: Vec<String>,
-    pub(crate) peer: Option<SocketAddr>,
-    pub(crate) details: serde_json::Value,
+    event_type: EventType,
+    action: &'static str,
+    device: Option<String>,
+    user: Option<String>,
+    role: Option<String>,
+    certificate_serial: Option<String>,
+    decision: Option<&'static str>,
+    reasons: Vec<String>,
+    peer: Option<SocketAddr>,
+    details: serde_json::Value,
 }
 
 impl Event {
@@ -118,7 +118,19 @@ impl Event {
     /// Writes the event on `conn`: pass the transaction of the change it describes, so both commit or
     /// neither does.
     pub async fn record(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        db::audit::insert(conn, self).await
+        let entry = db::audit::Entry {
+            event_type: self.event_type.as_str(),
+            action: self.action,
+            device: self.device.as_deref(),
+            user: self.user.as_deref(),
+            role: self.role.as_deref(),
+            certificate_serial: self.certificate_serial.as_deref(),
+            decision: self.decision,
+            reasons: &self.reasons,
+            peer: self.peer.map(|p| p.to_string()),
+            details: &self.details,
+        };
+        db::audit::insert(conn, &entry).await
     }
 }
 

@@ -9,24 +9,37 @@ use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::audit::Event;
+/// A control-plane event to store.
+pub struct Entry<'a> {
+    pub event_type: &'a str,
+    pub action: &'a str,
+    pub device: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub certificate_serial: Option<&'a str>,
+    pub decision: Option<&'a str>,
+    pub reasons: &'a [String],
+    pub peer: Option<String>,
+    pub details: &'a serde_json::Value,
+}
 
-pub async fn insert(db: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
+/// Stores `entry` at the current time, with a new id.
+pub async fn insert(db: &mut PgConnection, entry: &Entry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
              certificate_serial, decision, reasons, peer_address, details)
          VALUES ($1, clock_timestamp(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         Uuid::new_v4(),
-        event.event_type.as_str(),
-        event.action,
-        event.device.as_deref(),
-        event.user.as_deref(),
-        event.role.as_deref(),
-        event.certificate_serial.as_deref(),
-        event.decision,
-        &event.reasons,
-        event.peer.map(|p| p.to_string()),
-        &event.details
+        entry.event_type,
+        entry.action,
+        entry.device,
+        entry.user,
+        entry.role,
+        entry.certificate_serial,
+        entry.decision,
+        entry.reasons,
+        entry.peer,
+        entry.details
     )
     .execute(db)
     .await?;

@@ -104,7 +104,9 @@ async fn the_agent_reports_what_this_machine_measures(_pool: PgPoolOptions, db: 
 }
 
 #[sqlx::test(migrations = false)]
-async fn the_agents_report_is_enforced_on_the_next_request(
+/// What the agent reports is what Envoy enforces, once its notification has reached ext-authz (within
+/// the propagation bound: the NOTIFY can trail the report's answer by milliseconds).
+async fn the_agents_report_is_enforced_within_the_propagation_bound(
     _pool: PgPoolOptions,
     db: PgConnectOptions,
 ) {
