@@ -77,7 +77,7 @@ report_health() { # ANTIVIRUS(true|false): prints the verdict the control API ga
   local now answer
   now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   answer=$(curl -sS "${DEVICE_TLS[@]}" -H 'Content-Type: application/json' \
-    -d "{\"collected_at\":\"$now\",\"agent_version\":\"demo\",\"cpu_usage\":12.5,\"memory_usage\":40,\"disk_usage\":50,\"os\":\"debian\",\"os_version\":\"12\",\"kernel\":null,\"uptime_seconds\":null,\"disk_encrypted\":true,\"os_patches_current\":true,\"antivirus_enabled\":$1,\"firewall_enabled\":null}" \
+    -d "{\"sequence\":$(date +%s%6N),\"collected_at\":\"$now\",\"agent_version\":\"demo\",\"cpu_usage\":12.5,\"memory_usage\":40,\"disk_usage\":50,\"os\":\"debian\",\"os_version\":\"12\",\"kernel\":null,\"uptime_seconds\":null,\"disk_encrypted\":true,\"os_patches_current\":true,\"antivirus_enabled\":$1,\"firewall_enabled\":null}" \
     https://127.0.0.1:8443/api/v1/health)
   printf '  health report (antivirus %s) → %s\n' "$([ "$1" = true ] && echo on || echo off)" "$answer"
 }

@@ -60,7 +60,21 @@ pub async fn run(
                 }
             }
         }
-        let report = posture::collect(&host, CPU_WINDOW).await;
+        let sequence = match state.next_sequence() {
+            Ok(sequence) => sequence,
+            Err(e) => {
+                // Never a report whose number is not kept: it could repeat one already sent.
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot keep the report's sequence; retrying later"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(settings.interval) => continue,
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+        };
+        let report = posture::collect(&host, CPU_WINDOW, sequence).await;
         let outcome = match state.api(&settings.server) {
             Ok(api) => api.report_health(&report).await,
             Err(e) => return Err(e),

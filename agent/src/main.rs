@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use edgemesh_core::api::{EnrollRequest, IssuedCertificate};
+use edgemesh_core::api::{EnrollRequest, HealthReport, IssuedCertificate};
 use edgemesh_core::cert::CertInfo;
 use edgemesh_core::client::{ClientError, ControlApi, DeviceKey, fetch_pinned_ca};
 use edgemesh_core::files::write_atomic;
@@ -161,6 +161,22 @@ impl State {
         let key_pem = self.read(&self.key())?;
         let ca_pem = self.read(&self.ca())?;
         ControlApi::new(server, &ca_pem, Some((&cert_pem, &key_pem)))
+    }
+
+    /// The sequence number of the next health report, kept on disk (written and fsynced) before the
+    /// report leaves, so that no two reports of this state share one: one above the last, or the
+    /// clock's microseconds if they are further on (a lost or restored file does not make the control
+    /// API refuse every report as a replay).
+    pub fn next_sequence(&self) -> anyhow::Result<u64> {
+        let path = self.dir.join("health-sequence");
+        let last = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+        };
+        let next = HealthReport::sequence_after(last);
+        write_atomic(&path, format!("{next}\n").as_bytes(), 0o600)?;
+        Ok(next)
     }
 
     fn certificate(&self) -> anyhow::Result<CertInfo> {
@@ -331,7 +347,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Report { server, once: _ } => {
-            let report = posture::collect(&posture::Host::default(), daemon::CPU_WINDOW).await;
+            let sequence = state.next_sequence()?;
+            let report =
+                posture::collect(&posture::Host::default(), daemon::CPU_WINDOW, sequence).await;
             let verdict = state.api(&server)?.report_health(&report).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             println!(
@@ -363,4 +381,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn format_time(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each report's number is above the last, across restarts (the count is on disk), and neither a
+    /// lost nor a damaged count makes it go back below the clock.
+    #[test]
+    fn report_sequences_only_go_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State {
+            dir: dir.path().to_owned(),
+        };
+        let first = state.next_sequence().expect("first");
+        let second = state.next_sequence().expect("second");
+        assert!(second > first, "{second} after {first}");
+        let restarted = State {
+            dir: dir.path().to_owned(),
+        };
+        let third = restarted.next_sequence().expect("after a restart");
+        assert!(third > second, "{third} after {second}");
+        let kept: u64 = std::fs::read_to_string(dir.path().join("health-sequence"))
+            .expect("kept")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert_eq!(kept, third, "the number sent is the number kept");
+        std::fs::write(dir.path().join("health-sequence"), "not a number").expect("damage it");
+        let now =
+            u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).expect("now");
+        assert!(state.next_sequence().expect("after damage") >= now);
+    }
 }

@@ -47,7 +47,7 @@ impl Host {
 }
 
 /// Measures everything once. CPU usage is sampled over `cpu_window`.
-pub async fn collect(host: &Host, cpu_window: Duration) -> HealthReport {
+pub async fn collect(host: &Host, cpu_window: Duration, sequence: u64) -> HealthReport {
     let first = host.read(&host.proc, "stat").and_then(|s| cpu_times(&s));
     tokio::time::sleep(cpu_window).await;
     let second = host.read(&host.proc, "stat").and_then(|s| cpu_times(&s));
@@ -60,6 +60,7 @@ pub async fn collect(host: &Host, cpu_window: Duration) -> HealthReport {
         .flatten();
     HealthReport {
         device_id: None,
+        sequence,
         collected_at: OffsetDateTime::now_utc(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         cpu_usage: first.zip(second).and_then(|(a, b)| cpu_usage(a, b)),

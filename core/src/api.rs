@@ -77,6 +77,13 @@ pub struct HealthReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::id::DeviceId>))]
     pub device_id: Option<String>,
+    /// Above the sequence of every report accepted before from this enrolment (the agent keeps a
+    /// counter on disk): a report sent again is refused (409 `stale_sequence`). 1 to 2^63 - 1.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_i64)
+    )]
+    pub sequence: u64,
     #[serde(with = "time::serde::rfc3339")]
     /// No later than five minutes ahead of the server's clock.
     pub collected_at: OffsetDateTime,
@@ -102,6 +109,18 @@ pub struct HealthReport {
     pub os_patches_current: Option<bool>,
     pub antivirus_enabled: Option<bool>,
     pub firewall_enabled: Option<bool>,
+}
+
+impl HealthReport {
+    /// The sequence number to send after `last`: one above it, or the clock's microseconds since the
+    /// Unix epoch if they are further on. So a sender that lost its count (or a second sender, a test
+    /// beside the agent) still counts upwards while the clock does.
+    pub fn sequence_after(last: u64) -> u64 {
+        let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        last.saturating_add(1)
+            .max(u64::try_from(now).unwrap_or(0))
+            .min(i64::MAX as u64)
+    }
 }
 
 /// What the control API knows of the device presenting its certificate (`GET /api/v1/device`): it

@@ -26,5 +26,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
     std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(mode))?;
     file.write_all(contents)?;
     file.sync_all()?;
-    std::fs::rename(tmp, path).with_context(|| format!("failed to write {}", path.display()))
+    std::fs::rename(tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
+    // The rename itself lasts once the directory is on disk.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

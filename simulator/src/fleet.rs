@@ -2,6 +2,7 @@
 //! their health reports over the real mTLS device API.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, ensure};
 use edgemesh_core::api::{EnrollRequest, HealthReport, HealthVerdict};
@@ -214,9 +215,25 @@ pub async fn enroll_all(
 }
 
 /// A healthy report, measured now.
+/// The next health report's sequence number, for the whole simulated fleet: increasing across every
+/// device, and above any a previous run sent (see `HealthReport::sequence_after`).
+pub fn next_sequence() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = HealthReport::sequence_after(last);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(now) => last = now,
+        }
+    }
+}
+
+/// A healthy report with the next sequence number.
 pub fn healthy_report() -> HealthReport {
     HealthReport {
         device_id: None,
+        sequence: next_sequence(),
         collected_at: OffsetDateTime::now_utc(),
         agent_version: format!("simulator/{}", env!("CARGO_PKG_VERSION")),
         cpu_usage: Some(25.0),

@@ -144,7 +144,7 @@ pub async fn admit(db: impl PgExecutor<'_>, device: &Enrolment<'_>) -> Result<bo
              device_type = excluded.device_type, os = excluded.os,
              os_version = excluded.os_version, status = 'active', enrolled_at = now(),
              last_seen_at = NULL, revoked_at = NULL, health_status = 'unknown',
-             health_reasons = '{}', last_health_at = NULL
+             health_reasons = '{}', last_health_at = NULL, health_sequence = NULL
          WHERE devices.status = 'revoked' AND devices.owner_id = excluded.owner_id
          RETURNING id",
         device.id,
@@ -196,6 +196,8 @@ pub async fn transfer(db: impl PgExecutor<'_>, id: &str, owner: &str) -> Result<
 /// What a health report is judged with: an active device's type and the OS it was enrolled with (or
 /// last reported).
 pub struct Reporting {
+    /// The sequence of the last report accepted from this enrolment.
+    pub health_sequence: Option<i64>,
     pub device_type: String,
     pub os: String,
     pub os_version: String,
@@ -208,7 +210,8 @@ pub async fn lock_active(
 ) -> Result<Option<Reporting>, sqlx::Error> {
     sqlx::query_as!(
         Reporting,
-        "SELECT device_type, os, os_version FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
+        "SELECT health_sequence, device_type, os, os_version FROM devices
+         WHERE id = $1 AND status = 'active' FOR UPDATE",
         id
     )
     .fetch_optional(db)
@@ -217,6 +220,7 @@ pub async fn lock_active(
 
 /// A health report's verdict, on the device.
 pub struct Verdict<'a> {
+    pub sequence: i64,
     pub status: &'a str,
     pub reasons: &'a [String],
     pub collected_at: OffsetDateTime,
@@ -234,14 +238,15 @@ pub async fn record_verdict(
     sqlx::query!(
         "UPDATE devices SET health_status = $2, health_reasons = $3,
              last_health_at = LEAST($4, now()), last_seen_at = now(),
-             os = COALESCE($5, os), os_version = COALESCE($6, os_version)
+             os = COALESCE($5, os), os_version = COALESCE($6, os_version), health_sequence = $7
          WHERE id = $1",
         id,
         verdict.status,
         verdict.reasons,
         verdict.collected_at,
         verdict.os,
-        verdict.os_version
+        verdict.os_version,
+        verdict.sequence
     )
     .execute(db)
     .await?;

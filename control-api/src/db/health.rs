@@ -41,8 +41,9 @@ pub async fn insert(
     sqlx::query!(
         "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage,
              memory_usage, disk_usage, os, os_version, kernel, uptime_seconds, disk_encrypted,
-             os_patches_current, antivirus_enabled, firewall_enabled, agent_version, status, reasons)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             os_patches_current, antivirus_enabled, firewall_enabled, agent_version, status, reasons,
+             sequence)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         device,
         serial,
         report.collected_at,
@@ -59,7 +60,8 @@ pub async fn insert(
         report.firewall_enabled,
         report.agent_version,
         status,
-        reasons
+        reasons,
+        i64::try_from(report.sequence).ok()
     )
     .execute(db)
     .await?;

@@ -66,6 +66,12 @@ fn validate(report: &HealthReport, caller: &DeviceId, now: OffsetDateTime) -> Re
     check_text("os_version", report.os_version.as_deref(), 64)?;
     check_text("kernel", report.kernel.as_deref(), 256)?;
     bounded_text("agent_version", &report.agent_version, 64)?;
+    if report.sequence == 0 || i64::try_from(report.sequence).is_err() {
+        return Err(ApiError::bad_request(
+            "invalid_sequence",
+            "sequence must be between 1 and 2^63 - 1",
+        ));
+    }
     if report
         .uptime_seconds
         .is_some_and(|u| i64::try_from(u).is_err())
@@ -93,9 +99,10 @@ fn validate(report: &HealthReport, caller: &DeviceId, now: OffsetDateTime) -> Re
     request_body = HealthReport,
     responses(
         (status = 200, description = "Stored; the device's verdict.", body = HealthVerdict),
-        (status = 400, description = "`invalid_body`, `invalid_field` (a percentage out of 0..100, a text too long or with control characters, uptime out of range), `collected_in_future`.", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_field` (a percentage out of 0..100, a text too long or with control characters, uptime out of range), `invalid_sequence`, `collected_in_future`.", body = ErrorBody),
         (status = 401, description = CERTIFICATE_401, body = ErrorBody),
         (status = 403, description = "`device_mismatch` (the body names another device), and the certificate's: `no_device_identity`, `unknown_certificate`, `certificate_revoked`, `device_revoked`.", body = ErrorBody),
+        (status = 409, description = "`stale_sequence`: the report's sequence is not above the last one accepted from this enrolment (a report sent again).", body = ErrorBody),
         (status = 413, description = "`body_too_large`.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
         (status = 429, description = "`rate_limited`: reports are limited per device.", body = ErrorBody,
@@ -127,6 +134,19 @@ async fn report(
             "the device is revoked",
         ));
     };
+    // One report per sequence number, in increasing order: one sent again (recorded on the way, say)
+    // is refused, whoever sends it.
+    let sequence = i64::try_from(report.sequence).unwrap_or(i64::MAX);
+    if let Some(last) = stored.health_sequence
+        && sequence <= last
+    {
+        return Err(ApiError::conflict(
+            "stale_sequence",
+            format!(
+                "report sequence {sequence} is not above {last}, the last one accepted from this device"
+            ),
+        ));
+    }
     // The compliance rules read the same device and health objects as every decision does.
     let input = input::compliance(
         input::device(input::Device {
@@ -178,6 +198,7 @@ async fn report(
     )
     .await?;
     let verdict = devices::Verdict {
+        sequence,
         status,
         reasons: &reasons,
         collected_at: report.collected_at,

@@ -355,6 +355,7 @@ async fn what_devices_write_is_shown_escaped(db: PgPool) {
     let report = https_client(&app.ca_pem, Some((&device.cert_pem, &device.key_pem)))
         .post(format!("{}/api/v1/health", app.device_api))
         .json(&json!({
+            "sequence": crate::helpers::next_sequence(),
             "collected_at": time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .expect("time"),

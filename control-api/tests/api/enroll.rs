@@ -476,6 +476,7 @@ async fn a_device_enrolled_again_starts_as_never_reported(db: PgPool) {
     let report = client
         .post(format!("{}/api/v1/health", app.device_api))
         .json(&json!({
+            "sequence": 1,
             "collected_at": ::time::OffsetDateTime::now_utc()
                 .format(&::time::format_description::well_known::Rfc3339)
                 .expect("time"),

@@ -4,7 +4,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{TestApp, error_code, https_client, spawn_app};
+use crate::helpers::{TestApp, error_code, https_client, next_sequence, spawn_app};
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("format")
@@ -12,6 +12,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 pub fn healthy_report() -> Value {
     json!({
+        "sequence": next_sequence(),
         "collected_at": rfc3339(OffsetDateTime::now_utc()),
         "agent_version": "0.1.0",
         "cpu_usage": 12.5,
@@ -284,4 +285,58 @@ async fn a_device_without_a_recent_report_is_stale(db: PgPool) {
     ));
     assert_eq!(report(&app, &client, &body).await.status(), StatusCode::OK);
     assert_eq!(device_json(&app, "pi-old").await["health"], "stale");
+}
+
+/// A report is accepted once: one whose sequence is not above the last accepted (sent again by
+/// whoever recorded it on the way) is refused with 409 and changes nothing; a new enrolment starts
+/// its sequence again.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_report_sent_again_is_refused(db: PgPool) {
+    let app = spawn_app(db).await;
+    let client = device(&app, "rex", "pi-replay").await;
+    let mut body = healthy_report();
+    body["sequence"] = json!(5);
+    assert_eq!(report(&app, &client, &body).await.status(), StatusCode::OK);
+
+    let before = app.snapshot().await;
+    for sequence in [5, 4] {
+        body["sequence"] = json!(sequence);
+        let response = report(&app, &client, &body).await;
+        let (status, code) = error_code(response).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::CONFLICT, "stale_sequence"),
+            "sequence {sequence}"
+        );
+    }
+    for (sequence, why) in [
+        (json!(0), "invalid_sequence"),
+        (json!(null), "invalid_body"),
+    ] {
+        body["sequence"] = sequence;
+        let (status, code) = error_code(report(&app, &client, &body).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, why));
+    }
+    body.as_object_mut().expect("object").remove("sequence");
+    let (status, code) = error_code(report(&app, &client, &body).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_body")
+    );
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a refused report changes nothing"
+    );
+
+    body["sequence"] = json!(6);
+    assert_eq!(report(&app, &client, &body).await.status(), StatusCode::OK);
+
+    // Enrolled again (a fresh agent state starts counting at 1): the old sequence is not held against it.
+    app.admin_post("/devices/pi-replay/revoke", json!({})).await;
+    let token = app.create_token("rex", 1).await;
+    let enrolled = app.enroll(&token, "pi-replay").await;
+    let client = https_client(&app.ca_pem, Some((&enrolled.cert_pem, &enrolled.key_pem)));
+    body["sequence"] = json!(1);
+    assert_eq!(report(&app, &client, &body).await.status(), StatusCode::OK);
 }

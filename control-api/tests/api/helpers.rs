@@ -216,6 +216,13 @@ impl TestApp {
     }
 }
 
+/// A health report's sequence number: increasing across the whole test binary, so that no two reports
+/// share one.
+pub fn next_sequence() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn enroll_body(device_id: &str, csr_pem: &str) -> Value {
     json!({
         "device_id": device_id,

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use edgemesh_core::api::HealthReport;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -396,7 +397,15 @@ impl Stack {
 
     /// Sends a health report for `device` over its mTLS connection: healthy values with `patch` applied.
     pub async fn report(&self, device: &Device, patch: Value) -> Value {
+        // Above every sequence this device's agent (or an earlier report) sent: see `sequence_after`.
+        static LAST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+        let sequence = {
+            let mut last = LAST.lock().expect("sequence");
+            *last = HealthReport::sequence_after(*last);
+            *last
+        };
         let mut body = json!({
+            "sequence": sequence,
             "collected_at": OffsetDateTime::now_utc().format(&Rfc3339).expect("time"),
             "agent_version": "e2e",
             "cpu_usage": 20.0,
