@@ -29,12 +29,14 @@ pub struct StoredReport {
     pub reasons: Vec<String>,
 }
 
-/// Stores a report the device `device` sent with the certificate `serial`, and its verdict.
+/// Stores a report the device `device` sent with the certificate `serial`, its sequence (checked to
+/// fit), and its verdict.
 pub async fn insert(
     db: impl PgExecutor<'_>,
     device: &str,
     serial: &str,
     report: &HealthReport,
+    sequence: i64,
     status: &str,
     reasons: &[String],
 ) -> Result<(), sqlx::Error> {
@@ -61,7 +63,7 @@ pub async fn insert(
         report.agent_version,
         status,
         reasons,
-        i64::try_from(report.sequence).ok()
+        sequence
     )
     .execute(db)
     .await?;

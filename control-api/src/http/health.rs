@@ -193,6 +193,7 @@ async fn report(
         caller.device.as_str(),
         &caller.serial,
         &report,
+        sequence,
         status,
         &reasons,
     )
