@@ -25,6 +25,23 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 # `make up`, which builds the same way). It is the build that checks every query against the
 # migrations, and fails when the offline query data in .sqlx/ is out of date.
 scripts/query-data.sh check
+# The second agent build the self-update tests take: the same code with a higher version. Only the agent
+# is compiled again (its version is the one thing the variable changes), then once more as it was.
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+next_version="${version%.*}.$(( ${version##*.} + 1 ))"
+EDGEMESH_AGENT_VERSION=$next_version cargo build --workspace --all-targets
+mkdir -p target/agent-next
+cp target/debug/edgemesh-agent target/agent-next/edgemesh-agent
+cargo build --workspace --all-targets
+# The aarch64 agent (scripts/aarch64.sh), which the e2e tests run under qemu: without root to install
+# what it needs, it is skipped (not with EDGEMESH_REQUIRE_TOOLS=1, as in CI).
+if scripts/aarch64.sh prepare; then
+  scripts/aarch64.sh build
+elif [ "${EDGEMESH_REQUIRE_TOOLS:-0}" = 1 ]; then
+  exit 1
+else
+  echo "warning: the aarch64 agent is not built; its test is skipped" >&2
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -10,8 +10,8 @@ use edgemesh_core::client::ClientError;
 use rand::Rng;
 use time::OffsetDateTime;
 
-use crate::State;
 use crate::posture::{self, Host};
+use crate::{State, update};
 
 /// CPU usage is measured over this window before each report.
 pub const CPU_WINDOW: Duration = Duration::from_millis(500);
@@ -28,6 +28,16 @@ pub struct Settings {
     pub server: String,
     pub interval: Duration,
     pub max_backoff: Duration,
+    /// Self-update: `None` when no release key is pinned.
+    pub update: Option<update::Settings>,
+}
+
+/// Why the daemon returned.
+pub enum Exit {
+    /// SIGTERM.
+    Stopped,
+    /// A new version is in place: restart into it.
+    Restart,
 }
 
 /// The control API refuses this device for good; the daemon stops (exit status 78, which the systemd
@@ -40,11 +50,20 @@ pub async fn run(
     state: &State,
     settings: &Settings,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     tokio::pin!(shutdown);
     let host = Host::default();
     let mut failures = 0u32;
-    tracing::info!(server = %settings.server, interval_s = settings.interval.as_secs(), "agent running");
+    let probation = update::on_probation();
+    if let Err(e) = state.record_run(crate::VERSION) {
+        tracing::warn!(error = format!("{e:#}"), "cannot record the running version");
+    }
+    match &settings.update {
+        None => tracing::info!("self-update is off: no release key is pinned"),
+        Some(u) if probation => tracing::info!(version = crate::VERSION, keys = u.keys.len(), "on probation: reporting once for the agent that started this version"),
+        Some(u) => tracing::info!(keys = u.keys.len(), binary = %u.install.display(), "self-update is on"),
+    }
+    tracing::info!(server = %settings.server, interval_s = settings.interval.as_secs(), version = crate::VERSION, "agent running");
     loop {
         let info = state.certificate()?;
         if renewal_due(&info, OffsetDateTime::now_utc()) {
@@ -70,16 +89,13 @@ pub async fn run(
                 );
                 tokio::select! {
                     () = tokio::time::sleep(settings.interval) => continue,
-                    () = &mut shutdown => return Ok(()),
+                    () = &mut shutdown => return Ok(Exit::Stopped),
                 }
             }
         };
         let report = posture::collect(&host, CPU_WINDOW, sequence).await;
-        let outcome = match state.api(&settings.server) {
-            Ok(api) => api.report_health(&report).await,
-            Err(e) => return Err(e),
-        };
-        let wait = match outcome {
+        let api = state.api(&settings.server)?;
+        let wait = match api.report_health(&report).await {
             Ok(verdict) => {
                 failures = 0;
                 tracing::info!(
@@ -90,6 +106,15 @@ pub async fn run(
                     disk = ?report.disk_usage,
                     "health reported"
                 );
+                if probation {
+                    update::mark_reported(&verdict.status);
+                } else if let (Some(offer), Some(updater)) = (&verdict.update, &settings.update) {
+                    match update::take(state, updater, &api, offer, &verdict, &mut shutdown).await {
+                        update::Outcome::Restart => return Ok(Exit::Restart),
+                        update::Outcome::Stopped => return Ok(Exit::Stopped),
+                        update::Outcome::Stay => {}
+                    }
+                }
                 settings.interval
             }
             Err(ClientError::Refused { error, detail, .. })
@@ -113,7 +138,7 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => {
                 tracing::info!("stopping");
-                return Ok(());
+                return Ok(Exit::Stopped);
             }
         }
     }

@@ -18,9 +18,18 @@ use time::OffsetDateTime;
 mod daemon;
 mod os_release;
 mod posture;
+mod update;
+
+/// This build's version: `EDGEMESH_AGENT_VERSION` at build time, or the crate's.
+pub const VERSION: &str = match option_env!("EDGEMESH_AGENT_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
+/// The target triple this build runs on.
+pub const TARGET: &str = env!("EDGEMESH_AGENT_TARGET");
 
 #[derive(Debug, Parser)]
-#[command(name = "edgemesh-agent", version, about = "EdgeMesh device agent")]
+#[command(name = "edgemesh-agent", version = VERSION, about = "EdgeMesh device agent")]
 struct Cli {
     /// Where the device key, certificate and CA are kept.
     #[arg(
@@ -120,6 +129,15 @@ enum Command {
         #[arg(long, env = "EDGEMESH_MAX_BACKOFF_SECS", default_value_t = 30,
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         max_backoff_secs: u64,
+        /// A public key file releases may be signed by (`edgemeshctl release keygen` writes one);
+        /// give it more than once to pin several (a key rotation). Without one, the agent never
+        /// updates itself.
+        #[arg(long = "release-key", env = "EDGEMESH_RELEASE_KEYS", value_delimiter = ',')]
+        release_keys: Vec<PathBuf>,
+        /// Seconds a new version has to report to the control API before it is rolled back.
+        #[arg(long, env = "EDGEMESH_UPDATE_PROBATION_SECS", default_value_t = 120,
+              value_parser = clap::value_parser!(u64).range(5..=3600))]
+        probation_secs: u64,
     },
 }
 
@@ -366,13 +384,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server,
             interval_secs,
             max_backoff_secs,
+            release_keys,
+            probation_secs,
         } => {
+            let update = if release_keys.is_empty() {
+                None
+            } else {
+                Some(update::Settings::new(
+                    &release_keys,
+                    std::time::Duration::from_secs(probation_secs),
+                )?)
+            };
+            let install = update.as_ref().map(|u| u.install.clone());
             let settings = daemon::Settings {
                 server,
                 interval: std::time::Duration::from_secs(interval_secs),
                 max_backoff: std::time::Duration::from_secs(max_backoff_secs),
+                update,
             };
-            daemon::run(&state, &settings, edgemesh_core::shutdown_signal()).await?;
+            let exit = daemon::run(&state, &settings, edgemesh_core::shutdown_signal()).await?;
+            if let (daemon::Exit::Restart, Some(binary)) = (exit, install) {
+                use std::os::unix::process::CommandExt;
+                // exec keeps nothing of this process's memory: the log lines buffered go out first.
+                edgemesh_core::telemetry::flush();
+                // The same process (pid, arguments, environment), now running the new binary.
+                let error = std::process::Command::new(&binary)
+                    .args(std::env::args_os().skip(1))
+                    .exec();
+                return Err(error).with_context(|| {
+                    format!("failed to restart into {}; systemd restarts it", binary.display())
+                });
+            }
         }
     }
     Ok(())

@@ -62,7 +62,8 @@ pub async fn collect(host: &Host, cpu_window: Duration, sequence: u64) -> Health
         device_id: None,
         sequence,
         collected_at: OffsetDateTime::now_utc(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_version: crate::VERSION.to_owned(),
+        agent_target: Some(crate::TARGET.to_owned()),
         cpu_usage: first.zip(second).and_then(|(a, b)| cpu_usage(a, b)),
         memory_usage: host
             .read(&host.proc, "meminfo")

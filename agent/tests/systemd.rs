@@ -15,7 +15,9 @@ fn unit() -> String {
 #[test]
 fn the_systemd_unit_runs_the_agent_confined() {
     let unit = unit();
-    assert!(unit.contains("ExecStart=/usr/local/bin/edgemesh-agent run"));
+    // It runs (and updates) the copy in its state directory, seeded from /usr/local/bin.
+    assert!(unit.contains("ExecStart=/var/lib/edgemesh-agent/bin/edgemesh-agent run"));
+    assert!(unit.contains("install -D -m 0755 /usr/local/bin/edgemesh-agent /var/lib/edgemesh-agent/bin/edgemesh-agent"));
     for hardening in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -46,6 +48,10 @@ fn the_systemd_unit_verifies() {
     std::fs::write(
         &path,
         unit.replace(
+            "/var/lib/edgemesh-agent/bin/edgemesh-agent",
+            env!("CARGO_BIN_EXE_edgemesh-agent"),
+        )
+        .replace(
             "/usr/local/bin/edgemesh-agent",
             env!("CARGO_BIN_EXE_edgemesh-agent"),
         ),

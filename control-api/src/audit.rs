@@ -25,6 +25,11 @@ pub enum EventType {
     Health,
     /// The operator console: sign-ins (and refused ones) and sign-outs.
     Console,
+    /// Agent releases published and rollouts set.
+    Release,
+    /// A step of an agent's self-update, as the device reported it.
+    #[serde(rename = "agent_update")]
+    AgentUpdate,
 }
 
 impl EventType {
@@ -38,6 +43,8 @@ impl EventType {
             Self::User => "user",
             Self::Health => "health",
             Self::Console => "console",
+            Self::Release => "release",
+            Self::AgentUpdate => "agent_update",
         }
     }
 }

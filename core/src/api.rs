@@ -89,6 +89,11 @@ pub struct HealthReport {
     pub collected_at: OffsetDateTime,
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub agent_version: String,
+    /// The target triple the agent was built for (`aarch64-unknown-linux-gnu`): which build of a
+    /// release it can take. Without it the device is offered no update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
+    pub agent_target: Option<String>,
     /// Percentages, 0 to 100.
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub cpu_usage: Option<f64>,
@@ -139,4 +144,68 @@ pub struct DeviceStanding {
 pub struct HealthVerdict {
     pub status: String,
     pub reasons: Vec<String>,
+    /// The agent release this device should run, when its channel's rollout includes it and it runs
+    /// another version. The agent checks the release's signature itself before it takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateOffer>,
+}
+
+/// An agent release offered to a device: fetch `manifest_path` (a signed manifest) and `binary_path`
+/// from the device listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdateOffer {
+    pub version: String,
+    pub target: String,
+    pub channel: String,
+    pub manifest_path: String,
+    pub binary_path: String,
+}
+
+/// `POST /api/v1/update-events`: a step of an agent's update, for the operator watching a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEvent {
+    /// The version the step is about.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
+    pub version: String,
+    /// The version running when the step happened.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
+    pub running_version: String,
+    pub step: UpdateStep,
+    /// For a refusal or a rollback: the reason's code (`bad_signature`, `hash_mismatch`,
+    /// `downgrade`, `expired`, `probation_failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
+    pub reason: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 512))]
+    pub detail: String,
+}
+
+/// The steps of an update an agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateStep {
+    /// Verified and installed beside the running binary; the new version is on probation.
+    Installed,
+    /// The new version reported to the control API within its probation: the update is complete.
+    Completed,
+    /// Not taken: the reason says why (a bad signature, a hash mismatch, a downgrade, ...).
+    Refused,
+    /// The new version failed its probation; the previous binary is back and the version pinned bad.
+    RolledBack,
+}
+
+impl UpdateStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Installed => "installed",
+            Self::Completed => "completed",
+            Self::Refused => "refused",
+            Self::RolledBack => "rolled_back",
+        }
+    }
 }

@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     DeviceStanding, EnrollRequest, ErrorBody, HealthReport, HealthVerdict, IssuedCertificate,
-    RenewRequest,
+    RenewRequest, UpdateEvent,
 };
+use crate::release::SignedManifest;
 use crate::cert::{Fingerprint, normalize_fingerprint};
 use crate::id::DeviceId;
 use crate::tls;
@@ -159,6 +160,50 @@ impl ControlApi {
                 .await?,
         )
         .await
+    }
+
+    /// A release's signed manifest, at the path an update offer names (on the device listener).
+    pub async fn release_manifest(&self, path: &str) -> Result<SignedManifest, ClientError> {
+        Self::answer(self.http.get(self.release_url(path)).send().await?).await
+    }
+
+    /// A release's binary, at the path an update offer names. The caller checks it against the
+    /// manifest; nothing about it is trusted before that.
+    pub async fn release_binary(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .http
+            .get(self.release_url(path))
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(response.bytes().await?.to_vec());
+        }
+        Self::answer(response).await
+    }
+
+    /// `POST /api/v1/update-events`: a step of this device's update.
+    pub async fn report_update(&self, event: &UpdateEvent) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/update-events", self.base))
+            .json(event)
+            .send()
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Self::answer(response).await
+    }
+
+    /// Offers name paths on this server, under `/api/v1/releases/`; anything else is not followed.
+    fn release_url(&self, path: &str) -> String {
+        let path = if path.starts_with("/api/v1/releases/") && !path.contains("..") {
+            path
+        } else {
+            "/api/v1/releases/invalid-path"
+        };
+        format!("{}{path}", self.base)
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(

@@ -10,6 +10,7 @@ pub mod files;
 pub mod id;
 #[cfg(feature = "policy")]
 pub mod policy;
+pub mod release;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod telemetry;

@@ -61,9 +61,14 @@ pub fn init() -> FlushGuard {
 /// Writes the buffered lines when dropped.
 pub struct FlushGuard(());
 
+/// Writes out the lines buffered so far (before the process is replaced by `exec`, say).
+pub fn flush() {
+    BUFFER.flush();
+}
+
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        BUFFER.flush();
+        flush();
     }
 }
 

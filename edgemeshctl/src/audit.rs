@@ -35,6 +35,11 @@ pub enum EventType {
     Health,
     /// Console sign-ins (refused ones with decision deny) and sign-outs.
     Console,
+    /// Agent releases published, rollouts set, devices moved between channels.
+    Release,
+    /// The steps of agents' self-updates (installed, completed, refused, rolled back).
+    #[value(name = "agent_update")]
+    AgentUpdate,
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +97,11 @@ impl QueryArgs {
         query.extend(self.user.clone().map(|v| ("user", v)));
         query.extend(self.service.clone().map(|v| ("service", v)));
         query.extend(self.decision.map(|v| ("decision", lower(v))));
-        query.extend(self.event_type.map(|v| ("event_type", lower(v))));
+        query.extend(
+            self.event_type
+                .and_then(|v| v.to_possible_value())
+                .map(|v| ("event_type", v.get_name().to_owned())),
+        );
         query
     }
 }

@@ -22,7 +22,7 @@ impl Admin {
             .map_err(|e| Failure::Usage(format!("the CA certificate: {e:#}")))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(300))
             .build()
             .map_err(|e| Failure::Unreachable(format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -38,6 +38,10 @@ impl Admin {
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
         self.send(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        self.send(Method::PUT, path, &[], Some(body)).await
     }
 
     async fn send(

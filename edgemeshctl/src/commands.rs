@@ -12,7 +12,7 @@ use crate::failure::Failure;
 use crate::{Output, Reason, lower, table};
 
 /// Prints `value` as JSON, or with `show` as a table.
-fn emit(out: Output, value: &Value, show: impl FnOnce(&Value)) {
+pub fn emit(out: Output, value: &Value, show: impl FnOnce(&Value)) {
     match out {
         Output::Json => println!(
             "{}",
@@ -381,7 +381,7 @@ pub async fn health(api: &Admin, command: Health, out: Output) -> Result<(), Fai
 }
 
 /// A path segment from an argument: percent-encoded, so an id cannot reach another endpoint.
-fn segment(text: &str) -> String {
+pub fn segment(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

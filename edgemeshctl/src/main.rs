@@ -15,6 +15,7 @@ mod commands;
 mod config;
 mod failure;
 mod policy;
+mod release;
 mod table;
 
 use failure::Failure;
@@ -71,6 +72,16 @@ enum Command {
     },
     /// Each service's health and version: the control API and its database, ext-authz, Envoy.
     Status(commands::StatusArgs),
+    /// Agent releases: sign (offline), publish, list.
+    Release {
+        #[command(subcommand)]
+        command: release::Release,
+    },
+    /// Roll an agent version out to a channel's devices, and watch it.
+    Rollout {
+        #[command(subcommand)]
+        command: release::Rollout,
+    },
     /// Evaluate and test the Rego policies locally (no server needed).
     Policy {
         #[command(subcommand)]
@@ -102,6 +113,17 @@ fn main() -> ExitCode {
     if let Command::Policy { command } = &cli.command {
         return match policy::run(command, cli.output) {
             Ok(code) => code,
+            Err(e) => {
+                eprintln!("edgemeshctl: error: {e:#}");
+                ExitCode::from(edgemesh_core::exit::CONFIG)
+            }
+        };
+    }
+    if let Command::Release { command } = &cli.command
+        && let Some(done) = release::local(command)
+    {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edgemeshctl: error: {e:#}");
                 ExitCode::from(edgemesh_core::exit::CONFIG)
@@ -143,6 +165,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Audit {
             command: AuditCommand::Query(args),
         } => audit::query(&api, &args, out).await?,
+        Command::Release { command } => release::release(&api, command, out).await?,
+        Command::Rollout { command } => release::rollout(&api, command, out).await?,
         Command::Status(_) | Command::Policy { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

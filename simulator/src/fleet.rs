@@ -236,6 +236,7 @@ pub fn healthy_report() -> HealthReport {
         sequence: next_sequence(),
         collected_at: OffsetDateTime::now_utc(),
         agent_version: format!("simulator/{}", env!("CARGO_PKG_VERSION")),
+        agent_target: None,
         cpu_usage: Some(25.0),
         memory_usage: Some(45.0),
         disk_usage: Some(50.0),

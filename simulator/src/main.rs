@@ -14,6 +14,7 @@ mod noop_authz;
 mod run;
 mod stats;
 mod summary;
+mod updates;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -143,6 +144,17 @@ enum Command {
         #[arg(long)]
         ca_key: PathBuf,
     },
+    /// A fleet playing its agents' update checks: N devices report running --agent-version on
+    /// --target; each offered a release fetches and checks it and reports again as the new version.
+    /// Prints one JSON line: the devices, which were offered what, and how many updated.
+    UpdateChecks {
+        #[arg(long, default_value_t = 200)]
+        devices: u32,
+        #[arg(long, default_value = "0.1.0")]
+        agent_version: String,
+        #[arg(long, default_value = "x86_64-unknown-linux-gnu")]
+        target: String,
+    },
     /// Serve the demo services Envoy routes to: each request is answered with the identity headers it
     /// arrived with.
     Upstream {
@@ -260,6 +272,14 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         } => {
             let token = admin_token()?;
             bench::enroll(&control(&token), devices, concurrency).await
+        }
+        Command::UpdateChecks {
+            devices,
+            ref agent_version,
+            ref target,
+        } => {
+            let token = admin_token()?;
+            updates::play(&control(&token), devices, agent_version, target).await
         }
         Command::BenchHealth { devices, reports } => {
             let token = admin_token()?;

@@ -33,6 +33,10 @@ pub struct Device {
     /// When the newest certificate not revoked or retired expires (`null`: none is in force).
     #[serde(with = "time::serde::rfc3339::option")]
     pub certificate_expires_at: Option<OffsetDateTime>,
+    /// The agent version the device last reported running.
+    pub agent_version: Option<String>,
+    /// The channel whose agent rollout it follows.
+    pub update_channel: String,
 }
 
 impl Device {
@@ -70,6 +74,7 @@ pub async fn list(
     let mut sql = QueryBuilder::<Postgres>::new(
         "SELECT d.id, d.owner_id, u.role, d.device_type, d.os, d.os_version, d.status, d.enrolled_at,
                 d.last_seen_at, d.revoked_at, d.health_status, d.health_reasons, d.last_health_at,
+                d.agent_version, d.update_channel,
                 (SELECT max(c.not_after) FROM certificates c WHERE c.device_id = d.id
                    AND (c.revoked_at IS NULL OR c.revoked_at > now())) AS certificate_expires_at
          FROM devices d JOIN users u ON u.id = d.owner_id WHERE true",
@@ -186,6 +191,22 @@ pub async fn revoke(db: impl PgExecutor<'_>, id: &str) -> Result<bool, sqlx::Err
     Ok(found.is_some())
 }
 
+/// Moves a device to another update channel; `false` if there is no such device.
+pub async fn set_channel(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    channel: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE devices SET update_channel = $2 WHERE id = $1",
+        id,
+        channel
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn transfer(db: impl PgExecutor<'_>, id: &str, owner: &str) -> Result<(), sqlx::Error> {
     sqlx::query!("UPDATE devices SET owner_id = $2 WHERE id = $1", id, owner)
         .execute(db)
@@ -201,6 +222,8 @@ pub struct Reporting {
     pub device_type: String,
     pub os: String,
     pub os_version: String,
+    /// The channel whose rollout it follows.
+    pub update_channel: String,
 }
 
 /// The device, locked for a health report: `None` when it is revoked or unknown.
@@ -210,7 +233,7 @@ pub async fn lock_active(
 ) -> Result<Option<Reporting>, sqlx::Error> {
     sqlx::query_as!(
         Reporting,
-        "SELECT health_sequence, device_type, os, os_version FROM devices
+        "SELECT health_sequence, device_type, os, os_version, update_channel FROM devices
          WHERE id = $1 AND status = 'active' FOR UPDATE",
         id
     )
@@ -226,6 +249,8 @@ pub struct Verdict<'a> {
     pub collected_at: OffsetDateTime,
     pub os: Option<&'a str>,
     pub os_version: Option<&'a str>,
+    pub agent_version: &'a str,
+    pub agent_target: Option<&'a str>,
 }
 
 /// Keeps the latest verdict on the device. Its health is as old as its measurement: a report
@@ -238,7 +263,8 @@ pub async fn record_verdict(
     sqlx::query!(
         "UPDATE devices SET health_status = $2, health_reasons = $3,
              last_health_at = LEAST($4, now()), last_seen_at = now(),
-             os = COALESCE($5, os), os_version = COALESCE($6, os_version), health_sequence = $7
+             os = COALESCE($5, os), os_version = COALESCE($6, os_version), health_sequence = $7,
+             agent_version = $8, agent_target = COALESCE($9, agent_target)
          WHERE id = $1",
         id,
         verdict.status,
@@ -246,7 +272,9 @@ pub async fn record_verdict(
         verdict.collected_at,
         verdict.os,
         verdict.os_version,
-        verdict.sequence
+        verdict.sequence,
+        verdict.agent_version,
+        verdict.agent_target
     )
     .execute(db)
     .await?;

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_certificate))
         .merge(super::health::admin_router())
         .merge(super::audit::admin_router())
+        .merge(super::releases::admin_router())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

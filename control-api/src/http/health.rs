@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use super::admin::ADMIN_401;
 use super::device::{AuthenticatedDevice, CERTIFICATE_401};
 use super::extract::{Json, Path, Peer, Query};
-use super::{ApiError, AppState, bounded_text};
+use super::{ApiError, AppState, bounded_text, releases};
 use crate::audit::{Event, EventType};
 use crate::db::devices;
 use crate::db::health::{self, StoredReport};
@@ -66,6 +66,7 @@ fn validate(report: &HealthReport, caller: &DeviceId, now: OffsetDateTime) -> Re
     check_text("os_version", report.os_version.as_deref(), 64)?;
     check_text("kernel", report.kernel.as_deref(), 256)?;
     bounded_text("agent_version", &report.agent_version, 64)?;
+    check_text("agent_target", report.agent_target.as_deref(), 64)?;
     if report.sequence == 0 || i64::try_from(report.sequence).is_err() {
         return Err(ApiError::bad_request(
             "invalid_sequence",
@@ -205,6 +206,8 @@ async fn report(
         collected_at: report.collected_at,
         os: report.os.as_deref(),
         os_version: report.os_version.as_deref(),
+        agent_version: &report.agent_version,
+        agent_target: report.agent_target.as_deref(),
     };
     devices::record_verdict(&mut *tx, caller.device.as_str(), &verdict).await?;
     Event::new(EventType::Health, "reported")
@@ -222,9 +225,18 @@ async fn report(
         .with_label_values(&[status])
         .inc();
     tracing::info!(device = %caller.device, status, ?reasons, "health report");
+    let update = releases::offer_for(
+        &state.db,
+        &caller.device,
+        &stored.update_channel,
+        &report.agent_version,
+        report.agent_target.as_deref(),
+    )
+    .await?;
     Ok(axum::Json(HealthVerdict {
         status: status.to_owned(),
         reasons,
+        update,
     }))
 }
 

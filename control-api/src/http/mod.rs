@@ -25,6 +25,7 @@ pub mod extract;
 pub mod health;
 pub mod limit;
 pub mod openapi;
+pub mod releases;
 
 pub use error::ApiError;
 
@@ -79,6 +80,7 @@ fn device_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(device::router())
         .merge(health::device_router())
+        .merge(releases::device_router())
 }
 
 /// The API listener's routes, with `beside` (the console's pages) served on the same listener.

@@ -100,6 +100,10 @@ impl Process {
         Self { child }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running process has a pid")
+    }
+
     /// Whether it has not exited yet.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()

@@ -17,3 +17,4 @@ mod postgres;
 mod privileges;
 mod proxy;
 mod simulator;
+mod update;
