@@ -55,13 +55,23 @@ pub async fn run(
     let host = Host::default();
     let mut failures = 0u32;
     let probation = update::on_probation();
-    if let Err(e) = state.record_run(crate::VERSION) {
-        tracing::warn!(error = format!("{e:#}"), "cannot record the running version");
+    // A version on probation has not proved itself: the agent that started it records it once it has.
+    if !probation && let Err(e) = state.record_run(crate::VERSION) {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record the running version"
+        );
     }
     match &settings.update {
         None => tracing::info!("self-update is off: no release key is pinned"),
-        Some(u) if probation => tracing::info!(version = crate::VERSION, keys = u.keys.len(), "on probation: reporting once for the agent that started this version"),
-        Some(u) => tracing::info!(keys = u.keys.len(), binary = %u.install.display(), "self-update is on"),
+        Some(u) if probation => tracing::info!(
+            version = crate::VERSION,
+            keys = u.keys.len(),
+            "on probation: reporting once for the agent that started this version"
+        ),
+        Some(u) => {
+            tracing::info!(keys = u.keys.len(), binary = %u.install.display(), "self-update is on")
+        }
     }
     tracing::info!(server = %settings.server, interval_s = settings.interval.as_secs(), version = crate::VERSION, "agent running");
     loop {
@@ -93,9 +103,18 @@ pub async fn run(
                 }
             }
         };
-        let report = posture::collect(&host, CPU_WINDOW, sequence).await;
+        // SIGTERM is answered at once, not after a measurement or a report in flight (a slow control
+        // API would otherwise hold the stop for the client's whole timeout).
+        let report = tokio::select! {
+            report = posture::collect(&host, CPU_WINDOW, sequence) => report,
+            () = &mut shutdown => return Ok(Exit::Stopped),
+        };
         let api = state.api(&settings.server)?;
-        let wait = match api.report_health(&report).await {
+        let outcome = tokio::select! {
+            outcome = api.report_health(&report) => outcome,
+            () = &mut shutdown => return Ok(Exit::Stopped),
+        };
+        let wait = match outcome {
             Ok(verdict) => {
                 failures = 0;
                 tracing::info!(

@@ -1,6 +1,7 @@
 //! `edgemesh-agent`: the device daemon. It enrolls with a key generated on the device (the key never
 //! leaves it), shows its identity, reports the device's measured health and renews its certificate, all
-//! over mTLS. `run` is the daemon (under systemd: `agent/edgemesh-agent.service`).
+//! over mTLS. `run` is the daemon (under systemd: `agent/edgemesh-agent.service`); with a release key
+//! pinned it also takes the signed updates its channel rolls out (`update`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,8 @@ enum Command {
         once: bool,
     },
     /// The daemon: report health every interval, renew the certificate at two thirds of its lifetime,
-    /// back off (with jitter) while the control API is away; stop on SIGTERM.
+    /// take the signed updates it is offered (with --release-key), back off (with jitter) while the
+    /// control API is away; stop on SIGTERM.
     Run {
         #[arg(
             long,
@@ -132,7 +134,11 @@ enum Command {
         /// A public key file releases may be signed by (`edgemeshctl release keygen` writes one);
         /// give it more than once to pin several (a key rotation). Without one, the agent never
         /// updates itself.
-        #[arg(long = "release-key", env = "EDGEMESH_RELEASE_KEYS", value_delimiter = ',')]
+        #[arg(
+            long = "release-key",
+            env = "EDGEMESH_RELEASE_KEYS",
+            value_delimiter = ','
+        )]
         release_keys: Vec<PathBuf>,
         /// Seconds a new version has to report to the control API before it is rolled back.
         #[arg(long, env = "EDGEMESH_UPDATE_PROBATION_SECS", default_value_t = 120,
@@ -412,7 +418,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .args(std::env::args_os().skip(1))
                     .exec();
                 return Err(error).with_context(|| {
-                    format!("failed to restart into {}; systemd restarts it", binary.display())
+                    format!(
+                        "failed to restart into {}; systemd restarts it",
+                        binary.display()
+                    )
                 });
             }
         }

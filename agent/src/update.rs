@@ -88,12 +88,13 @@ impl State {
     /// Records `version` as run, if it is the highest (written and fsynced).
     pub fn record_run(&self, version: &str) -> anyhow::Result<()> {
         let highest = self.highest_run();
-        if release::is_newer(version, &highest) || !self.highest_path().exists() {
-            let keep = if release::is_newer(version, &highest) {
-                version
-            } else {
-                &highest
-            };
+        let keep = if release::is_newer(version, &highest) {
+            version
+        } else {
+            &highest
+        };
+        let kept = std::fs::read_to_string(self.highest_path()).unwrap_or_default();
+        if kept.trim() != keep {
             write_atomic(&self.highest_path(), format!("{keep}\n").as_bytes(), 0o600)?;
         }
         Ok(())
@@ -132,7 +133,14 @@ pub async fn take(
         Ok(binary) => binary,
         Err(Fault::Refused(refusal)) => {
             tracing::warn!(version = %offer.version, reason = refusal.code, detail = %refusal.detail, "update refused");
-            finish(state, api, &offer.version, UpdateStep::Refused, Some(&refusal)).await;
+            finish(
+                state,
+                api,
+                &offer.version,
+                UpdateStep::Refused,
+                Some(&refusal),
+            )
+            .await;
             return Outcome::Stay;
         }
         Err(Fault::Transient(e)) => {
@@ -152,7 +160,10 @@ pub async fn take(
         Trial::Passed(version) => {
             let refusal = Refusal::new(
                 "version_mismatch",
-                format!("the binary runs as {version}, its manifest says {}", offer.version),
+                format!(
+                    "the binary runs as {version}, its manifest says {}",
+                    offer.version
+                ),
             );
             return roll_back(state, api, &next, &offer.version, &refusal).await;
         }
@@ -197,7 +208,9 @@ async fn fetch_and_check(
         highest_run: &highest,
         now: OffsetDateTime::now_utc(),
     };
-    let manifest = judge.manifest(&signed, &offer.version).map_err(Fault::Refused)?;
+    let manifest = judge
+        .manifest(&signed, &offer.version)
+        .map_err(Fault::Refused)?;
     let binary = api
         .release_binary(&offer.binary_path)
         .await
@@ -369,5 +382,33 @@ async fn report(api: &ControlApi, version: &str, step: UpdateStep, refusal: Opti
     };
     if let Err(e) = api.report_update(&event).await {
         tracing::warn!(error = %e, step = step.as_str(), "cannot report the update step");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_version_run_only_goes_up_and_bad_versions_stay_pinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = State {
+            dir: dir.path().to_owned(),
+        };
+        assert_eq!(state.highest_run(), VERSION, "at least the running one");
+        state.record_run("99.0.0").expect("record");
+        assert_eq!(state.highest_run(), "99.0.0");
+        state.record_run("1.0.0").expect("record");
+        assert_eq!(state.highest_run(), "99.0.0", "never lowered");
+        let restarted = State {
+            dir: dir.path().to_owned(),
+        };
+        assert_eq!(restarted.highest_run(), "99.0.0", "kept on disk");
+
+        assert!(!state.pinned_bad("2.0.0"));
+        state.pin_bad("2.0.0", "hash_mismatch").expect("pin");
+        state.pin_bad("2.1.0", "probation_failed").expect("pin");
+        assert!(state.pinned_bad("2.0.0") && state.pinned_bad("2.1.0"));
+        assert!(!state.pinned_bad("2.0"), "whole versions only");
     }
 }

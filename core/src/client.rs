@@ -12,9 +12,9 @@ use crate::api::{
     DeviceStanding, EnrollRequest, ErrorBody, HealthReport, HealthVerdict, IssuedCertificate,
     RenewRequest, UpdateEvent,
 };
-use crate::release::SignedManifest;
 use crate::cert::{Fingerprint, normalize_fingerprint};
 use crate::id::DeviceId;
+use crate::release::SignedManifest;
 use crate::tls;
 
 /// A device's private key (ECDSA P-256). It is generated here and never sent anywhere.

@@ -56,9 +56,8 @@ impl Manifest {
             ("version", &manifest.version),
             ("min_version", &manifest.min_version),
         ] {
-            parse_version(value).map_err(|e| {
-                Refusal::new(Refusal::INVALID_MANIFEST, format!("{field}: {e}"))
-            })?;
+            parse_version(value)
+                .map_err(|e| Refusal::new(Refusal::INVALID_MANIFEST, format!("{field}: {e}")))?;
         }
         if manifest.sha256.len() != 64
             || !manifest
@@ -297,7 +296,10 @@ impl Judge<'_> {
     /// `offered` is the version the control API offered.
     pub fn manifest(&self, signed: &SignedManifest, offered: &str) -> Result<Manifest, Refusal> {
         if signed.signature.trim().is_empty() {
-            return Err(Refusal::new(Refusal::UNSIGNED, "the release has no signature"));
+            return Err(Refusal::new(
+                Refusal::UNSIGNED,
+                "the release has no signature",
+            ));
         }
         let signature = Signature::parse(&signed.signature)?;
         let key = self
@@ -307,7 +309,10 @@ impl Judge<'_> {
             .ok_or_else(|| {
                 Refusal::new(
                     Refusal::UNKNOWN_KEY,
-                    format!("signed by key {}, which this agent does not pin", signature.key_id),
+                    format!(
+                        "signed by key {}, which this agent does not pin",
+                        signature.key_id
+                    ),
                 )
             })?;
         let mut message = SIGNED_PREFIX.to_vec();
@@ -324,22 +329,32 @@ impl Judge<'_> {
         if manifest.expires_at <= self.now {
             return Err(Refusal::new(
                 Refusal::EXPIRED,
-                format!("the manifest of {} expired at {}", manifest.version, manifest.expires_at),
+                format!(
+                    "the manifest of {} expired at {}",
+                    manifest.version, manifest.expires_at
+                ),
             ));
         }
         if manifest.target != self.target {
             return Err(Refusal::new(
                 Refusal::WRONG_TARGET,
-                format!("built for {}, this agent runs on {}", manifest.target, self.target),
+                format!(
+                    "built for {}, this agent runs on {}",
+                    manifest.target, self.target
+                ),
             ));
         }
         if manifest.version != offered {
             return Err(Refusal::new(
                 Refusal::NOT_OFFERED,
-                format!("the manifest is of {}, {offered} was offered", manifest.version),
+                format!(
+                    "the manifest is of {}, {offered} was offered",
+                    manifest.version
+                ),
             ));
         }
-        let version = parse_version(&manifest.version).map_err(|e| Refusal::new(Refusal::INVALID_MANIFEST, e))?;
+        let version = parse_version(&manifest.version)
+            .map_err(|e| Refusal::new(Refusal::INVALID_MANIFEST, e))?;
         let floor = parse_version(self.highest_run)
             .unwrap_or_else(|_| semver::Version::new(0, 0, 0))
             .max(parse_version(self.running).unwrap_or_else(|_| semver::Version::new(0, 0, 0)));
@@ -354,7 +369,10 @@ impl Judge<'_> {
         if parse_version(self.running).is_ok_and(|running| running < min) {
             return Err(Refusal::new(
                 Refusal::TOO_OLD,
-                format!("{} may be updated from {min} or later; this is {}", version, self.running),
+                format!(
+                    "{} may be updated from {min} or later; this is {}",
+                    version, self.running
+                ),
             ));
         }
         Ok(manifest)
@@ -367,14 +385,21 @@ impl Manifest {
         if binary.len() as u64 != self.size {
             return Err(Refusal::new(
                 Refusal::SIZE_MISMATCH,
-                format!("the binary has {} bytes, the manifest says {}", binary.len(), self.size),
+                format!(
+                    "the binary has {} bytes, the manifest says {}",
+                    binary.len(),
+                    self.size
+                ),
             ));
         }
         let digest = hex::encode(Sha256::digest(binary));
         if digest != self.sha256 {
             return Err(Refusal::new(
                 Refusal::HASH_MISMATCH,
-                format!("the binary's SHA-256 is {digest}, the manifest says {}", self.sha256),
+                format!(
+                    "the binary's SHA-256 is {digest}, the manifest says {}",
+                    self.sha256
+                ),
             ));
         }
         Ok(())
@@ -455,7 +480,10 @@ mod tests {
         let public = PublicKey::parse(&key.public_key().to_text()).expect("public");
         assert_eq!(public, key.public_key());
         let signature = key.sign("text");
-        assert_eq!(Signature::parse(&signature.to_text()).expect("sig"), signature);
+        assert_eq!(
+            Signature::parse(&signature.to_text()).expect("sig"),
+            signature
+        );
     }
 
     #[test]
@@ -463,7 +491,10 @@ mod tests {
         let key = SigningKey::generate().expect("key");
         let pinned = [key.public_key()];
         let m = manifest("0.2.0");
-        assert_eq!(judge(&pinned).manifest(&signed(&key, &m), "0.2.0"), Ok(m.clone()));
+        assert_eq!(
+            judge(&pinned).manifest(&signed(&key, &m), "0.2.0"),
+            Ok(m.clone())
+        );
         assert_eq!(m.check_binary(b"binary"), Ok(()));
     }
 
@@ -472,39 +503,86 @@ mod tests {
         let key = SigningKey::generate().expect("key");
         let other = SigningKey::generate().expect("other");
         let pinned = [key.public_key()];
-        let code = |s: &SignedManifest, offered: &str| judge(&pinned).manifest(s, offered).map_err(|r| r.code);
+        let code = |s: &SignedManifest, offered: &str| {
+            judge(&pinned).manifest(s, offered).map_err(|r| r.code)
+        };
 
         let good = signed(&key, &manifest("0.2.0"));
-        let unsigned = SignedManifest { signature: String::new(), ..good.clone() };
+        let unsigned = SignedManifest {
+            signature: String::new(),
+            ..good.clone()
+        };
         assert_eq!(code(&unsigned, "0.2.0"), Err(Refusal::UNSIGNED));
-        assert_eq!(code(&signed(&other, &manifest("0.2.0")), "0.2.0"), Err(Refusal::UNKNOWN_KEY));
+        assert_eq!(
+            code(&signed(&other, &manifest("0.2.0")), "0.2.0"),
+            Err(Refusal::UNKNOWN_KEY)
+        );
         // Signed by the pinned key, then edited: one more byte, or another signature's bytes.
-        let edited = SignedManifest { manifest: good.manifest.replace("0.2.0", "0.3.0"), ..good.clone() };
+        let edited = SignedManifest {
+            manifest: good.manifest.replace("0.2.0", "0.3.0"),
+            ..good.clone()
+        };
         assert_eq!(code(&edited, "0.3.0"), Err(Refusal::BAD_SIGNATURE));
-        let forged = Signature { key_id: key.public_key().id, bytes: other.sign(&good.manifest).bytes };
-        let forged = SignedManifest { signature: forged.to_text(), ..good.clone() };
+        let forged = Signature {
+            key_id: key.public_key().id,
+            bytes: other.sign(&good.manifest).bytes,
+        };
+        let forged = SignedManifest {
+            signature: forged.to_text(),
+            ..good.clone()
+        };
         assert_eq!(code(&forged, "0.2.0"), Err(Refusal::BAD_SIGNATURE));
 
-        assert_eq!(code(&signed(&key, &manifest("0.1.0")), "0.1.0"), Err(Refusal::DOWNGRADE));
-        assert_eq!(code(&signed(&key, &manifest("0.0.9")), "0.0.9"), Err(Refusal::DOWNGRADE));
-        let expired = Manifest { expires_at: datetime!(2026-11-30 00:00 UTC), ..manifest("0.2.0") };
-        assert_eq!(code(&signed(&key, &expired), "0.2.0"), Err(Refusal::EXPIRED));
-        let arm = Manifest { target: "aarch64-unknown-linux-gnu".into(), ..manifest("0.2.0") };
-        assert_eq!(code(&signed(&key, &arm), "0.2.0"), Err(Refusal::WRONG_TARGET));
-        let later = Manifest { min_version: "0.1.5".into(), ..manifest("0.2.0") };
+        assert_eq!(
+            code(&signed(&key, &manifest("0.1.0")), "0.1.0"),
+            Err(Refusal::DOWNGRADE)
+        );
+        assert_eq!(
+            code(&signed(&key, &manifest("0.0.9")), "0.0.9"),
+            Err(Refusal::DOWNGRADE)
+        );
+        let expired = Manifest {
+            expires_at: datetime!(2026-11-30 00:00 UTC),
+            ..manifest("0.2.0")
+        };
+        assert_eq!(
+            code(&signed(&key, &expired), "0.2.0"),
+            Err(Refusal::EXPIRED)
+        );
+        let arm = Manifest {
+            target: "aarch64-unknown-linux-gnu".into(),
+            ..manifest("0.2.0")
+        };
+        assert_eq!(
+            code(&signed(&key, &arm), "0.2.0"),
+            Err(Refusal::WRONG_TARGET)
+        );
+        let later = Manifest {
+            min_version: "0.1.5".into(),
+            ..manifest("0.2.0")
+        };
         assert_eq!(code(&signed(&key, &later), "0.2.0"), Err(Refusal::TOO_OLD));
         assert_eq!(code(&good, "0.2.1"), Err(Refusal::NOT_OFFERED));
 
         let m = manifest("0.2.0");
-        assert_eq!(m.check_binary(b"binar").map_err(|r| r.code), Err(Refusal::SIZE_MISMATCH));
-        assert_eq!(m.check_binary(b"BINARY").map_err(|r| r.code), Err(Refusal::HASH_MISMATCH));
+        assert_eq!(
+            m.check_binary(b"binar").map_err(|r| r.code),
+            Err(Refusal::SIZE_MISMATCH)
+        );
+        assert_eq!(
+            m.check_binary(b"BINARY").map_err(|r| r.code),
+            Err(Refusal::HASH_MISMATCH)
+        );
     }
 
     #[test]
     fn a_device_higher_than_it_runs_refuses_what_lies_between() {
         let key = SigningKey::generate().expect("key");
         let pinned = [key.public_key()];
-        let judge = Judge { highest_run: "0.3.0", ..judge(&pinned) };
+        let judge = Judge {
+            highest_run: "0.3.0",
+            ..judge(&pinned)
+        };
         let refused = judge.manifest(&signed(&key, &manifest("0.2.0")), "0.2.0");
         assert_eq!(refused.map_err(|r| r.code), Err(Refusal::DOWNGRADE));
     }
@@ -512,10 +590,17 @@ mod tests {
     #[test]
     fn rollout_buckets_are_stable_and_spread() {
         assert_eq!(rollout_bucket("pi-1"), rollout_bucket("pi-1"));
-        let inside = (0..10_000).filter(|i| in_rollout(&format!("device-{i}"), 10)).count();
-        assert!((800..1200).contains(&inside), "{inside} of 10000 in a 10% rollout");
+        let inside = (0..10_000)
+            .filter(|i| in_rollout(&format!("device-{i}"), 10))
+            .count();
+        assert!(
+            (800..1200).contains(&inside),
+            "{inside} of 10000 in a 10% rollout"
+        );
         assert!((0..100).all(|i| !in_rollout(&format!("d{i}"), 0)));
         assert!((0..100).all(|i| in_rollout(&format!("d{i}"), 100)));
-        assert!(is_newer("0.2.0", "0.1.9") && !is_newer("0.1.0", "0.1.0") && is_newer("1.0.0", "junk"));
+        assert!(
+            is_newer("0.2.0", "0.1.9") && !is_newer("0.1.0", "0.1.0") && is_newer("1.0.0", "junk")
+        );
     }
 }

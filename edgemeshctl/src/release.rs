@@ -211,7 +211,10 @@ pub async fn release(api: &Admin, command: Release, out: Output) -> Result<(), F
         Release::List => {
             let list = api.get("/releases", &[]).await?;
             emit(out, &list, |l| {
-                table::print(&RELEASE_FIELDS, &table::rows(&l["releases"], &RELEASE_FIELDS));
+                table::print(
+                    &RELEASE_FIELDS,
+                    &table::rows(&l["releases"], &RELEASE_FIELDS),
+                );
             });
         }
         Release::Keygen { .. } | Release::Sign { .. } => unreachable!("local commands"),
@@ -239,7 +242,9 @@ pub async fn rollout(api: &Admin, command: Rollout, out: Output) -> Result<(), F
         Rollout::Status => {
             let list = api.get("/rollouts", &[]).await?;
             emit(out, &list, |l| {
-                let fields = ["channel", "version", "percent", "devices", "offered", "updated"];
+                let fields = [
+                    "channel", "version", "percent", "devices", "offered", "updated",
+                ];
                 table::print(&fields, &table::rows(&l["rollouts"], &fields));
                 for rollout in l["rollouts"].as_array().into_iter().flatten() {
                     let failures = &rollout["failures"];

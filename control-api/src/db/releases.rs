@@ -197,8 +197,12 @@ pub async fn record_step(
     id: &str,
     step: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!("UPDATE devices SET last_update = $2 WHERE id = $1", id, step)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE devices SET last_update = $2 WHERE id = $1",
+        id,
+        step
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }

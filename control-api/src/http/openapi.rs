@@ -32,7 +32,8 @@ use utoipa_axum::routes;
             administration: users, enrollment tokens, devices, certificates and the audit trail \
             (API listener, admin token). Every refusal is a 4xx with `{\"error\": code, \"detail\": \
             text}`; the codes an operation can answer are listed with its responses. Request bodies \
-            are limited to 64 KiB (413 `body_too_large`).",
+            are limited to 64 KiB (413 `body_too_large`), but for publishing an agent release (its binary, \
+            in base64: 96 MiB).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&SecuritySchemes),
@@ -147,7 +148,10 @@ pub fn document(
         for (path, item) in part.paths.paths.iter_mut() {
             item.servers = Some(vec![server.clone()]);
             if path.starts_with("/api/v1/admin/") {
-                for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for operation in [&mut item.get, &mut item.post, &mut item.put]
+                    .into_iter()
+                    .flatten()
+                {
                     operation
                         .responses
                         .responses

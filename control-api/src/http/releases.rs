@@ -197,6 +197,8 @@ fn check_channel(channel: &str) -> Result<(), ApiError> {
         (status = 400, description = "`invalid_body`, `invalid_channel`, `invalid_version`, `invalid_percent`.", body = ErrorBody),
         (status = 401, description = ADMIN_401, body = ErrorBody),
         (status = 404, description = "`unknown_release`: no build of this version is published.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
     ))]
 async fn set_rollout(
     State(state): State<AppState>,
@@ -348,6 +350,8 @@ struct Channel {
         (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_channel`.", body = ErrorBody),
         (status = 401, description = ADMIN_401, body = ErrorBody),
         (status = 404, description = "`unknown_device`.", body = ErrorBody),
+        (status = 413, description = "`body_too_large`.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`.", body = ErrorBody),
     ))]
 async fn set_channel(
     State(state): State<AppState>,
@@ -389,7 +393,8 @@ pub async fn offer_for(
         return Ok(None);
     };
     let percent = u8::try_from(rollout.percent).unwrap_or(0);
-    if !release::in_rollout(device.as_str(), percent) || !release::is_newer(&rollout.version, running)
+    if !release::in_rollout(device.as_str(), percent)
+        || !release::is_newer(&rollout.version, running)
     {
         return Ok(None);
     }

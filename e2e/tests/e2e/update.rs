@@ -47,7 +47,10 @@ fn version_of(binary: &Path) -> String {
         .output()
         .expect("--version");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().last().expect("a version").to_owned()
+    text.split_whitespace()
+        .last()
+        .expect("a version")
+        .to_owned()
 }
 
 fn sha256_file(path: &Path) -> String {
@@ -77,7 +80,10 @@ impl Fleet {
             &database_url(db),
             server.path(),
             (crate::helpers::free_port(), crate::helpers::free_port()),
-            &[("EDGEMESH_ENROLL_BURST", "1000"), ("EDGEMESH_ENROLL_RATE", "1000")],
+            &[
+                ("EDGEMESH_ENROLL_BURST", "1000"),
+                ("EDGEMESH_ENROLL_RATE", "1000"),
+            ],
         )
         .await;
         let pool = PgPoolOptions::new()
@@ -93,20 +99,35 @@ impl Fleet {
             device: tempfile::tempdir().expect("tempdir"),
         };
         let out = fleet
-            .ctl(&["release", "keygen", "--out", &fleet.path("release").to_string_lossy()])
+            .ctl(&[
+                "release",
+                "keygen",
+                "--out",
+                &fleet.path("release").to_string_lossy(),
+            ])
             .await;
         assert!(out.0, "keygen: {}", out.2);
         std::fs::create_dir(fleet.path("bin")).expect("install dir");
         std::fs::copy(agent, fleet.installed()).expect("install the agent");
         let (token, fingerprint) = fleet.api.token_for("uma").await;
         let out = fleet
-            .agent(&["enroll", "--server", &fleet.api.api, "--ca-fingerprint", &fingerprint])
+            .agent(&[
+                "enroll",
+                "--server",
+                &fleet.api.api,
+                "--ca-fingerprint",
+                &fingerprint,
+            ])
             .args(["--device-id", device_id])
             .env("EDGEMESH_ENROLLMENT_TOKEN", token)
             .output()
             .await
             .expect("enroll");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         fleet
     }
 
@@ -138,7 +159,10 @@ impl Fleet {
             .env_remove("EDGEMESH_CONFIG")
             .env("EDGEMESH_SERVER", &self.api.api)
             .env("EDGEMESH_CA_FILE", self.server.path().join("ca.pem"))
-            .env("EDGEMESH_ADMIN_TOKEN_FILE", self.server.path().join("admin-token"))
+            .env(
+                "EDGEMESH_ADMIN_TOKEN_FILE",
+                self.server.path().join("admin-token"),
+            )
             .output()
             .await
             .expect("edgemeshctl");
@@ -156,7 +180,16 @@ impl Fleet {
         let copy = copy.to_string_lossy().into_owned();
         let key = self.path("release.key").to_string_lossy().into_owned();
         let signed = self
-            .ctl(&["release", "sign", "--key", &key, "--binary", &copy, "--version", version])
+            .ctl(&[
+                "release",
+                "sign",
+                "--key",
+                &key,
+                "--binary",
+                &copy,
+                "--version",
+                version,
+            ])
             .await;
         assert!(signed.0, "sign: {}", signed.2);
         let published = self.ctl(&["release", "publish", "--binary", &copy]).await;
@@ -165,13 +198,27 @@ impl Fleet {
 
     async fn roll_out(&self, version: &str, percent: u8) {
         let out = self
-            .ctl(&["rollout", "set", "stable", "--version", version, "--percent", &percent.to_string()])
+            .ctl(&[
+                "rollout",
+                "set",
+                "stable",
+                "--version",
+                version,
+                "--percent",
+                &percent.to_string(),
+            ])
             .await;
         assert!(out.0, "rollout set: {}", out.2);
     }
 
     /// Stores a release row as it is given, past every check the admin API makes.
-    async fn plant(&self, manifest: &Manifest, manifest_text: &str, signature: &str, binary: &[u8]) {
+    async fn plant(
+        &self,
+        manifest: &Manifest,
+        manifest_text: &str,
+        signature: &str,
+        binary: &[u8],
+    ) {
         sqlx::query(
             "INSERT INTO agent_releases (version, target, manifest, signature, key_id, sha256, size,
                  min_version, expires_at, content)
@@ -201,7 +248,13 @@ impl Fleet {
         let log = self.path("agent.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = self
-            .agent(&["run", "--server", &self.api.device_api, "--interval-secs", "1"])
+            .agent(&[
+                "run",
+                "--server",
+                &self.api.device_api,
+                "--interval-secs",
+                "1",
+            ])
             .arg("--release-key")
             .arg(self.path("release.pub"))
             .args(["--probation-secs", &probation_secs.to_string()])
@@ -278,9 +331,18 @@ async fn an_update_is_verified_taken_and_the_agent_restarts_into_it(
     assert_eq!(agent.pid(), pid);
     // The new binary is in place, the previous one is kept beside it, nothing is left half-written.
     assert_eq!(sha256_file(&fleet.installed()), sha256_file(&next));
-    assert_eq!(sha256_file(&fleet.installed().with_file_name("edgemesh-agent.previous")), original);
-    assert!(!fleet.installed().with_file_name("edgemesh-agent.next").exists());
-    let highest = std::fs::read_to_string(fleet.device.path().join("highest-version")).expect("kept");
+    assert_eq!(
+        sha256_file(&fleet.installed().with_file_name("edgemesh-agent.previous")),
+        original
+    );
+    assert!(
+        !fleet
+            .installed()
+            .with_file_name("edgemesh-agent.next")
+            .exists()
+    );
+    let highest =
+        std::fs::read_to_string(fleet.device.path().join("highest-version")).expect("kept");
     assert_eq!(highest.trim(), new);
 
     let status = fleet.rollout().await;
@@ -299,7 +361,10 @@ async fn an_update_is_verified_taken_and_the_agent_restarts_into_it(
         .collect();
     assert_eq!(steps, ["installed", "completed"], "{audit}");
     let text = std::fs::read_to_string(&log).expect("log");
-    assert!(text.contains("update complete; restarting into it"), "{text}");
+    assert!(
+        text.contains("update complete; restarting into it"),
+        "{text}"
+    );
     // The restarted agent reports as the new version, and is offered nothing more.
     let before = fleet.device("pi-update").await["last_seen_at"].clone();
     let device = eventually("the new version reports", 30, || async {
@@ -308,7 +373,10 @@ async fn an_update_is_verified_taken_and_the_agent_restarts_into_it(
     })
     .await;
     assert_eq!(device["agent_version"], new.as_str());
-    assert!(agent.stop().await, "the updated agent stops cleanly on SIGTERM");
+    assert!(
+        agent.stop().await,
+        "the updated agent stops cleanly on SIGTERM"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -326,7 +394,9 @@ async fn unsigned_forged_tampered_expired_and_downgraded_releases_are_refused(
         sha256: hex::encode(Sha256::digest(&payload)),
         size: payload.len() as u64,
         min_version: "0.0.0".into(),
-        expires_at: time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("now")
+        expires_at: time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("now")
             + time::Duration::days(1),
     };
     let (mut agent, log) = fleet.run_agent(30);
@@ -362,21 +432,29 @@ async fn unsigned_forged_tampered_expired_and_downgraded_releases_are_refused(
             "bad_signature" => {
                 // The pinned key's signature over another manifest: this one was edited after signing.
                 let signed_for = manifest("9.0.0").to_text();
-                fleet.plant(&m, &text, &key.sign(&signed_for).to_text(), &payload).await;
+                fleet
+                    .plant(&m, &text, &key.sign(&signed_for).to_text(), &payload)
+                    .await;
             }
             "hash_mismatch" => {
                 let mut tampered = payload.clone();
                 tampered[12] ^= 0x20;
-                fleet.plant(&m, &text, &key.sign(&text).to_text(), &tampered).await;
+                fleet
+                    .plant(&m, &text, &key.sign(&text).to_text(), &tampered)
+                    .await;
             }
             "expired" => {
                 let expired = Manifest {
-                    expires_at: time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("now")
+                    expires_at: time::OffsetDateTime::now_utc()
+                        .replace_nanosecond(0)
+                        .expect("now")
                         - time::Duration::hours(1),
                     ..m.clone()
                 };
                 let text = expired.to_text();
-                fleet.plant(&expired, &text, &key.sign(&text).to_text(), &payload).await;
+                fleet
+                    .plant(&expired, &text, &key.sign(&text).to_text(), &payload)
+                    .await;
             }
             _ => {
                 // This device once ran a higher version: anything at or below it is a rollback.
@@ -386,7 +464,9 @@ async fn unsigned_forged_tampered_expired_and_downgraded_releases_are_refused(
                     0o600,
                 )
                 .expect("highest version");
-                fleet.plant(&m, &text, &key.sign(&text).to_text(), &payload).await;
+                fleet
+                    .plant(&m, &text, &key.sign(&text).to_text(), &payload)
+                    .await;
             }
         }
         fleet.roll_out(version, 100).await;
@@ -401,24 +481,46 @@ async fn unsigned_forged_tampered_expired_and_downgraded_releases_are_refused(
         assert_eq!(failure["step"], "refused");
         assert_eq!(failure["reason"], reason, "{failure}");
         // Logs reach stderr in batches, at most 50 ms after the line.
-        eventually(&format!("a log line refusing {version} ({reason})"), 5, || async {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
-                .any(|l| l.contains("update refused") && l.contains(version) && l.contains(reason))
-                .then_some(Value::Null)
-        })
+        eventually(
+            &format!("a log line refusing {version} ({reason})"),
+            5,
+            || async {
+                let text = std::fs::read_to_string(&log).ok()?;
+                text.lines()
+                    .any(|l| {
+                        l.contains("update refused") && l.contains(version) && l.contains(reason)
+                    })
+                    .then_some(Value::Null)
+            },
+        )
         .await;
     }
     assert!(agent.running(), "the agent runs on");
-    assert_eq!(sha256_file(&fleet.installed()), original, "the binary is untouched");
-    assert!(!fleet.installed().with_file_name("edgemesh-agent.next").exists());
+    assert_eq!(
+        sha256_file(&fleet.installed()),
+        original,
+        "the binary is untouched"
+    );
+    assert!(
+        !fleet
+            .installed()
+            .with_file_name("edgemesh-agent.next")
+            .exists()
+    );
     let device = fleet.device("pi-guarded").await;
-    assert_eq!(device["agent_version"].as_str(), Some(version_of(&fleet.installed()).as_str()));
+    assert_eq!(
+        device["agent_version"].as_str(),
+        Some(version_of(&fleet.installed()).as_str())
+    );
     let refusals = fleet
         .api
         .admin_get("/audit?device=pi-guarded&event_type=agent_update&limit=50")
         .await;
-    assert_eq!(refusals["records"].as_array().map(Vec::len), Some(cases.len()), "{refusals}");
+    assert_eq!(
+        refusals["records"].as_array().map(Vec::len),
+        Some(cases.len()),
+        "{refusals}"
+    );
     assert!(agent.stop().await);
 }
 
@@ -451,10 +553,23 @@ async fn a_new_version_that_never_reports_is_rolled_back(
         .await;
         assert_eq!(failure["step"], "rolled_back", "{failure}");
         assert_eq!(failure["reason"], "probation_failed", "{failure}");
-        assert!(failure["detail"].as_str().is_some_and(|d| d.contains(why)), "{failure}");
-        assert_eq!(sha256_file(&fleet.installed()), original, "the running binary stays");
-        assert!(!fleet.installed().with_file_name("edgemesh-agent.next").exists());
-        let bad = std::fs::read_to_string(fleet.device.path().join("bad-versions")).expect("pinned");
+        assert!(
+            failure["detail"].as_str().is_some_and(|d| d.contains(why)),
+            "{failure}"
+        );
+        assert_eq!(
+            sha256_file(&fleet.installed()),
+            original,
+            "the running binary stays"
+        );
+        assert!(
+            !fleet
+                .installed()
+                .with_file_name("edgemesh-agent.next")
+                .exists()
+        );
+        let bad =
+            std::fs::read_to_string(fleet.device.path().join("bad-versions")).expect("pinned");
         assert!(bad.lines().any(|l| l.starts_with(version)), "{bad}");
     }
     eventually("a log line for each rollback", 5, || async {
@@ -470,6 +585,13 @@ async fn a_new_version_that_never_reports_is_rolled_back(
     })
     .await;
     assert!(agent.running());
+    let highest =
+        std::fs::read_to_string(fleet.device.path().join("highest-version")).expect("kept");
+    assert_eq!(
+        highest.trim(),
+        version_of(&fleet.installed()),
+        "a rolled back version was never run"
+    );
     let audit = fleet
         .api
         .admin_get("/audit?device=pi-probation&event_type=agent_update&limit=50")
@@ -481,7 +603,11 @@ async fn a_new_version_that_never_reports_is_rolled_back(
         .rev()
         .filter_map(|r| r["action"].as_str())
         .collect();
-    assert_eq!(actions, ["installed", "rolled_back", "installed", "rolled_back"], "{audit}");
+    assert_eq!(
+        actions,
+        ["installed", "rolled_back", "installed", "rolled_back"],
+        "{audit}"
+    );
     assert!(agent.stop().await);
 }
 
@@ -497,16 +623,31 @@ async fn a_ten_percent_rollout_updates_the_tenth_of_the_fleet_its_hash_picks(
     fleet.roll_out(&new, 10).await;
 
     let out = Command::new(bin("edgemesh-simulator"))
-        .args(["update-checks", "--devices", "200", "--agent-version", "0.0.1"])
+        .args([
+            "update-checks",
+            "--devices",
+            "200",
+            "--agent-version",
+            "0.0.1",
+        ])
         .args(["--target", target()])
-        .args(["--control-api", &fleet.api.api, "--device-api", &fleet.api.device_api])
+        .args([
+            "--control-api",
+            &fleet.api.api,
+            "--device-api",
+            &fleet.api.device_api,
+        ])
         .arg("--admin-token-file")
         .arg(fleet.server.path().join("admin-token"))
         .output()
         .await
         .expect("simulator");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     // Computed here from the ids alone: the first 4 bytes of SHA-256(id), big-endian, mod 10000, below
     // 1000.
@@ -521,7 +662,11 @@ async fn a_ten_percent_rollout_updates_the_tenth_of_the_fleet_its_hash_picks(
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(fleet_ids.len(), 200);
-    let expected: Vec<&str> = fleet_ids.iter().copied().filter(|id| in_first_tenth(id)).collect();
+    let expected: Vec<&str> = fleet_ids
+        .iter()
+        .copied()
+        .filter(|id| in_first_tenth(id))
+        .collect();
     let offered: Vec<&str> = summary["offered"]
         .as_array()
         .expect("offered")
@@ -529,7 +674,11 @@ async fn a_ten_percent_rollout_updates_the_tenth_of_the_fleet_its_hash_picks(
         .filter_map(|o| o["device_id"].as_str())
         .collect();
     assert_eq!(offered, expected);
-    assert!((8..=35).contains(&offered.len()), "{} of 200 in a 10% rollout", offered.len());
+    assert!(
+        (8..=35).contains(&offered.len()),
+        "{} of 200 in a 10% rollout",
+        offered.len()
+    );
     assert_eq!(summary["updated"], offered.len());
     let status = fleet.rollout().await;
     // The simulated fleet and the enrolled agent device (which has not reported) are the channel.
@@ -573,7 +722,11 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
     };
     let elf = std::fs::read(&current).expect("binary");
     assert_eq!(&elf[..4], b"\x7fELF");
-    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 183, "e_machine is EM_AARCH64");
+    assert_eq!(
+        u16::from_le_bytes([elf[18], elf[19]]),
+        183,
+        "e_machine is EM_AARCH64"
+    );
     let fleet = Fleet::start_with(&db, "pi-arm", &current).await;
 
     let out = fleet
@@ -581,7 +734,11 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
         .output()
         .await
         .expect("report");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: "));
     let target: Option<String> =
         sqlx::query_scalar("SELECT agent_target FROM devices WHERE id = 'pi-arm'")
@@ -596,7 +753,11 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
         .output()
         .await
         .expect("renew");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("renewed pi-arm"));
     let after = fleet.device("pi-arm").await["certificates"].clone();
     assert_eq!(
@@ -612,7 +773,15 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
     let key = fleet.path("release.key").to_string_lossy().into_owned();
     let signed = fleet
         .ctl(&[
-            "release", "sign", "--key", &key, "--binary", &copy, "--version", &new, "--target",
+            "release",
+            "sign",
+            "--key",
+            &key,
+            "--binary",
+            &copy,
+            "--version",
+            &new,
+            "--target",
             "aarch64-unknown-linux-gnu",
         ])
         .await;
@@ -622,10 +791,15 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
     fleet.roll_out(&new, 100).await;
     let (mut agent, log) = fleet.run_agent(120);
     let pid = agent.pid();
-    eventually("the aarch64 agent restarts into the new version", 240, || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        text.contains("update complete; restarting into it").then_some(Value::Null)
-    })
+    eventually(
+        "the aarch64 agent restarts into the new version",
+        240,
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("update complete; restarting into it")
+                .then_some(Value::Null)
+        },
+    )
     .await;
     assert_eq!(sha256_file(&fleet.installed()), sha256_file(&next));
     let before = fleet.device("pi-arm").await["last_seen_at"].clone();
@@ -637,5 +811,10 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
     assert_eq!(device["agent_version"], new.as_str());
     assert!(agent.running());
     assert_eq!(agent.pid(), pid, "restarted in place");
-    assert!(agent.stop().await);
+    let stopped = agent.stop().await;
+    assert!(
+        stopped,
+        "stops cleanly: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
