@@ -124,6 +124,12 @@ pub async fn take(
     verdict: &HealthVerdict,
     shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
 ) -> Outcome {
+    // The offered version names what gets pinned: it must be a version (no line of its own in the
+    // file of bad versions), whatever the control API sent.
+    if release::parse_version(&offer.version).is_err() {
+        tracing::warn!(version = %offer.version, "offered something that is not a version; ignored");
+        return Outcome::Stay;
+    }
     if state.pinned_bad(&offer.version) {
         tracing::debug!(version = %offer.version, "offered a version pinned as bad; not taking it");
         return Outcome::Stay;
@@ -212,7 +218,7 @@ async fn fetch_and_check(
         .manifest(&signed, &offer.version)
         .map_err(Fault::Refused)?;
     let binary = api
-        .release_binary(&offer.binary_path)
+        .release_binary(&offer.binary_path, manifest.size)
         .await
         .map_err(transient)?;
     manifest.check_binary(&binary).map_err(Fault::Refused)?;

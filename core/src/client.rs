@@ -167,19 +167,28 @@ impl ControlApi {
         Self::answer(self.http.get(self.release_url(path)).send().await?).await
     }
 
-    /// A release's binary, at the path an update offer names. The caller checks it against the
-    /// manifest; nothing about it is trusted before that.
-    pub async fn release_binary(&self, path: &str) -> Result<Vec<u8>, ClientError> {
-        let response = self
+    /// A release's binary, at the path an update offer names, read up to `max_bytes` (the signed
+    /// manifest's size) and one more: a longer answer is cut there, so a server cannot fill the
+    /// device's memory. The caller checks it against the manifest; nothing about it is trusted before.
+    pub async fn release_binary(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, ClientError> {
+        let mut response = self
             .http
             .get(self.release_url(path))
             .timeout(Duration::from_secs(600))
             .send()
             .await?;
-        if response.status().is_success() {
-            return Ok(response.bytes().await?.to_vec());
+        if !response.status().is_success() {
+            return Self::answer(response).await;
         }
-        Self::answer(response).await
+        let cap = usize::try_from(max_bytes.saturating_add(1)).unwrap_or(usize::MAX);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk[..chunk.len().min(cap - body.len())]);
+            if body.len() == cap {
+                break;
+            }
+        }
+        Ok(body)
     }
 
     /// `POST /api/v1/update-events`: a step of this device's update.

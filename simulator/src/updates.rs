@@ -49,7 +49,9 @@ pub async fn play(
         let manifest = Manifest::parse(&signed.manifest)
             .map_err(|r| anyhow::anyhow!("{r}"))
             .with_context(|| format!("the manifest of {}", offer.version))?;
-        let binary = api.release_binary(&offer.binary_path).await?;
+        let binary = api
+            .release_binary(&offer.binary_path, manifest.size)
+            .await?;
         let step = |step, reason: Option<String>, detail: String| UpdateEvent {
             version: offer.version.clone(),
             running_version: agent_version.to_owned(),

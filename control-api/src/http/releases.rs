@@ -441,16 +441,31 @@ async fn manifest(
         (status = 401, description = CERTIFICATE_401, body = ErrorBody),
         (status = 403, description = CERTIFICATE_403, body = ErrorBody),
         (status = 404, description = "`unknown_release`.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: shares the device's health report budget.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
 async fn binary(
     State(state): State<AppState>,
-    _caller: AuthenticatedDevice,
+    caller: AuthenticatedDevice,
     Path((version, target)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // A binary is tens of megabytes: downloads share the device's health report budget.
+    limit(&state, &caller)?;
     let binary = releases::binary(&state.db, &version, &target)
         .await?
         .ok_or_else(|| unknown_release(&version, &target))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], binary))
+}
+
+/// Takes one of the device's health report budget.
+fn limit(state: &AppState, caller: &AuthenticatedDevice) -> Result<(), ApiError> {
+    state
+        .health_limiter
+        .take(caller.device.as_str(), std::time::Instant::now())
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            retry_after,
+            detail: format!("requests are limited per device; retry in {retry_after} s"),
+        })
 }
 
 fn unknown_release(version: &str, target: &str) -> ApiError {
@@ -482,15 +497,7 @@ async fn report_step(
     caller: AuthenticatedDevice,
     Json(event): Json<UpdateEvent>,
 ) -> Result<StatusCode, ApiError> {
-    if let Err(retry_after) = state
-        .health_limiter
-        .take(caller.device.as_str(), std::time::Instant::now())
-    {
-        return Err(ApiError::TooManyRequests {
-            retry_after,
-            detail: format!("reports are limited per device; retry in {retry_after} s"),
-        });
-    }
+    limit(&state, &caller)?;
     bounded_text("version", &event.version, 64)?;
     bounded_text("running_version", &event.running_version, 64)?;
     if let Some(reason) = &event.reason {

@@ -211,7 +211,8 @@ impl Fleet {
         assert!(out.0, "rollout set: {}", out.2);
     }
 
-    /// Stores a release row as it is given, past every check the admin API makes.
+    /// Stores a release row as it is given (the row's size is its binary's), past every check the
+    /// admin API makes.
     async fn plant(
         &self,
         manifest: &Manifest,
@@ -229,7 +230,7 @@ impl Fleet {
         .bind(manifest_text)
         .bind(signature)
         .bind(&manifest.sha256)
-        .bind(i64::try_from(manifest.size).expect("size"))
+        .bind(i64::try_from(binary.len()).expect("size"))
         .bind(&manifest.min_version)
         .bind(manifest.expires_at)
         .bind(binary)
@@ -401,13 +402,14 @@ async fn unsigned_forged_tampered_expired_and_downgraded_releases_are_refused(
     };
     let (mut agent, log) = fleet.run_agent(30);
 
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 7] = [
         ("9.0.1", "unsigned"),
         ("9.0.2", "unknown_key"),
         ("9.0.3", "bad_signature"),
         ("9.0.4", "hash_mismatch"),
-        ("9.0.5", "expired"),
-        ("9.0.6", "downgrade"),
+        ("9.0.5", "size_mismatch"),
+        ("9.0.6", "expired"),
+        ("9.0.7", "downgrade"),
     ];
     for (version, reason) in cases {
         let m = manifest(version);
@@ -441,6 +443,14 @@ async fn unsigned_forged_tampered_expired_and_downgraded_releases_are_refused(
                 tampered[12] ^= 0x20;
                 fleet
                     .plant(&m, &text, &key.sign(&text).to_text(), &tampered)
+                    .await;
+            }
+            "size_mismatch" => {
+                // A binary longer than the manifest says: the agent reads one byte past it, no more.
+                let mut longer = payload.clone();
+                longer.extend(std::iter::repeat_n(b'#', 4 << 20));
+                fleet
+                    .plant(&m, &text, &key.sign(&text).to_text(), &longer)
                     .await;
             }
             "expired" => {
