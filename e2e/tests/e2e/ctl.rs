@@ -455,7 +455,9 @@ async fn a_configuration_file_is_enough_and_policies_are_checked_locally(
     let tested = run(&["policy", "test", "--policy-dir", policy_dir, "-o", "json"]).await;
     assert!(
         tested.status.success(),
-        "{}",
+        "{}: {}{}",
+        tested.status,
+        String::from_utf8_lossy(&tested.stdout),
         String::from_utf8_lossy(&tested.stderr)
     );
     let report: Value = serde_json::from_slice(&tested.stdout).expect("json");
