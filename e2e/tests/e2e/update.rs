@@ -175,6 +175,11 @@ impl Fleet {
 
     /// Signs `binary` as `version` with the pinned key and publishes it, as the README says.
     async fn sign_and_publish(&self, binary: &Path, version: &str) {
+        self.sign_and_publish_for(binary, version, target()).await;
+    }
+
+    /// `sign_and_publish` of a build for `target`.
+    async fn sign_and_publish_for(&self, binary: &Path, version: &str, target: &str) {
         let copy = self.path(&format!("edgemesh-agent-{version}"));
         std::fs::copy(binary, &copy).expect("copy");
         let copy = copy.to_string_lossy().into_owned();
@@ -189,6 +194,8 @@ impl Fleet {
                 &copy,
                 "--version",
                 version,
+                "--target",
+                target,
             ])
             .await;
         assert!(signed.0, "sign: {}", signed.2);
@@ -777,27 +784,9 @@ async fn the_aarch64_agent_enrolls_reports_renews_and_updates_under_qemu(
     );
 
     let new = version_of(&next);
-    let copy = fleet.path(&format!("edgemesh-agent-{new}"));
-    std::fs::copy(&next, &copy).expect("copy");
-    let copy = copy.to_string_lossy().into_owned();
-    let key = fleet.path("release.key").to_string_lossy().into_owned();
-    let signed = fleet
-        .ctl(&[
-            "release",
-            "sign",
-            "--key",
-            &key,
-            "--binary",
-            &copy,
-            "--version",
-            &new,
-            "--target",
-            "aarch64-unknown-linux-gnu",
-        ])
+    fleet
+        .sign_and_publish_for(&next, &new, "aarch64-unknown-linux-gnu")
         .await;
-    assert!(signed.0, "{}", signed.2);
-    let published = fleet.ctl(&["release", "publish", "--binary", &copy]).await;
-    assert!(published.0, "{}", published.2);
     fleet.roll_out(&new, 100).await;
     let (mut agent, log) = fleet.run_agent(120);
     let pid = agent.pid();
