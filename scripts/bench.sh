@@ -48,7 +48,7 @@ EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL "$BIN/edgemesh-control-api" m
 run "$BIN/edgemesh-simulator" bench-audit-writer --records 200000 --steady-secs 10
 
 # The bench's own services, started like the stack's (pids and logs in .edgemesh/) and stopped at the end.
-HELPERS="bench-envoy bench-upstream bench-noop-authz bench-ext-authz bench-control-api"
+HELPERS="bench-envoy bench-upstream bench-noop-authz bench-ext-authz bench-shadow-ext-authz bench-control-api"
 cleanup() { for name in $HELPERS; do stop "$name"; done; }
 trap cleanup EXIT
 cleanup
@@ -62,6 +62,23 @@ start bench-control-api \
     "$BIN/edgemesh-control-api"
 run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 \
   --admin-token-file "$STATE/bench/control-api/admin-token" bench-audit-query --rows 10000000 --queries 500
+
+echo "== the cost of a shadow decision: the same Checks, without and with shadow: \"true\" on their route"
+# A second ext-authz on the stack's database with shadow policies: a copy of the enforced ones, so that
+# both evaluations do the same work and the difference is the shadow's whole cost.
+rm -rf "$STATE/bench/shadow-policies" && mkdir -p "$STATE/bench/shadow-policies"
+cp policies/authz.rego policies/compliance.rego "$STATE/bench/shadow-policies/"
+start bench-shadow-ext-authz "curl -sf http://127.0.0.1:19292/metrics" \
+  env EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19291 EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19292 \
+    EDGEMESH_EXT_AUTHZ_WORKERS=1 EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/shadow-audit-spool" \
+    EDGEMESH_CA_CERT="$STATE/ca.pem" EDGEMESH_SHADOW_POLICY_DIR="$STATE/bench/shadow-policies" \
+    EDGEMESH_DATABASE_URL="$(db_url edgemesh_ext_authz)" PGPASSFILE="$(pgpass ext-authz)" \
+    "$BIN/edgemesh-ext-authz" serve
+for shadow in "" --shadow ""  --shadow; do
+  run "$BIN/edgemesh-simulator" bench-check --ext-authz http://127.0.0.1:19291 \
+    --metrics http://127.0.0.1:19292/metrics --devices 100 --rate 1000 --duration-secs 10 --concurrency 16 $shadow
+done
+stop bench-shadow-ext-authz
 
 echo "== ext-authz resident memory with 10,000 and 100,000 devices cached (an ext-authz on the bench database)"
 # The cache's TTL (a safety net, 60 s by default) at its maximum, so that what is measured at the end is

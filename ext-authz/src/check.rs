@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use edgemesh_core::policy::{AUTHZ, Decision, PolicyStore, Reason};
+use edgemesh_core::policy::{AUTHZ, Decision, PolicySet, PolicyStore, Reason};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tonic::Status;
 
-use crate::audit::{AuditLog, Record};
+use crate::audit::{AuditLog, Record, Shadow};
 use crate::config::Settings;
 use crate::directory::Directory;
 use crate::identity::Peer;
@@ -44,6 +44,15 @@ pub struct Verdict {
     pub service: Option<String>,
     /// Serial of the client certificate, when it parsed.
     pub serial: Option<String>,
+    /// What the shadow policies would have decided, on a route that asks for it.
+    pub shadow: Option<Decision>,
+}
+
+/// The candidate policies evaluated beside the enforced ones on routes that ask for it, with their own
+/// memory of decisions.
+pub struct ShadowPolicies {
+    pub policies: Arc<PolicyStore>,
+    pub decisions: Bounded<Facts, Decision>,
 }
 
 pub struct Authorizer {
@@ -57,6 +66,8 @@ pub struct Authorizer {
     pub peers: Bounded<[u8; 32], Arc<Peer>>,
     /// Decisions by their facts, each with the policy version it was made under.
     pub decisions: Bounded<Facts, Decision>,
+    /// The shadow policies, when configured (EDGEMESH_SHADOW_POLICY_DIR).
+    pub shadow: Option<ShadowPolicies>,
 }
 
 impl Authorizer {
@@ -80,6 +91,17 @@ impl Authorizer {
                 reason_label(&verdict.decision),
             ])
             .inc();
+        if let Some(shadow) = &verdict.shadow {
+            let label = |allow| if allow { "allow" } else { "deny" };
+            self.metrics
+                .shadow_decisions
+                .with_label_values(&[
+                    service_label(verdict.service.as_deref()),
+                    label(verdict.decision.allow),
+                    label(shadow.allow),
+                ])
+                .inc();
+        }
         let http = request.http();
         tracing::info!(
             decision_id = %verdict.decision_id,
@@ -92,6 +114,7 @@ impl Authorizer {
             path = http.map_or("-", |h| h.path.as_str()),
             reasons = ?verdict.decision.reasons,
             policy_version = %verdict.decision.policy_version,
+            shadow = verdict.shadow.as_ref().map(|s| if s.allow { "allow" } else { "deny" }),
             latency_us = elapsed.as_micros() as u64,
             "decision"
         );
@@ -118,6 +141,11 @@ impl Authorizer {
             serial: verdict.serial,
             latency_us: i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
             peer: request.peer_address(),
+            shadow: verdict.shadow.map(|shadow| Shadow {
+                allow: shadow.allow,
+                reasons: shadow.reasons.into_iter().map(|r| r.message).collect(),
+                policy_version: shadow.policy_version,
+            }),
         });
         answer
     }
@@ -139,6 +167,7 @@ impl Authorizer {
             role: None,
             service: service.clone(),
             serial: peer.map(|p| p.serial.clone()),
+            shadow: None,
         };
         let peer = match self.peer(request) {
             Ok(peer) => peer,
@@ -198,25 +227,21 @@ impl Authorizer {
             certificate.revoked(now),
             self.settings.clock.now(),
         );
-        // The same facts make the same input document, so a decision made under the policies in force
-        // holds for them (a device repeating a request within the second, typically).
-        let decision = match self
-            .decisions
-            .get(&facts)
-            .filter(|d| d.policy_version == policies.version())
-        {
-            Some(decision) => decision,
-            None => match policies.evaluate_value(AUTHZ, document(&self.settings, &facts)) {
-                Ok(decision) => {
-                    self.decisions.insert(facts, decision.clone());
-                    decision
-                }
-                Err(failed) => {
-                    tracing::warn!(%decision_id, error = %failed.error, "policy evaluation failed; denying");
-                    failed.deny
-                }
-            },
+        // The enforced decision first: the shadow one never changes it, and an error of the shadow
+        // policies is only the shadow's deny.
+        let shadow = match &self.shadow {
+            Some(shadow) if request.shadow() => Some((shadow, facts.clone())),
+            _ => None,
         };
+        let decision = self.evaluate(&policies, &self.decisions, facts, decision_id);
+        let shadow = shadow.map(|(shadow, facts)| {
+            self.evaluate(
+                &shadow.policies.current(),
+                &shadow.decisions,
+                facts,
+                decision_id,
+            )
+        });
         Verdict {
             decision_id,
             decision,
@@ -225,6 +250,36 @@ impl Authorizer {
             role: Some(record.role.to_string()),
             service,
             serial: Some(peer.serial.clone()),
+            shadow,
+        }
+    }
+
+    /// The decision of `policies` for `facts`. The same facts make the same input document, so a
+    /// decision remembered under the same policies holds for them (a device repeating a request
+    /// within the second, typically).
+    fn evaluate(
+        &self,
+        policies: &PolicySet,
+        memo: &Bounded<Facts, Decision>,
+        facts: Facts,
+        decision_id: uuid::Uuid,
+    ) -> Decision {
+        if let Some(decision) = memo
+            .get(&facts)
+            .filter(|d| d.policy_version == policies.version())
+        {
+            return decision;
+        }
+        match policies.evaluate_value(AUTHZ, document(&self.settings, &facts)) {
+            Ok(decision) => {
+                memo.insert(facts, decision.clone());
+                decision
+            }
+            Err(failed) => {
+                tracing::warn!(%decision_id, policy_version = %policies.version(),
+                    error = %failed.error, "policy evaluation failed; denying");
+                failed.deny
+            }
         }
     }
 

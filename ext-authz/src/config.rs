@@ -93,6 +93,12 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub audit_queue: usize,
 
+    /// Directory of candidate (shadow) policies, evaluated beside the enforced ones on the routes whose
+    /// `context_extensions` say `shadow: "true"`: the enforced decision is the answer, the shadow one is
+    /// audited and counted (`edgemesh_shadow_decisions_total`). Reloaded like the enforced ones.
+    #[arg(long, env = "EDGEMESH_SHADOW_POLICY_DIR")]
+    pub shadow_policy_dir: Option<std::path::PathBuf>,
+
     /// How often the policy files are checked for changes (SIGHUP checks at once).
     #[arg(long, env = "EDGEMESH_POLICY_POLL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]

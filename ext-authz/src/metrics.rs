@@ -20,6 +20,7 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub notify_heartbeat_age: prometheus::Gauge,
     pub policy_reloads: IntCounterVec,
+    pub shadow_decisions: IntCounterVec,
     pub audit_queue_depth: IntGauge,
     pub audit_written: IntCounter,
     pub audit_write_failures: IntCounter,
@@ -81,6 +82,14 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let shadow_decisions = IntCounterVec::new(
+            Opts::new(
+                "edgemesh_shadow_decisions_total",
+                "Decisions of routes with a shadow policy, by service, the enforced decision and what the \
+                 shadow (candidate) policies would have decided.",
+            ),
+            &["service", "enforced", "shadow"],
+        )?;
         let audit_queue_depth = IntGauge::new(
             "edgemesh_ext_authz_audit_queue_depth",
             "Decisions queued for the audit writer.",
@@ -137,6 +146,7 @@ impl Metrics {
             Box::new(cache_entries.clone()),
             Box::new(notify_heartbeat_age.clone()),
             Box::new(policy_reloads.clone()),
+            Box::new(shadow_decisions.clone()),
             Box::new(audit_queue_depth.clone()),
             Box::new(audit_written.clone()),
             Box::new(audit_write_failures.clone()),
@@ -163,6 +173,7 @@ impl Metrics {
             cache_entries,
             notify_heartbeat_age,
             policy_reloads,
+            shadow_decisions,
             audit_queue_depth,
             audit_written,
             audit_write_failures,

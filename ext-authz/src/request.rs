@@ -102,12 +102,22 @@ impl CheckRequest {
 
     /// The route's `service` context extension.
     pub fn service(&self) -> Option<&str> {
+        self.context_extension("service")
+    }
+
+    /// Whether the route asks for a shadow decision too (the context extension `shadow: "true"`).
+    pub fn shadow(&self) -> bool {
+        self.context_extension("shadow") == Some("true")
+    }
+
+    /// A context extension of the route (set in Envoy's configuration; a client cannot send one).
+    fn context_extension(&self, key: &str) -> Option<&str> {
         self.attributes
             .as_ref()?
             .context_extensions
             .iter()
             .rev()
-            .find(|e| e.key == "service")
+            .find(|e| e.key == key)
             .map(|e| e.value.as_str())
     }
 
@@ -216,6 +226,16 @@ mod tests {
             CheckRequest::decode(Bytes::from(full_request().encode_to_vec())).expect("decodes");
         assert_eq!(request.certificate(), b"-----BEGIN%20CERTIFICATE-----");
         assert_eq!(request.service(), Some("api"));
+        assert!(!request.shadow(), "no shadow extension");
+        let mut shadowed = full_request();
+        if let Some(attributes) = shadowed.attributes.as_mut() {
+            attributes
+                .context_extensions
+                .insert("shadow".to_owned(), "true".to_owned());
+        }
+        let shadowed =
+            CheckRequest::decode(Bytes::from(shadowed.encode_to_vec())).expect("decodes");
+        assert!(shadowed.shadow());
         assert_eq!(request.peer_address().as_deref(), Some("127.0.0.1:40001"));
         let http = request.http().expect("http attributes");
         assert_eq!(

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 use crate::audit::{self, WRITE_TIMEOUT};
-use crate::check::Authorizer;
+use crate::check::{Authorizer, ShadowPolicies};
 use crate::config::{Clock, Config, Settings};
 use crate::directory::{Directory, Heartbeat};
 use crate::grpc::{self, AUTHORIZATION_SERVICE};
@@ -48,6 +48,7 @@ pub struct Server {
     metrics_listener: TcpListener,
     authorizer: Arc<Authorizer>,
     policies: Arc<PolicyStore>,
+    shadow: Option<Arc<PolicyStore>>,
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
     audit_done: tokio::task::JoinHandle<()>,
@@ -73,6 +74,21 @@ impl Server {
                 .config_error()?,
         );
         tracing::info!(policy_version = %policies.current().version(), dir = %policy_dir.display(), "policies loaded");
+        let shadow = match &config.shadow_policy_dir {
+            Some(dir) => {
+                let store = PolicyStore::load(dir)
+                    .with_context(|| {
+                        format!(
+                            "failed to load the shadow policies in {} (EDGEMESH_SHADOW_POLICY_DIR)",
+                            dir.display()
+                        )
+                    })
+                    .config_error()?;
+                tracing::info!(policy_version = %store.current().version(), dir = %dir.display(), "shadow policies loaded");
+                Some(Arc::new(store))
+            }
+            None => None,
+        };
         let ca_der: Arc<[u8]> = read_ca(&config.ca_cert).config_error()?.into();
         let db = PgPoolOptions::new()
             .max_connections(8)
@@ -127,6 +143,10 @@ impl Server {
             audit,
             peers: Bounded::new(usize::try_from(config.cache_capacity).unwrap_or(usize::MAX)),
             decisions: Bounded::new(DECISIONS),
+            shadow: shadow.as_ref().map(|policies| ShadowPolicies {
+                policies: Arc::clone(policies),
+                decisions: Bounded::new(DECISIONS),
+            }),
         });
         if let Some(at) = config.clock {
             tracing::warn!(clock = %at, "deciding with a fixed clock");
@@ -136,6 +156,7 @@ impl Server {
             metrics_listener,
             authorizer,
             policies,
+            shadow,
             directory,
             metrics,
             audit_done,
@@ -180,6 +201,10 @@ impl Server {
             },
             stopped(stop_rx.clone()),
         ));
+        // The shadow set is reloaded the same way (its outcomes are logged, not counted).
+        let shadow_watcher = self.shadow.map(|shadow| {
+            tokio::spawn(shadow.watch(self.policy_poll, |_| {}, stopped(stop_rx.clone())))
+        });
         let metrics_server = tokio::spawn(metrics::serve(
             Arc::clone(&self.metrics),
             self.metrics_listener,
@@ -205,7 +230,10 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         grpc::serve(self.listener, self.authorizer, health_service, signal).await;
-        for task in [listening, watcher, metrics_server, readiness] {
+        for task in [listening, watcher, metrics_server, readiness]
+            .into_iter()
+            .chain(shadow_watcher)
+        {
             let _ = task.await;
         }
         // Every decision made is in the spool already; what the writer ships before the process

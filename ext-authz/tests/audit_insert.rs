@@ -1,7 +1,7 @@
 //! The audit writer's insert against a real PostgreSQL (the schema's migrations): a batch is stored
 //! once however often it is written, and reasons keep their text.
 
-use edgemesh_ext_authz::audit::{Record, insert};
+use edgemesh_ext_authz::audit::{Record, Shadow, insert};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
@@ -21,6 +21,7 @@ fn record(n: u32, reasons: &[&str]) -> Record {
         serial: Some("4132f0bb".to_owned()),
         latency_us: 40,
         peer: Some("127.0.0.1:50000".to_owned()),
+        shadow: None,
     }
 }
 
@@ -71,8 +72,14 @@ async fn every_field_is_stored_as_given(db: PgPool) {
         unknown.method,
         unknown.path,
     ) = (None, None, None, None, None, None, None, None);
+    let mut shadowed = record(0, &[]);
+    shadowed.shadow = Some(Shadow {
+        allow: false,
+        reasons: vec!["a shadow reason".to_owned(), awkward.to_owned()],
+        policy_version: "candidate".to_owned(),
+    });
     let records = vec![
-        record(0, &[]),
+        shadowed,
         record(1, &["role analyst may not use service database"]),
         odd,
         unknown,
@@ -128,9 +135,20 @@ async fn every_field_is_stored_as_given(db: PgPool) {
             (&r.policy_version, &r.serial, r.latency_us, &r.peer)
         );
     }
-    // The rest of each row: its method, its kind, and when PostgreSQL stored it.
-    let rest: Vec<(uuid::Uuid, Option<String>, String, String, bool)> = sqlx::query_as(
-        "SELECT id, method, event_type, action, written_at IS NOT NULL FROM audit_log",
+    // The rest of each row: its method, its kind, when PostgreSQL stored it, and its shadow decision.
+    type Rest = (
+        uuid::Uuid,
+        Option<String>,
+        String,
+        String,
+        bool,
+        Option<String>,
+        Option<Vec<String>>,
+        Option<String>,
+    );
+    let rest: Vec<Rest> = sqlx::query_as(
+        "SELECT id, method, event_type, action, written_at IS NOT NULL, shadow_decision,
+                shadow_reasons, shadow_policy_version FROM audit_log",
     )
     .fetch_all(&db)
     .await
@@ -142,6 +160,23 @@ async fn every_field_is_stored_as_given(db: PgPool) {
         assert_eq!(
             (row.2.as_str(), row.3.as_str(), row.4),
             ("authorization", "check", true)
+        );
+        let shadow = r.shadow.as_ref().map(|s| {
+            (
+                if s.allow { "allow" } else { "deny" }.to_owned(),
+                s.reasons
+                    .iter()
+                    .map(|x| x.replace('\0', "\u{fffd}"))
+                    .collect::<Vec<_>>(),
+                s.policy_version.clone(),
+            )
+        });
+        assert_eq!(
+            (row.5.clone(), row.6.clone(), row.7.clone()),
+            match shadow {
+                Some((d, reasons, v)) => (Some(d), Some(reasons), Some(v)),
+                None => (None, None, None),
+            }
         );
     }
     let odd = rows

@@ -39,6 +39,7 @@ fn record(i: u64) -> Record {
         serial: Some(format!("{i:032x}")),
         latency_us: 85,
         peer: Some("127.0.0.1:40000".to_owned()),
+        shadow: None,
     }
 }
 

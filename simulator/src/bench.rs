@@ -169,8 +169,7 @@ async fn healthy_fleet(control: &ControlPlane<'_>, n: u32) -> anyhow::Result<Vec
     Ok(devices)
 }
 
-/// A Check request as Envoy sends it for `device` on route `/api`.
-/// The Check Envoy sends for a GET of `/api/bench` by the holder of `cert_pem`.
+/// The Check Envoy sends for a GET of `/api/bench` (route `api`) by the holder of `cert_pem`.
 pub fn check_request(device: &str, cert_pem: &str) -> CheckRequest {
     let certificate =
         percent_encoding::utf8_percent_encode(cert_pem, percent_encoding::NON_ALPHANUMERIC)
@@ -234,6 +233,15 @@ impl ServerSide {
         .unwrap_or(0.0)
     }
 
+    /// Every series of `edgemesh_shadow_decisions_total`, summed.
+    fn shadow_decisions(&self) -> f64 {
+        self.text
+            .lines()
+            .filter(|l| l.starts_with("edgemesh_shadow_decisions_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     fn latency_buckets(&self) -> Vec<(f64, f64)> {
         buckets(&self.text, "edgemesh_ext_authz_decision_latency_seconds")
     }
@@ -256,6 +264,11 @@ pub struct CheckArgs {
     /// Checks in flight in the closed-loop run.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Route the Checks as one that asks for a shadow decision (context extension `shadow: "true"`):
+    /// the ext-authz must have shadow policies (EDGEMESH_SHADOW_POLICY_DIR), and every Check then
+    /// evaluates them too.
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 /// Whole seconds, as a duration.
@@ -272,7 +285,15 @@ pub async fn check(control: &ControlPlane<'_>, args: &CheckArgs) -> anyhow::Resu
     let requests: Arc<Vec<CheckRequest>> = Arc::new(
         devices
             .iter()
-            .map(|d| check_request(&d.id, &d.cert_pem))
+            .map(|d| {
+                let mut request = check_request(&d.id, &d.cert_pem);
+                if let (true, Some(attributes)) = (args.shadow, request.attributes.as_mut()) {
+                    attributes
+                        .context_extensions
+                        .insert("shadow".to_owned(), "true".to_owned());
+                }
+                request
+            })
             .collect(),
     );
     let channel = Channel::from_shared(args.ext_authz.clone())?
@@ -349,6 +370,15 @@ pub async fn check(control: &ControlPlane<'_>, args: &CheckArgs) -> anyhow::Resu
         "server CPU     {:.1} µs per Check (process_cpu_seconds_total)",
         (after.cpu_seconds() - before.cpu_seconds()) / checks.max(1.0) * 1e6
     );
+    let shadowed = after.shadow_decisions() - before.shadow_decisions();
+    println!("shadow         {shadowed:.0} shadow decisions made beside the enforced ones");
+    if args.shadow {
+        ensure!(
+            shadowed >= checks,
+            "asked for shadow decisions, but the server made {shadowed} for {checks} Checks: does it \
+             have EDGEMESH_SHADOW_POLICY_DIR?"
+        );
+    }
 
     // Closed loop.
     let before = ServerSide::scrape(&args.metrics).await?;

@@ -92,10 +92,15 @@ pub struct Record {
     pub peer_address: Option<String>,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// What the shadow (candidate) policies would have decided, on a route that evaluates them.
+    pub shadow_decision: Option<String>,
+    pub shadow_reasons: Option<Vec<String>>,
+    pub shadow_policy_version: Option<String>,
 }
 
 const COLUMNS: &str = "id, occurred_at, event_type, action, device_id, user_id, role, service, method, \
-     path, decision, reasons, policy_version, certificate_serial, latency_us, peer_address, details";
+     path, decision, reasons, policy_version, certificate_serial, latency_us, peer_address, details, \
+     shadow_decision, shadow_reasons, shadow_policy_version";
 
 /// Which records a read answers: every part that is set must hold.
 #[derive(Debug, Clone, Default)]

@@ -87,7 +87,8 @@ struct AuditPage {
 }
 
 const CSV_HEADER: &str = "id,occurred_at,event_type,action,device_id,user_id,role,service,method,path,\
-     decision,reasons,policy_version,certificate_serial,latency_us,peer_address,details\r\n";
+     decision,reasons,policy_version,certificate_serial,latency_us,peer_address,details,\
+     shadow_decision,shadow_reasons,shadow_policy_version\r\n";
 
 fn parse_instant(field: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     value
@@ -319,7 +320,8 @@ fn csv_row(out: &mut String, r: &Record) {
     let reasons = r.reasons.join("; ");
     let details = r.details.to_string();
     let id = r.id.to_string();
-    let cells: [Option<&str>; 17] = [
+    let shadow_reasons = r.shadow_reasons.as_ref().map(|r| r.join("; "));
+    let cells: [Option<&str>; 20] = [
         Some(&id),
         Some(&time),
         Some(&r.event_type),
@@ -337,6 +339,9 @@ fn csv_row(out: &mut String, r: &Record) {
         latency.as_deref(),
         r.peer_address.as_deref(),
         Some(&details),
+        r.shadow_decision.as_deref(),
+        shadow_reasons.as_deref(),
+        r.shadow_policy_version.as_deref(),
     ];
     for (i, cell) in cells.iter().enumerate() {
         if i > 0 {

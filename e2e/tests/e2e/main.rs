@@ -16,5 +16,6 @@ mod observability;
 mod postgres;
 mod privileges;
 mod proxy;
+mod shadow;
 mod simulator;
 mod update;

@@ -68,7 +68,8 @@ pub(super) fn copy_statement(table: &'static str) -> String {
     format!(
         "COPY {table} (id, occurred_at, event_type, action, device_id, user_id, role, service,
              method, path, decision, reasons, policy_version, certificate_serial, latency_us,
-             peer_address) FROM STDIN (FORMAT binary)"
+             peer_address, shadow_decision, shadow_reasons, shadow_policy_version)
+             FROM STDIN (FORMAT binary)"
     )
 }
 
@@ -86,7 +87,7 @@ async fn copy_in(
 /// One record as a binary `COPY` row of the columns of [`copy_statement`]: the field count, then each
 /// field's length (-1 for NULL) and bytes.
 pub(super) fn copy_row(out: &mut Vec<u8>, r: &Record) {
-    out.extend_from_slice(&16i16.to_be_bytes());
+    out.extend_from_slice(&19i16.to_be_bytes());
     field(out, r.id.as_bytes());
     field(out, &(r.at_us - POSTGRES_EPOCH_US).to_be_bytes());
     field(out, b"authorization");
@@ -94,27 +95,47 @@ pub(super) fn copy_row(out: &mut Vec<u8>, r: &Record) {
     for value in [&r.device, &r.user, &r.role, &r.service, &r.method, &r.path] {
         optional_text(out, value.as_deref());
     }
-    field(out, if r.allow { b"allow" } else { b"deny" });
-    // text[]: dimensions, has-nulls flag, element type, each dimension's length and lower bound,
-    // then the elements.
-    let start = begin_field(out);
-    let dimensions = i32::from(!r.reasons.is_empty());
-    out.extend_from_slice(&dimensions.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&TEXT_OID.to_be_bytes());
-    if dimensions == 1 {
-        let count = i32::try_from(r.reasons.len()).unwrap_or(i32::MAX);
-        out.extend_from_slice(&count.to_be_bytes());
-        out.extend_from_slice(&1i32.to_be_bytes());
-        for reason in &r.reasons {
-            text(out, reason);
-        }
-    }
-    end_field(out, start);
+    field(out, decision(r.allow));
+    text_array(out, &r.reasons);
     text(out, &r.policy_version);
     optional_text(out, r.serial.as_deref());
     field(out, &r.latency_us.to_be_bytes());
     optional_text(out, r.peer.as_deref());
+    match &r.shadow {
+        Some(shadow) => {
+            field(out, decision(shadow.allow));
+            text_array(out, &shadow.reasons);
+            text(out, &shadow.policy_version);
+        }
+        None => {
+            for _ in 0..3 {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+            }
+        }
+    }
+}
+
+fn decision(allow: bool) -> &'static [u8] {
+    if allow { b"allow" } else { b"deny" }
+}
+
+/// A `text[]`: dimensions, has-nulls flag, element type, each dimension's length and lower bound,
+/// then the elements.
+fn text_array(out: &mut Vec<u8>, values: &[String]) {
+    let start = begin_field(out);
+    let dimensions = i32::from(!values.is_empty());
+    out.extend_from_slice(&dimensions.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&TEXT_OID.to_be_bytes());
+    if dimensions == 1 {
+        let count = i32::try_from(values.len()).unwrap_or(i32::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        for value in values {
+            text(out, value);
+        }
+    }
+    end_field(out, start);
 }
 
 fn field(out: &mut Vec<u8>, bytes: &[u8]) {

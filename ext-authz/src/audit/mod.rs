@@ -62,6 +62,18 @@ pub struct Record {
     pub serial: Option<String>,
     pub latency_us: i64,
     pub peer: Option<String>,
+    /// What the shadow policies would have decided (a route that asks for it, a candidate set
+    /// configured). Absent from records journaled before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
+}
+
+/// A shadow decision, as stored beside the enforced one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shadow {
+    pub allow: bool,
+    pub reasons: Vec<String>,
+    pub policy_version: String,
 }
 
 impl Record {
@@ -207,6 +219,11 @@ pub(crate) mod tests {
             serial: None,
             latency_us: 80,
             peer: None,
+            shadow: n.is_multiple_of(3).then(|| Shadow {
+                allow: false,
+                reasons: vec!["a shadow reason".to_owned()],
+                policy_version: "candidate".to_owned(),
+            }),
         }
     }
 
