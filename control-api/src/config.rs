@@ -37,6 +37,18 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_CA_KEY")]
     pub ca_key: Option<PathBuf>,
 
+    /// The ed25519 key that signs the audit's checkpoints (a file, mode 0600; generated with its public
+    /// key beside it, `.pub`, if it does not exist). Replicas share it, like the CA key; only the one
+    /// holding the sequencer lock signs. Keep the public key where `audit verify` runs.
+    #[arg(long, env = "EDGEMESH_AUDIT_SIGNING_KEY")]
+    pub audit_signing_key: Option<PathBuf>,
+
+    /// Directory the signed audit checkpoints are appended to (a file a day), outside the database:
+    /// ship it elsewhere (object storage with retention lock, another host). Without a copy outside,
+    /// deleting the newest records with their checkpoints cannot be detected.
+    #[arg(long, env = "EDGEMESH_AUDIT_CHECKPOINT_DIR")]
+    pub audit_checkpoint_dir: Option<PathBuf>,
+
     /// File holding the admin bearer token; generated (mode 0600) if it does not exist.
     #[arg(long, env = "EDGEMESH_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -189,6 +201,18 @@ impl Config {
         self.ca_key
             .clone()
             .unwrap_or_else(|| self.state_dir.join("ca-key.pem"))
+    }
+
+    pub fn audit_signing_key_path(&self) -> PathBuf {
+        self.audit_signing_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit-signing.key"))
+    }
+
+    pub fn audit_checkpoint_dir(&self) -> PathBuf {
+        self.audit_checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit-checkpoints"))
     }
 
     pub fn admin_token_path(&self) -> PathBuf {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod ca;
+pub mod chain;
 pub mod config;
 pub mod console;
 pub mod csr;

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub certificates_expiring: IntGaugeVec,
     /// When the expiry scan last ran to the end (Unix seconds).
     pub expiry_scanned: IntGauge,
+    /// 1 while this replica is the audit sequencer.
+    pub audit_sequencer_leader: IntGauge,
+    pub audit_sequenced: prometheus::IntCounter,
+    pub audit_checkpoints: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -74,9 +78,24 @@ impl Metrics {
             "edgemesh_control_api_expiry_scan_timestamp_seconds",
             "When the certificate expiry scan last completed (Unix time).",
         )?;
+        let audit_sequencer_leader = IntGauge::new(
+            "edgemesh_control_api_audit_sequencer_leader",
+            "1 while this control API holds the audit sequencer's lock (exactly one replica should).",
+        )?;
+        let audit_sequenced = prometheus::IntCounter::new(
+            "edgemesh_control_api_audit_sequenced_total",
+            "Audit records this control API gave a sequence number and a chained hash.",
+        )?;
+        let audit_checkpoints = prometheus::IntCounter::new(
+            "edgemesh_control_api_audit_checkpoints_total",
+            "Signed audit checkpoints this control API wrote.",
+        )?;
         // Every metric of the process, registered in one list.
         for collector in [
-            Box::new(certificates_expiring.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_sequencer_leader.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(audit_sequenced.clone()),
+            Box::new(audit_checkpoints.clone()),
+            Box::new(certificates_expiring.clone()),
             Box::new(expiry_scanned.clone()),
             Box::new(enrollments.clone()),
             Box::new(renewals.clone()),
@@ -109,6 +128,9 @@ impl Metrics {
             database_up,
             certificates_expiring,
             expiry_scanned,
+            audit_sequencer_leader,
+            audit_sequenced,
+            audit_checkpoints,
         }))
     }
 

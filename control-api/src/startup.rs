@@ -40,6 +40,7 @@ pub struct Application {
     device_tls: Arc<ServerConfig>,
     state: AppState,
     retention: Retention,
+    signer: Arc<crate::chain::sequencer::Signer>,
     limits: Limits,
 }
 
@@ -169,11 +170,18 @@ impl Application {
                 "ended console sessions that expired or belong to an earlier admin token"
             );
         }
+        let signer = crate::chain::sequencer::Signer::load_or_create(
+            &config.audit_signing_key_path(),
+            &config.audit_checkpoint_dir(),
+        )
+        .context("failed to load the audit signing key (EDGEMESH_AUDIT_SIGNING_KEY) or prepare the checkpoint directory (EDGEMESH_AUDIT_CHECKPOINT_DIR)")
+        .config_error()?;
         Ok(Self {
             api_listener,
             device_listener,
             metrics_listener,
             retention,
+            signer: Arc::new(signer),
             limits: Limits {
                 max_connections: config.max_connections,
                 header_read_timeout: std::time::Duration::from_secs(
@@ -230,6 +238,12 @@ impl Application {
             self.retention,
             stop_rx.clone(),
         ));
+        let sequencer = tokio::spawn(crate::chain::sequencer::run(
+            self.state.db.clone(),
+            Arc::clone(&self.signer),
+            Arc::clone(&self.state.metrics),
+            stop_rx.clone(),
+        ));
         let expiry = tokio::spawn(crate::expiry::scan_daily(
             self.state.db.clone(),
             Arc::clone(&self.state.metrics),
@@ -272,10 +286,11 @@ impl Application {
         let _ = watcher.await;
         let _ = partitions.await;
         let _ = expiry.await;
+        let _ = sequencer.await;
     }
 }
 
-async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = config
         .database_url
         .parse()

@@ -17,6 +17,9 @@ use time::OffsetDateTime;
 /// What a signature covers before the manifest's bytes: a signature made for anything else (another
 /// format, another product using the same key) is not a release signature.
 const SIGNED_PREFIX: &[u8] = b"edgemesh-agent-release-manifest-v1\n";
+/// The same for an audit checkpoint (`control-api`'s sequencer signs them with a key of its own, in
+/// the same format): a checkpoint signature is never a release signature, nor the other way round.
+pub const AUDIT_CHECKPOINT_PREFIX: &[u8] = b"edgemesh-audit-checkpoint-v1\n";
 const PUBLIC_KEY_COMMENT: &str = "untrusted comment: edgemesh release public key";
 const SECRET_KEY_COMMENT: &str = "untrusted comment: edgemesh release signing key (keep offline)";
 
@@ -179,6 +182,15 @@ impl PublicKey {
         })
     }
 
+    /// Whether `signature` is this key's over `prefix` and then `text`.
+    pub fn verifies(&self, prefix: &[u8], text: &str, signature: &Signature) -> bool {
+        let mut message = prefix.to_vec();
+        message.extend_from_slice(text.as_bytes());
+        UnparsedPublicKey::new(&ED25519, self.bytes)
+            .verify(&message, &signature.bytes)
+            .is_ok()
+    }
+
     pub fn to_text(&self) -> String {
         format!(
             "{PUBLIC_KEY_COMMENT} {}\n{}\n",
@@ -223,7 +235,12 @@ impl SigningKey {
     }
 
     pub fn to_text(&self) -> String {
-        format!("{SECRET_KEY_COMMENT}\n{}\n", BASE64.encode(&self.pkcs8))
+        self.to_text_with_comment(SECRET_KEY_COMMENT)
+    }
+
+    /// The key file with another first line (`untrusted comment: …`, ignored when parsed).
+    pub fn to_text_with_comment(&self, comment: &str) -> String {
+        format!("{comment}\n{}\n", BASE64.encode(&self.pkcs8))
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -240,8 +257,13 @@ impl SigningKey {
     }
 
     pub fn sign(&self, manifest_text: &str) -> Signature {
-        let mut message = SIGNED_PREFIX.to_vec();
-        message.extend_from_slice(manifest_text.as_bytes());
+        self.sign_with_prefix(SIGNED_PREFIX, manifest_text)
+    }
+
+    /// A signature over `prefix` and then `text` (the prefix says what is signed).
+    pub fn sign_with_prefix(&self, prefix: &[u8], text: &str) -> Signature {
+        let mut message = prefix.to_vec();
+        message.extend_from_slice(text.as_bytes());
         Signature {
             key_id: self.public_key().id,
             bytes: self.pair.sign(&message).as_ref().to_vec(),
@@ -315,11 +337,9 @@ impl Judge<'_> {
                     ),
                 )
             })?;
-        let mut message = SIGNED_PREFIX.to_vec();
-        message.extend_from_slice(signed.manifest.as_bytes());
-        UnparsedPublicKey::new(&ED25519, key.bytes)
-            .verify(&message, &signature.bytes)
-            .map_err(|_| {
+        key.verifies(SIGNED_PREFIX, &signed.manifest, &signature)
+            .then_some(())
+            .ok_or_else(|| {
                 Refusal::new(
                     Refusal::BAD_SIGNATURE,
                     format!("the signature by key {} does not verify", key.id),

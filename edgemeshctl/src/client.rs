@@ -36,6 +36,30 @@ impl Admin {
         self.send(Method::GET, path, query, None).await
     }
 
+    /// A GET whose answer is read as it comes (an NDJSON export): the response of a success, or
+    /// the server's refusal.
+    pub async fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, Failure> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable(format!("{url}: {}", error_chain(&e))))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(answer(response).await.err().unwrap_or_else(|| {
+            Failure::Unreachable(format!("{url}: an error status with a JSON body"))
+        }))
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
         self.send(Method::POST, path, &[], Some(body)).await
     }

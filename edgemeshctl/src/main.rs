@@ -13,6 +13,7 @@ mod audit;
 mod client;
 mod commands;
 mod config;
+mod decisions;
 mod failure;
 mod policy;
 mod release;
@@ -82,7 +83,8 @@ enum Command {
         #[command(subcommand)]
         command: release::Rollout,
     },
-    /// Evaluate and test the Rego policies locally (no server needed).
+    /// The Rego policies: evaluate and test locally (no server needed); replay stored decisions
+    /// against a candidate, explain one.
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
@@ -110,7 +112,9 @@ pub fn lower<T: std::fmt::Debug>(value: T) -> String {
 
 fn main() -> ExitCode {
     let cli: Cli = edgemesh_core::exit::parse_args("edgemeshctl");
-    if let Command::Policy { command } = &cli.command {
+    if let Command::Policy { command } = &cli.command
+        && command.is_local()
+    {
         return match policy::run(command, cli.output) {
             Ok(code) => code,
             Err(e) => {
@@ -156,6 +160,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
     let api = client::Admin::connect(&settings)?;
     let out = cli.output;
+    if let Command::Policy { command } = &cli.command {
+        return match command {
+            policy::PolicyCommand::Replay(args) => decisions::replay(&api, args, out).await,
+            policy::PolicyCommand::Explain(args) => decisions::explain(&api, args, out).await,
+            _ => unreachable!("local policy commands are handled in main"),
+        };
+    }
     match cli.command {
         Command::Users { command } => commands::users(&api, command, out).await?,
         Command::Tokens { command } => commands::tokens(&api, &settings, command, out).await?,

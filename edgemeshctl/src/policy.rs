@@ -26,6 +26,20 @@ pub enum PolicyCommand {
         #[command(flatten)]
         dir: PolicyDir,
     },
+    /// Evaluate the stored decisions of a time window again with a candidate policy directory: how
+    /// many would change, in which direction, for which services, devices and reasons (through the
+    /// control API; writes a JSON report).
+    Replay(crate::decisions::ReplayArgs),
+    /// One stored decision evaluated again under the policy version that made it: its input, the
+    /// value of every rule, and its reasons (through the control API).
+    Explain(crate::decisions::ExplainArgs),
+}
+
+impl PolicyCommand {
+    /// Whether it runs without the control API.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Eval { .. } | Self::Test { .. })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +54,9 @@ pub fn run(command: &PolicyCommand, out: Output) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Eval { input, dir } => eval(&dir.policy_dir, input.as_deref()),
         PolicyCommand::Test { dir } => test(&dir.policy_dir, out),
+        PolicyCommand::Replay(_) | PolicyCommand::Explain(_) => {
+            unreachable!("replay and explain run through the control API")
+        }
     }
 }
 

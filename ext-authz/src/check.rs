@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tonic::Status;
 
-use crate::audit::{AuditLog, Record, Shadow};
+use crate::audit::{AuditLog, ContextRef, Record, Shadow};
 use crate::config::Settings;
 use crate::directory::Directory;
 use crate::identity::Peer;
-use crate::input::{Facts, document};
+use crate::input::{Facts, context, document};
 use crate::memo::Bounded;
 use crate::metrics::{Metrics, reason_label};
 use crate::request::CheckRequest;
@@ -46,6 +46,17 @@ pub struct Verdict {
     pub serial: Option<String>,
     /// What the shadow policies would have decided, on a route that asks for it.
     pub shadow: Option<Decision>,
+    /// What the policies decided on (none for a deny made before they ran).
+    pub replay: Option<Replay>,
+}
+
+/// What a decision needs kept to be evaluated again: its context's id, the context itself if this
+/// decision is the first to refer to it (as far as this process remembers: its record then carries
+/// it), and the policy clock's second.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub context: ContextRef,
+    pub now: i64,
 }
 
 /// The candidate policies evaluated beside the enforced ones on routes that ask for it, with their own
@@ -68,6 +79,8 @@ pub struct Authorizer {
     pub decisions: Bounded<Facts, Decision>,
     /// The shadow policies, when configured (EDGEMESH_SHADOW_POLICY_DIR).
     pub shadow: Option<ShadowPolicies>,
+    /// The ids of decision contexts by the facts they are made of ([`Facts::context_key`]).
+    pub contexts: Bounded<Facts, [u8; 16]>,
 }
 
 impl Authorizer {
@@ -146,6 +159,14 @@ impl Authorizer {
                 reasons: shadow.reasons.into_iter().map(|r| r.message).collect(),
                 policy_version: shadow.policy_version,
             }),
+            // Only when the record's second is not the policy's (a fixed clock, or a decision that
+            // straddled a second).
+            decided_at: verdict
+                .replay
+                .as_ref()
+                .map(|replay| replay.now)
+                .filter(|now| *now != at.unix_timestamp()),
+            context: verdict.replay.map(|replay| replay.context),
         });
         answer
     }
@@ -168,6 +189,7 @@ impl Authorizer {
             service: service.clone(),
             serial: peer.map(|p| p.serial.clone()),
             shadow: None,
+            replay: None,
         };
         let peer = match self.peer(request) {
             Ok(peer) => peer,
@@ -233,6 +255,10 @@ impl Authorizer {
             Some(shadow) if request.shadow() => Some((shadow, facts.clone())),
             _ => None,
         };
+        let replay = self.context(&facts).map(|context| Replay {
+            context,
+            now: facts.now,
+        });
         let decision = self.evaluate(&policies, &self.decisions, facts, decision_id);
         let shadow = shadow.map(|(shadow, facts)| {
             self.evaluate(
@@ -251,6 +277,30 @@ impl Authorizer {
             service,
             serial: Some(peer.serial.clone()),
             shadow,
+            replay,
+        }
+    }
+
+    /// The reference to the context of a decision on `facts`, with the context itself if it was just
+    /// made. `None` only if it cannot be made (logged): the decision stands, it just cannot be
+    /// replayed.
+    fn context(&self, facts: &Facts) -> Option<ContextRef> {
+        let key = facts.context_key();
+        if let Some(id) = self.contexts.get(&key) {
+            return Some(ContextRef { id, body: None });
+        }
+        match context(&self.settings, facts) {
+            Ok(made) => {
+                self.contexts.insert(key, made.id);
+                Some(ContextRef {
+                    id: made.id,
+                    body: Some(made.body),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the decision's context could not be made; it cannot be replayed");
+                None
+            }
         }
     }
 

@@ -93,3 +93,20 @@ pub async fn notify(db: &PgPool, channel: &str, payload: &str) -> Result<(), sql
         .await?;
     Ok(())
 }
+
+/// Stores the files of a policy version (a JSON array of [name, source] pairs), unless stored already.
+pub async fn store_policy_version(
+    db: impl PgExecutor<'_>,
+    version: &str,
+    files: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO policy_versions (version, files) VALUES ($1, CAST($2::text AS jsonb))
+         ON CONFLICT DO NOTHING",
+        version,
+        files
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

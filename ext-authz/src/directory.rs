@@ -82,8 +82,13 @@ impl HealthRecord {
     /// Seconds since the values were measured, on the server's clock: a device clock running ahead
     /// cannot make a report look fresher than its arrival.
     pub fn age_seconds(&self, now: OffsetDateTime) -> i64 {
-        let measured = self.collected_at.min(self.received_at);
-        (now - measured).whole_seconds().max(0)
+        (now - self.measured_at()).whole_seconds().max(0)
+    }
+
+    /// When the values were measured, as far as the server can tell: the device's time, or the
+    /// arrival if that is earlier.
+    pub fn measured_at(&self) -> OffsetDateTime {
+        self.collected_at.min(self.received_at)
     }
 }
 

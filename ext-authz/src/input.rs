@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use edgemesh_core::policy::Value;
-use edgemesh_core::policy::input::{self, Shape, optional, rfc3339};
+use edgemesh_core::policy::input::{self, Context, Shape, optional, rfc3339};
 use time::OffsetDateTime;
 
 use crate::config::Settings;
@@ -177,6 +177,27 @@ pub fn document(settings: &Settings, facts: &Facts) -> Value {
             .config
             .with([Value::from(settings.max_health_age_seconds)]),
     ])
+}
+
+impl Facts {
+    /// The facts with the decision's own parts (service, method, path, time) left out: equal for the
+    /// decisions that share a context ([`context`]).
+    pub fn context_key(&self) -> Self {
+        Self {
+            service: None,
+            method: None,
+            path: None,
+            now: 0,
+            ..self.clone()
+        }
+    }
+}
+
+/// The context of the decision on `facts`: what the audit record refers to, for the decision to be
+/// replayed (core's `policy::input::replayed` makes the same document again from it).
+pub fn context(settings: &Settings, facts: &Facts) -> anyhow::Result<Context> {
+    let measured = facts.record.0.health.as_ref().map(|h| h.measured_at());
+    Context::of(&document(settings, facts), measured)
 }
 
 /// A string the directory shares between devices, shared with the policy input too (no copy).
@@ -413,6 +434,80 @@ mod tests {
         for (i, facts) in differing.iter().enumerate() {
             assert!(base != *facts, "variant {i} equals the base");
         }
+    }
+
+    /// A replayed decision is evaluated on the document it was made on: the context the audit keeps
+    /// and the decision's own parts make it again, key for key and value for value, with and without
+    /// health, headers and a route, at any second (the health's age follows).
+    #[test]
+    fn a_context_and_the_decisions_own_parts_make_the_same_document_again() {
+        let settings = Settings {
+            trust_domain: "edgemesh.local".parse().expect("valid trust domain"),
+            ca_der: Arc::from(Vec::new()),
+            max_health_age_seconds: 300,
+            timezone: "Europe/Berlin".to_owned(),
+            clock: Clock::System,
+        };
+        let peer = Arc::new(Peer {
+            device: DeviceId::parse("pi-1").expect("valid id"),
+            serial: "4132f0bb".to_owned(),
+            fingerprint: Fingerprint::from_hex(&"cd".repeat(32)).expect("hex"),
+            not_after: datetime!(2026-12-22 09:45:05 UTC),
+        });
+        let health = HealthRecord {
+            received_at: datetime!(2026-11-18 10:29:31.5 UTC),
+            collected_at: datetime!(2026-11-18 10:29:30.123456 UTC),
+            cpu_usage: Some(0.1 + 0.2),
+            memory_usage: Some(41.5),
+            disk_usage: None,
+            disk_encrypted: Some(true),
+            os_patches_current: Some(false),
+            antivirus_enabled: Some(true),
+            firewall_enabled: None,
+            status: "healthy".into(),
+        };
+        let ahead = HealthRecord {
+            collected_at: datetime!(2026-11-18 10:40:00 UTC),
+            ..health.clone()
+        };
+        let requests = [
+            check_request("/api/orders?id=7", &[("user-agent", "curl/8.5.0")]),
+            check_request("/", &[("content-type", "text/plain"), ("cookie", "c")]),
+            CheckRequest::decode(Bytes::new()).expect("an empty request decodes"),
+        ];
+        let mut contexts = std::collections::HashSet::new();
+        for record in [None, Some(health), Some(ahead)] {
+            let record = Arc::new(device(record));
+            for request in &requests {
+                for now in [
+                    datetime!(2026-11-18 10:29:00 UTC),
+                    datetime!(2026-11-18 10:30:00.999 UTC),
+                    datetime!(2026-11-18 10:35:01 UTC),
+                ] {
+                    for revoked in [false, true] {
+                        let facts = Facts::new(request, &peer, &record, revoked, now);
+                        let live = serde_json::to_value(document(&settings, &facts)).expect("json");
+                        let made = context(&settings, &facts).expect("a context");
+                        assert_eq!(made.id, Context::id_of(&made.body));
+                        let own = edgemesh_core::policy::input::Own {
+                            service: facts.service.as_deref(),
+                            method: facts.method.as_deref(),
+                            path: facts.path.as_deref(),
+                            now: facts.now,
+                        };
+                        let replayed = edgemesh_core::policy::input::replayed(&made.body, own)
+                            .expect("replays");
+                        assert_eq!(replayed, live, "{}", made.body);
+                        // The decision's own parts are not in the context: it is shared.
+                        let shared = context(&settings, &facts.context_key()).expect("a context");
+                        assert_eq!(shared, made);
+                        contexts.insert(made.id);
+                    }
+                }
+            }
+        }
+        // One per record, request headers and revocation; not one per second or path.
+        assert_eq!(contexts.len(), 3 * 3 * 2);
     }
 
     #[test]

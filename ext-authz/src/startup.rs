@@ -11,6 +11,7 @@ use anyhow::Context;
 use edgemesh_core::exit::{ConfigContext, ConfigError};
 use edgemesh_core::policy::{PolicyStore, Reload, valid_timezone};
 use edgemesh_core::serve::local_addr;
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ use tonic_health::ServingStatus;
 use crate::audit::{self, WRITE_TIMEOUT};
 use crate::check::{Authorizer, ShadowPolicies};
 use crate::config::{Clock, Config, Settings};
+use crate::db;
 use crate::directory::{Directory, Heartbeat};
 use crate::grpc::{self, AUTHORIZATION_SERVICE};
 use crate::memo::Bounded;
@@ -52,6 +54,7 @@ pub struct Server {
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
     audit_done: tokio::task::JoinHandle<()>,
+    db: PgPool,
     stop_tx: watch::Sender<bool>,
     policy_poll: Duration,
 }
@@ -116,7 +119,7 @@ impl Server {
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let (audit, audit_done) = audit::start(
-            db,
+            db.clone(),
             &config.audit_spool_dir,
             config.audit_queue,
             Arc::clone(&metrics),
@@ -147,6 +150,7 @@ impl Server {
                 policies: Arc::clone(policies),
                 decisions: Bounded::new(DECISIONS),
             }),
+            contexts: Bounded::new(usize::try_from(config.cache_capacity).unwrap_or(usize::MAX)),
         });
         if let Some(at) = config.clock {
             tracing::warn!(clock = %at, "deciding with a fixed clock");
@@ -160,6 +164,7 @@ impl Server {
             directory,
             metrics,
             audit_done,
+            db,
             stop_tx,
             policy_poll: Duration::from_millis(config.policy_poll_ms),
         })
@@ -201,6 +206,13 @@ impl Server {
             },
             stopped(stop_rx.clone()),
         ));
+        let versions = tokio::spawn(store_policy_versions(
+            self.db.clone(),
+            std::iter::once(Arc::clone(&self.policies))
+                .chain(self.shadow.clone())
+                .collect(),
+            stopped(stop_rx.clone()),
+        ));
         // The shadow set is reloaded the same way (its outcomes are logged, not counted).
         let shadow_watcher = self.shadow.map(|shadow| {
             tokio::spawn(shadow.watch(self.policy_poll, |_| {}, stopped(stop_rx.clone())))
@@ -230,7 +242,7 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         grpc::serve(self.listener, self.authorizer, health_service, signal).await;
-        for task in [listening, watcher, metrics_server, readiness]
+        for task in [listening, watcher, metrics_server, readiness, versions]
             .into_iter()
             .chain(shadow_watcher)
         {
@@ -247,6 +259,45 @@ impl Server {
             );
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Stores the files of every policy version in force (enforced and shadow) in `policy_versions`, once
+/// each, for a decision to be explained under the version that made it; a version PostgreSQL did not
+/// take is tried again every second.
+async fn store_policy_versions(
+    db: PgPool,
+    stores: Vec<Arc<PolicyStore>>,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stored = std::collections::HashSet::new();
+    tokio::pin!(stop);
+    loop {
+        for store in &stores {
+            let set = store.current();
+            if stored.contains(set.version()) {
+                continue;
+            }
+            let files = match serde_json::to_string(set.sources()) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::error!(error = %e, "policy files that do not serialise");
+                    continue;
+                }
+            };
+            match db::store_policy_version(&db, set.version(), &files).await {
+                Ok(()) => {
+                    stored.insert(set.version().to_owned());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, policy_version = set.version(), "the policy version is not stored yet")
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = &mut stop => return,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The audit writer's insert against a real PostgreSQL (the schema's migrations): a batch is stored
 //! once however often it is written, and reasons keep their text.
 
-use edgemesh_ext_authz::audit::{Record, Shadow, insert};
+use edgemesh_core::policy::input::Context;
+use edgemesh_ext_authz::audit::{ContextRef, Record, Shadow, insert};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
@@ -22,6 +23,8 @@ fn record(n: u32, reasons: &[&str]) -> Record {
         latency_us: 40,
         peer: Some("127.0.0.1:50000".to_owned()),
         shadow: None,
+        context: None,
+        decided_at: None,
     }
 }
 
@@ -78,12 +81,21 @@ async fn every_field_is_stored_as_given(db: PgPool) {
         reasons: vec!["a shadow reason".to_owned(), awkward.to_owned()],
         policy_version: "candidate".to_owned(),
     });
-    let records = vec![
-        shadowed,
-        record(1, &["role analyst may not use service database"]),
-        odd,
-        unknown,
-    ];
+    // A context carried by the first record that refers to it, referred to by another without it; a
+    // record decided at another second than its own.
+    let body = r#"{"device":{"id":"pi-1"}}"#;
+    let context = ContextRef {
+        id: Context::id_of(body),
+        body: Some(body.to_owned()),
+    };
+    shadowed.context = Some(context.clone());
+    let mut referring = record(1, &["role analyst may not use service database"]);
+    referring.context = Some(ContextRef {
+        body: None,
+        ..context.clone()
+    });
+    referring.decided_at = Some(1_794_997_800);
+    let records = vec![shadowed, referring, odd, unknown];
     assert_eq!(insert(&db, &records).await.expect("insert"), 4);
     type Row = (
         uuid::Uuid,
@@ -184,4 +196,22 @@ async fn every_field_is_stored_as_given(db: PgPool) {
         .find(|row| row.0 == records[2].id)
         .expect("stored");
     assert_eq!(odd.8[0], stored_awkward);
+    // The references and the policy clock's second, and the context stored once, as given.
+    for r in &records {
+        let (reference, decided_at): (Option<Vec<u8>>, Option<i64>) =
+            sqlx::query_as("SELECT context, decided_at FROM audit_log WHERE id = $1")
+                .bind(r.id)
+                .fetch_one(&db)
+                .await
+                .expect("stored");
+        assert_eq!(reference, r.context.as_ref().map(|c| c.id.to_vec()));
+        assert_eq!(decided_at, r.decided_at);
+    }
+    let contexts: Vec<(Vec<u8>, String)> = sqlx::query_as("SELECT id, body FROM decision_contexts")
+        .fetch_all(&db)
+        .await
+        .expect("contexts");
+    assert_eq!(contexts, [(context.id.to_vec(), body.to_owned())]);
+    // Stored again with its batch (a replay from the journal): still once, no error.
+    assert_eq!(insert(&db, &records).await.expect("insert again"), 0);
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use edgemesh_ext_authz::audit::{self, Record};
+use edgemesh_core::policy::input::Context as DecisionContext;
+use edgemesh_ext_authz::audit::{self, ContextRef, Record};
 use edgemesh_ext_authz::metrics::Metrics;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
@@ -20,6 +21,7 @@ use crate::stats::percentile;
 
 fn record(i: u64) -> Record {
     let deny = i.is_multiple_of(5);
+    let context = format!("{{\"device\":{{\"id\":\"bench-{}\"}}}}", i % 10_000);
     Record {
         id: uuid::Uuid::new_v4(),
         at_us: Record::at(OffsetDateTime::now_utc()),
@@ -40,6 +42,12 @@ fn record(i: u64) -> Record {
         latency_us: 85,
         peer: Some("127.0.0.1:40000".to_owned()),
         shadow: None,
+        // One context per device, carried by its first record.
+        context: Some(ContextRef {
+            id: DecisionContext::id_of(&context),
+            body: (i < 10_000).then_some(context),
+        }),
+        decided_at: None,
     }
 }
 

@@ -96,11 +96,25 @@ pub struct Record {
     pub shadow_decision: Option<String>,
     pub shadow_reasons: Option<Vec<String>>,
     pub shadow_policy_version: Option<String>,
+    /// The record's place in the tamper-evident chain, once the sequencer reached it (about a second
+    /// after it was stored), and its chained hash in hex.
+    pub seq: Option<i64>,
+    pub hash: Option<String>,
+    /// A decision's context (hex; `GET /decisions/{id}` shows it), and the policy clock's second
+    /// when it is not the record's: what a replay evaluates again. None for a deny made before the
+    /// policies ran.
+    pub context: Option<String>,
+    pub decided_at: Option<i64>,
 }
 
 const COLUMNS: &str = "id, occurred_at, event_type, action, device_id, user_id, role, service, method, \
      path, decision, reasons, policy_version, certificate_serial, latency_us, peer_address, details, \
-     shadow_decision, shadow_reasons, shadow_policy_version";
+     shadow_decision, shadow_reasons, shadow_policy_version, seq, encode(hash, 'hex') AS hash, \
+     encode(context, 'hex') AS context, decided_at";
+
+/// The records with their place in the chain (`USING` merges the key columns, so the rest of the
+/// queries names them unqualified).
+const FROM: &str = " FROM audit_log LEFT JOIN audit_chain USING (occurred_at, id)";
 
 /// Which records a read answers: every part that is set must hold.
 #[derive(Debug, Clone, Default)]
@@ -156,7 +170,22 @@ pub async fn page(
     limit: i64,
 ) -> Result<Vec<Record>, sqlx::Error> {
     let mut sql = QueryBuilder::<Postgres>::new("SELECT ");
-    sql.push(COLUMNS).push(" FROM audit_log WHERE true");
+    sql.push(COLUMNS).push(FROM).push(" WHERE true");
+    push_filter(&mut sql, filter);
+    if let Some(cursor) = cursor {
+        sql.push(" AND (occurred_at, id) < (")
+            .push_bind(cursor.occurred_at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    sql.push(" ORDER BY occurred_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    sql.build_query_as().fetch_all(db).await
+}
+
+/// The conditions of `filter`, each after an `AND`.
+fn push_filter(sql: &mut QueryBuilder<Postgres>, filter: &Filter) {
     if let Some(device) = &filter.device {
         sql.push(" AND device_id = ").push_bind(device);
     }
@@ -178,16 +207,53 @@ pub async fn page(
     if let Some(until) = filter.until {
         sql.push(" AND occurred_at < ").push_bind(until);
     }
-    if let Some(cursor) = cursor {
-        sql.push(" AND (occurred_at, id) < (")
-            .push_bind(cursor.occurred_at)
-            .push(", ")
-            .push_bind(cursor.id)
-            .push(")");
-    }
-    sql.push(" ORDER BY occurred_at DESC, id DESC LIMIT ")
-        .push_bind(limit);
+}
+
+/// A stored decision context: its id (hex) and its text, verbatim.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct StoredContext {
+    pub id: String,
+    pub body: String,
+}
+
+/// The contexts the records that match refer to.
+pub async fn contexts(
+    db: impl PgExecutor<'_>,
+    filter: &Filter,
+) -> Result<Vec<StoredContext>, sqlx::Error> {
+    let mut sql = QueryBuilder::<Postgres>::new(
+        "SELECT encode(c.id, 'hex') AS id, c.body FROM decision_contexts c WHERE c.id IN \
+         (SELECT DISTINCT context FROM audit_log WHERE context IS NOT NULL",
+    );
+    push_filter(&mut sql, filter);
+    sql.push(")");
     sql.build_query_as().fetch_all(db).await
+}
+
+/// The record `id`, its context's text and the files of the policy version that decided.
+pub async fn decision(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<(Record, Option<String>, Option<serde_json::Value>)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        record: Record,
+        context_body: Option<String>,
+        policy_files: Option<serde_json::Value>,
+    }
+    let mut sql = QueryBuilder::<Postgres>::new("SELECT ");
+    sql.push(COLUMNS)
+        .push(
+            ", (SELECT body FROM decision_contexts c WHERE c.id = audit_log.context) AS context_body, \
+             (SELECT files FROM policy_versions v WHERE v.version = audit_log.policy_version) \
+             AS policy_files",
+        )
+        .push(FROM)
+        .push(" WHERE id = ")
+        .push_bind(id);
+    let row: Option<Row> = sql.build_query_as().fetch_optional(db).await?;
+    Ok(row.map(|r| (r.record, r.context_body, r.policy_files)))
 }
 
 /// A device's latest authorization decisions, newest first.
@@ -246,7 +312,11 @@ pub async fn live(
     }
     let mut sql = QueryBuilder::<Postgres>::new("SELECT ");
     sql.push(COLUMNS)
-        .push(", written_at FROM audit_log WHERE event_type = 'authorization' AND occurred_at > now() - make_interval(secs => ")
+        .push(", written_at")
+        .push(FROM)
+        .push(
+            " WHERE event_type = 'authorization' AND occurred_at > now() - make_interval(secs => ",
+        )
         .push_bind(window_secs)
         .push(") AND (written_at, id) > (")
         .push_bind(cursor.written_at)

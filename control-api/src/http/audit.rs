@@ -17,10 +17,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::admin::ADMIN_401;
-use super::extract::Query;
+use super::extract::{Path, Query};
 use super::{ApiError, AppState};
 use crate::audit::EventType;
-use crate::db::audit::{self, Cursor, Filter, Record};
+use crate::db::audit::{self, Cursor, Filter, Record, StoredContext};
+use uuid::Uuid;
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -29,7 +30,10 @@ const EXPORT_CHUNK: i64 = 1000;
 const MAX_EXPORT: i64 = 10_000_000;
 
 pub fn admin_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(query))
+    OpenApiRouter::new()
+        .routes(routes!(query))
+        .routes(routes!(contexts))
+        .routes(routes!(decision))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -88,7 +92,7 @@ struct AuditPage {
 
 const CSV_HEADER: &str = "id,occurred_at,event_type,action,device_id,user_id,role,service,method,path,\
      decision,reasons,policy_version,certificate_serial,latency_us,peer_address,details,\
-     shadow_decision,shadow_reasons,shadow_policy_version\r\n";
+     shadow_decision,shadow_reasons,shadow_policy_version,seq,hash,context,decided_at\r\n";
 
 fn parse_instant(field: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     value
@@ -106,30 +110,44 @@ fn parse_instant(field: &str, value: Option<&str>) -> Result<Option<OffsetDateTi
         .transpose()
 }
 
+/// The service and time window of a query, checked.
+fn window(
+    service: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), ApiError> {
+    if let Some(service) = service
+        && (service.is_empty()
+            || service.len() > 64
+            || !service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_service",
+            "service must be 1 to 64 letters, digits, '.', '_' or '-'",
+        ));
+    }
+    let since = parse_instant("since", since)?;
+    let until = parse_instant("until", until)?;
+    if let (Some(since), Some(until)) = (since, until)
+        && since >= until
+    {
+        return Err(ApiError::bad_request(
+            "invalid_time_range",
+            "since must be earlier than until",
+        ));
+    }
+    Ok((since, until))
+}
+
 impl AuditQuery {
     fn validate(&self) -> Result<(Filter, Option<Cursor>, Option<i64>), ApiError> {
-        if let Some(service) = &self.service
-            && (service.is_empty()
-                || service.len() > 64
-                || !service
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
-        {
-            return Err(ApiError::bad_request(
-                "invalid_service",
-                "service must be 1 to 64 letters, digits, '.', '_' or '-'",
-            ));
-        }
-        let since = parse_instant("since", self.since.as_deref())?;
-        let until = parse_instant("until", self.until.as_deref())?;
-        if let (Some(since), Some(until)) = (since, until)
-            && since >= until
-        {
-            return Err(ApiError::bad_request(
-                "invalid_time_range",
-                "since must be earlier than until",
-            ));
-        }
+        let (since, until) = window(
+            self.service.as_deref(),
+            self.since.as_deref(),
+            self.until.as_deref(),
+        )?;
         let max = if self.format == Format::Json {
             MAX_PAGE
         } else {
@@ -219,6 +237,107 @@ pub(crate) async fn query(
             Ok(export(state.db.clone(), filter, first, limit, format))
         }
     }
+}
+
+/// Which decisions' contexts `GET /decision-contexts` answers: the filters of `GET /audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ContextsQuery {
+    device: Option<DeviceId>,
+    user: Option<UserId>,
+    /// 1 to 64 letters, digits, '.', '_' or '-'.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    service: Option<String>,
+    #[param(inline)]
+    decision: Option<Decision>,
+    /// Inclusive lower bound (RFC 3339).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Exclusive upper bound (RFC 3339), later than `since`.
+    #[param(format = DateTime)]
+    until: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ContextList {
+    contexts: Vec<StoredContext>,
+}
+
+/// The contexts the matching decisions were made on, each once: with the records of
+/// `GET /audit?event_type=authorization&format=ndjson`, what a replay evaluates again
+/// (`edgemeshctl policy replay`). A context's `id` is the first 16 bytes of the SHA-256 of its
+/// `body`, in hex.
+#[utoipa::path(get, path = "/decision-contexts", tag = "admin",
+    security(("admin_token" = [])),
+    params(ContextsQuery),
+    responses(
+        (status = 200, description = "The contexts.", body = ContextList),
+        (status = 400, description = "`invalid_query`, `invalid_service`, `invalid_time`, `invalid_time_range`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+    ))]
+async fn contexts(
+    State(state): State<AppState>,
+    Query(query): Query<ContextsQuery>,
+) -> Result<axum::Json<ContextList>, ApiError> {
+    let (since, until) = window(
+        query.service.as_deref(),
+        query.since.as_deref(),
+        query.until.as_deref(),
+    )?;
+    let filter = Filter {
+        device: query.device.as_ref().map(|d| d.as_str().to_owned()),
+        user: query.user.as_ref().map(|u| u.as_str().to_owned()),
+        service: query.service.clone(),
+        decision: query.decision.map(|d| match d {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }),
+        event_type: Some("authorization"),
+        since,
+        until,
+    };
+    Ok(axum::Json(ContextList {
+        contexts: audit::contexts(&state.db, &filter).await?,
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DecisionDetail {
+    record: Record,
+    /// The text of the record's context, verbatim (`null`: none, such as a deny made before the
+    /// policies ran).
+    context: Option<String>,
+    /// The files of the policy version that decided, as `[name, source]` pairs in load order
+    /// (`null`: ext-authz did not store them).
+    #[schema(value_type = Option<Vec<Vec<String>>>)]
+    policy_files: Option<serde_json::Value>,
+}
+
+/// One decision with what it was made on: its record, its context and the policy files of the
+/// version in force. `edgemeshctl policy explain` evaluates it again from these.
+#[utoipa::path(get, path = "/decisions/{id}", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The decision id (sent to the client and the upstream as x-edgemesh-decision-id).")),
+    responses(
+        (status = 200, description = "The decision.", body = DecisionDetail),
+        (status = 400, description = "`invalid_path`.", body = ErrorBody),
+        (status = 401, description = ADMIN_401, body = ErrorBody),
+        (status = 404, description = "`unknown_decision`.", body = ErrorBody),
+    ))]
+async fn decision(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<DecisionDetail>, ApiError> {
+    let (record, context, policy_files) = audit::decision(&state.db, id)
+        .await?
+        .filter(|(record, _, _)| record.event_type == "authorization")
+        .ok_or_else(|| ApiError::not_found("unknown_decision", format!("no decision {id}")))?;
+    Ok(axum::Json(DecisionDetail {
+        record,
+        context,
+        policy_files,
+    }))
 }
 
 /// A page of what `query` matches, as `format=json` answers it: the records and the next cursor.
@@ -321,7 +440,9 @@ fn csv_row(out: &mut String, r: &Record) {
     let details = r.details.to_string();
     let id = r.id.to_string();
     let shadow_reasons = r.shadow_reasons.as_ref().map(|r| r.join("; "));
-    let cells: [Option<&str>; 20] = [
+    let seq = r.seq.map(|s| s.to_string());
+    let decided_at = r.decided_at.map(|s| s.to_string());
+    let cells: [Option<&str>; 24] = [
         Some(&id),
         Some(&time),
         Some(&r.event_type),
@@ -342,6 +463,10 @@ fn csv_row(out: &mut String, r: &Record) {
         r.shadow_decision.as_deref(),
         shadow_reasons.as_deref(),
         r.shadow_policy_version.as_deref(),
+        seq.as_deref(),
+        r.hash.as_deref(),
+        r.context.as_deref(),
+        decided_at.as_deref(),
     ];
     for (i, cell) in cells.iter().enumerate() {
         if i > 0 {

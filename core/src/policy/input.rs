@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -120,4 +121,110 @@ pub fn optional<T: Into<Value>>(value: Option<T>) -> Value {
 
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// A decision's context: its input document without what is the decision's own (the service, the
+/// method and path, the time, and the health report's age, which follows from the time), with when
+/// the health values were measured instead. Many decisions share one: it is stored once, under
+/// [`Context::id`], and a replay puts the decision's own parts back ([`replayed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// The first 16 bytes of the SHA-256 of `body`.
+    pub id: [u8; 16],
+    /// The context as JSON text, keys sorted.
+    pub body: String,
+}
+
+/// The key of a context under which the health measurement's time (nanoseconds since the Unix
+/// epoch) is kept, for the age to be worked out again.
+const MEASURED_NS: &str = "health_measured_ns";
+
+/// What a decision has of its own beside its context.
+#[derive(Debug, Clone, Copy)]
+pub struct Own<'a> {
+    pub service: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    /// The policy clock's time in whole seconds since the Unix epoch.
+    pub now: i64,
+}
+
+impl Context {
+    /// The context of `document`, an input document whose health (if any) was measured at
+    /// `health_measured` (what its age is counted from).
+    pub fn of(document: &Value, health_measured: Option<OffsetDateTime>) -> anyhow::Result<Self> {
+        let mut json = serde_json::to_value(document)?;
+        let object = json
+            .as_object_mut()
+            .ok_or_else(|| anyhow::anyhow!("an input document is an object"))?;
+        object.remove("service");
+        if let Some(request) = object.get_mut("request").and_then(|r| r.as_object_mut()) {
+            request.remove("method");
+            request.remove("path");
+        }
+        if let Some(time) = object.get_mut("time").and_then(|t| t.as_object_mut()) {
+            time.remove("now_ns");
+            time.remove("rfc3339");
+        }
+        if let Some(health) = object.get_mut("health").and_then(|h| h.as_object_mut()) {
+            health.remove("age_seconds");
+            let measured = health_measured
+                .ok_or_else(|| anyhow::anyhow!("a health report needs its measurement's time"))?;
+            let ns = i64::try_from(measured.unix_timestamp_nanos())?;
+            object.insert(MEASURED_NS.to_owned(), ns.into());
+        }
+        let body = serde_json::to_string(&json)?;
+        Ok(Self {
+            id: Self::id_of(&body),
+            body,
+        })
+    }
+
+    pub fn id_of(body: &str) -> [u8; 16] {
+        let digest = Sha256::digest(body.as_bytes());
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest[..16]);
+        id
+    }
+}
+
+/// The input document of a decision, from its context's text and its own parts: the document the
+/// decision was made on (ext-authz's tests hold the two together).
+pub fn replayed(context: &str, own: Own<'_>) -> anyhow::Result<serde_json::Value> {
+    replayed_from(serde_json::from_str(context)?, own)
+}
+
+/// [`replayed`] from a context already parsed (a replay parses each context once).
+pub fn replayed_from(
+    mut json: serde_json::Value,
+    own: Own<'_>,
+) -> anyhow::Result<serde_json::Value> {
+    let object = json
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("a decision context is a JSON object"))?;
+    let now = OffsetDateTime::from_unix_timestamp(own.now)?;
+    let text = |value: Option<&str>| value.map_or(serde_json::Value::Null, Into::into);
+    object.insert("service".to_owned(), text(own.service));
+    let request = object
+        .get_mut("request")
+        .and_then(|r| r.as_object_mut())
+        .ok_or_else(|| anyhow::anyhow!("a decision context has a request object"))?;
+    request.insert("method".to_owned(), text(own.method));
+    request.insert("path".to_owned(), text(own.path));
+    let time = object
+        .get_mut("time")
+        .and_then(|t| t.as_object_mut())
+        .ok_or_else(|| anyhow::anyhow!("a decision context has a time object"))?;
+    let now_ns = i64::try_from(now.unix_timestamp_nanos())?;
+    time.insert("now_ns".to_owned(), now_ns.into());
+    time.insert("rfc3339".to_owned(), rfc3339(now).into());
+    let measured = object.remove(MEASURED_NS).and_then(|m| m.as_i64());
+    if let Some(health) = object.get_mut("health").and_then(|h| h.as_object_mut()) {
+        let measured =
+            measured.ok_or_else(|| anyhow::anyhow!("a decision context's health has no time"))?;
+        // As `Duration::whole_seconds`: truncated towards zero, and never below zero.
+        let age = ((i128::from(now_ns) - i128::from(measured)) / 1_000_000_000).max(0);
+        health.insert("age_seconds".to_owned(), i64::try_from(age)?.into());
+    }
+    Ok(json)
 }

@@ -129,6 +129,7 @@ pub struct PolicySet {
     vms: Mutex<Vec<RegoVM>>,
     version: String,
     test_files: Vec<(String, String)>,
+    sources: Vec<(String, String)>,
 }
 
 /// The rules decisions read, compiled as the program's entry points.
@@ -191,6 +192,16 @@ impl PolicySet {
         Self::from_files(dir, policy_files(dir, files)?)
     }
 
+    /// A set from its files' names and sources (as `policy_versions` keeps them), in load order.
+    pub fn from_sources(files: Vec<(String, String)>) -> anyhow::Result<Self> {
+        Self::from_files(Path::new("the stored policy files"), files)
+    }
+
+    /// The policy files of the set (not its tests), in load order, as its version is made from.
+    pub fn sources(&self) -> &[(String, String)] {
+        &self.sources
+    }
+
     fn from_files(dir: &Path, files: Vec<(String, String)>) -> anyhow::Result<Self> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
@@ -198,6 +209,11 @@ impl PolicySet {
         let version = version_of(&files);
         let mut policies = 0;
         let mut test_files = Vec::new();
+        let sources = files
+            .iter()
+            .filter(|(name, _)| !name.ends_with("_test.rego"))
+            .cloned()
+            .collect();
         for (name, source) in files {
             engine
                 .add_policy(name.clone(), source.clone())
@@ -236,6 +252,7 @@ impl PolicySet {
             vms: Mutex::new(Vec::new()),
             version,
             test_files,
+            sources,
         })
     }
 
@@ -327,6 +344,57 @@ impl PolicySet {
             _ => Vec::new(),
         };
         Ok((allow, reasons))
+    }
+
+    /// Every rule the files of `package` (such as `edgemesh.authz`) declare, in order, with its value
+    /// for `input` as the interpreter evaluates it: what `policy explain` shows as the rules behind
+    /// a decision. `None`: undefined for the input (the rule's conditions do not hold).
+    pub fn rule_values(
+        &self,
+        package: &str,
+        input: &serde_json::Value,
+    ) -> anyhow::Result<Vec<(String, Option<serde_json::Value>)>> {
+        let mut engine = self.engine.clone();
+        engine.set_input(<Value as serde::Deserialize>::deserialize(input)?);
+        let results = engine.eval_query(format!("data.{package}"), false)?;
+        let values = match results
+            .result
+            .first()
+            .and_then(|r| r.expressions.first())
+            .map(|e| serde_json::to_value(&e.value))
+            .transpose()?
+        {
+            Some(serde_json::Value::Object(values)) => values,
+            _ => serde_json::Map::new(),
+        };
+        let mut names: Vec<String> = Vec::new();
+        for (_, source) in self.sources.iter().filter(|(_, source)| {
+            source
+                .lines()
+                .any(|l| l.trim().strip_prefix("package ").map(str::trim) == Some(package))
+        }) {
+            for line in source.lines() {
+                let name: String = line
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let keyword = ["package", "import", "default", "not", "some", "every"];
+                if !name.is_empty()
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && !keyword.contains(&name.as_str())
+                    && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let value = values.get(&name).cloned();
+                (name, value)
+            })
+            .collect())
     }
 
     /// Runs every `test_*` rule of the loaded `*_test.rego` files; answers (rule, passed) pairs.

@@ -14,6 +14,7 @@ pub async fn insert(db: &PgPool, records: &[Record]) -> Result<u64, sqlx::Error>
     if records.is_empty() {
         return Ok(0);
     }
+    insert_contexts(db, records.iter()).await?;
     let rows = copy_rows(records);
     match copy_in(&mut *db.acquire().await?, "audit_log", &rows).await {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -42,6 +43,31 @@ pub(super) async fn insert_skipping_stored(db: &PgPool, rows: &[u8]) -> Result<u
     Ok(done.rows_affected())
 }
 
+/// Stores the decision contexts the records carry (each in the first record that refers to it), a
+/// context already stored skipped: contexts are content-addressed, so the same id is the same text.
+/// Stored before the records that refer to them (a replay of a batch carries them again).
+pub(super) async fn insert_contexts(
+    db: &PgPool,
+    records: impl Iterator<Item = &Record>,
+) -> Result<(), sqlx::Error> {
+    let (ids, bodies): (Vec<&[u8]>, Vec<&str>) = records
+        .filter_map(|r| r.context.as_ref())
+        .filter_map(|c| Some((&c.id[..], c.body.as_deref()?)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO decision_contexts (id, body)
+         SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(bodies)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// The start of a binary `COPY`: signature, flags, header extension length.
 pub(super) const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The end of a binary `COPY`.
@@ -68,7 +94,8 @@ pub(super) fn copy_statement(table: &'static str) -> String {
     format!(
         "COPY {table} (id, occurred_at, event_type, action, device_id, user_id, role, service,
              method, path, decision, reasons, policy_version, certificate_serial, latency_us,
-             peer_address, shadow_decision, shadow_reasons, shadow_policy_version)
+             peer_address, shadow_decision, shadow_reasons, shadow_policy_version, context,
+             decided_at)
              FROM STDIN (FORMAT binary)"
     )
 }
@@ -87,7 +114,7 @@ async fn copy_in(
 /// One record as a binary `COPY` row of the columns of [`copy_statement`]: the field count, then each
 /// field's length (-1 for NULL) and bytes.
 pub(super) fn copy_row(out: &mut Vec<u8>, r: &Record) {
-    out.extend_from_slice(&19i16.to_be_bytes());
+    out.extend_from_slice(&21i16.to_be_bytes());
     field(out, r.id.as_bytes());
     field(out, &(r.at_us - POSTGRES_EPOCH_US).to_be_bytes());
     field(out, b"authorization");
@@ -109,10 +136,22 @@ pub(super) fn copy_row(out: &mut Vec<u8>, r: &Record) {
         }
         None => {
             for _ in 0..3 {
-                out.extend_from_slice(&(-1i32).to_be_bytes());
+                null(out);
             }
         }
     }
+    match &r.context {
+        Some(context) => field(out, &context.id),
+        None => null(out),
+    }
+    match r.decided_at {
+        Some(at) => field(out, &at.to_be_bytes()),
+        None => null(out),
+    }
+}
+
+fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(&(-1i32).to_be_bytes());
 }
 
 fn decision(allow: bool) -> &'static [u8] {
@@ -146,7 +185,7 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
 fn optional_text(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
         Some(value) => text(out, value),
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        None => null(out),
     }
 }
 

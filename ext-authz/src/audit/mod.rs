@@ -66,6 +66,23 @@ pub struct Record {
     /// configured). Absent from records journaled before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Shadow>,
+    /// The decision's context (`decision_contexts`), for a replay; none for a deny made before the
+    /// policies ran, and absent from records journaled before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextRef>,
+    /// The policy clock's second, when it is not the record's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<i64>,
+}
+
+/// A record's reference to its decision's context, with the context itself in the first record that
+/// refers to it (the writer stores it with that record's batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextRef {
+    #[serde(with = "hex::serde")]
+    pub id: [u8; 16],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// A shadow decision, as stored beside the enforced one.
@@ -224,6 +241,11 @@ pub(crate) mod tests {
                 reasons: vec!["a shadow reason".to_owned()],
                 policy_version: "candidate".to_owned(),
             }),
+            context: Some(ContextRef {
+                id: [u8::try_from(n % 256).unwrap_or_default(); 16],
+                body: n.is_multiple_of(5).then(|| format!("{{\"n\":{n}}}")),
+            }),
+            decided_at: n.is_multiple_of(7).then_some(1_763_800_000),
         }
     }
 

@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 use super::copy::{
-    COPY_HEADER, COPY_TRAILER, copy_row, copy_rows, copy_statement, insert, insert_skipping_stored,
+    COPY_HEADER, COPY_TRAILER, copy_row, copy_rows, copy_statement, insert, insert_contexts,
+    insert_skipping_stored,
 };
 use super::spool::Spool;
 use super::{Entry, Record};
@@ -294,6 +295,8 @@ async fn stream(
         let taken = batch.len() - before + usize::from(held.is_some());
         metrics.audit_queue_depth.sub(taken as i64);
     }
+    // The contexts the batch carries, stored (on another connection) before its records commit.
+    bounded(insert_contexts(db, batch.iter().map(|e| &e.record))).await?;
     // The trailer goes with the last rows: a message of its own would wait for the previous one's
     // acknowledgement (Nagle's algorithm; sqlx's connections do not set TCP_NODELAY).
     rows.extend_from_slice(COPY_TRAILER);
