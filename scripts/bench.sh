@@ -48,7 +48,7 @@ EDGEMESH_DATABASE_URL=$EDGEMESH_BENCH_DATABASE_URL "$BIN/edgemesh-control-api" m
 run "$BIN/edgemesh-simulator" bench-audit-writer --records 200000 --steady-secs 10
 
 # The bench's own services, started like the stack's (pids and logs in .edgemesh/) and stopped at the end.
-HELPERS="bench-envoy bench-upstream bench-noop-authz bench-ext-authz bench-shadow-ext-authz bench-control-api"
+HELPERS="bench-envoy bench-upstream bench-noop-authz bench-ext-authz bench-shadow-ext-authz bench-control-api bench-chain-control-api"
 cleanup() { for name in $HELPERS; do stop "$name"; done; }
 trap cleanup EXIT
 cleanup
@@ -62,6 +62,41 @@ start bench-control-api \
     "$BIN/edgemesh-control-api"
 run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 \
   --admin-token-file "$STATE/bench/control-api/admin-token" bench-audit-query --rows 10000000 --queries 500
+
+echo "== the tamper-evident audit and decision replay, in a bench database of their own (edgemesh_chain_bench, made afresh)"
+# 10 million decisions stored in bulk, chained by the sequencer (the control API's code) with a checkpoint
+# signed every second, verified as `audit verify` does; then the newest million replayed through a
+# control API on that database with `edgemeshctl policy replay` (against the tightened candidate of the
+# e2e tests: storage for admins only).
+pg_sql -d postgres -c "DROP DATABASE IF EXISTS edgemesh_chain_bench WITH (FORCE)" -c "CREATE DATABASE edgemesh_chain_bench"
+export EDGEMESH_CHAIN_BENCH_DATABASE_URL=$(db_url postgres edgemesh_chain_bench)
+EDGEMESH_DATABASE_URL=$EDGEMESH_CHAIN_BENCH_DATABASE_URL "$BIN/edgemesh-control-api" migrate
+run "$BIN/edgemesh-simulator" bench-chain --rows 10000000 --window-file "$STATE/bench/replay-window"
+rm -rf "$STATE/bench/candidate" && mkdir -p "$STATE/bench/candidate"
+cp policies/authz.rego policies/compliance.rego "$STATE/bench/candidate/"
+sed -i 's/"storage": {"admin", "developer", "analyst"},/"storage": {"admin"},/' "$STATE/bench/candidate/authz.rego"
+start bench-chain-control-api \
+  "curl -sf --cacert '$STATE/bench/chain-control-api/ca.pem' https://127.0.0.1:18544/healthz" \
+  env EDGEMESH_DATABASE_URL="$EDGEMESH_CHAIN_BENCH_DATABASE_URL" EDGEMESH_STATE_DIR="$STATE/bench/chain-control-api" \
+    EDGEMESH_API_LISTEN=127.0.0.1:18544 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18543 \
+    EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19590 EDGEMESH_LOG=warn \
+    "$BIN/edgemesh-control-api"
+read -r since until < "$STATE/bench/replay-window"
+echo "\$ edgemeshctl policy replay --candidate $STATE/bench/candidate --since $since --until $until"
+/usr/bin/env time -f "edgemeshctl: %e s wall, %U s user, %S s system, %M KiB peak RSS" \
+  env EDGEMESH_SERVER=https://127.0.0.1:18544 EDGEMESH_CA_FILE="$STATE/bench/chain-control-api/ca.pem" \
+  EDGEMESH_ADMIN_TOKEN_FILE="$STATE/bench/chain-control-api/admin-token" \
+  "$BIN/edgemeshctl" policy replay --candidate "$STATE/bench/candidate" --since "$since" --until "$until" \
+  --report "$STATE/bench/replay-report.json"
+echo
+stop bench-chain-control-api
+echo "storage (audit_log, audit_chain, decision_contexts; 10M decisions):"
+pg_sql -d edgemesh_chain_bench -c "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c
+  JOIN pg_inherits i ON i.inhrelid = c.oid WHERE i.inhparent = 'audit_log'::regclass" \
+  -c "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_class c
+  JOIN pg_inherits i ON i.inhrelid = c.oid WHERE i.inhparent = 'audit_chain'::regclass" \
+  -c "SELECT pg_size_pretty(pg_total_relation_size('decision_contexts'))"
+pg_sql -d postgres -c "DROP DATABASE IF EXISTS edgemesh_chain_bench WITH (FORCE)"
 
 echo "== the cost of a shadow decision: the same Checks, without and with shadow: \"true\" on their route"
 # A second ext-authz on the stack's database with shadow policies: a copy of the enforced ones, so that

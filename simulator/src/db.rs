@@ -126,3 +126,55 @@ async fn insert_devices(db: impl PgExecutor<'_>, ids: &[&str]) -> Result<(), sql
     .await?;
     Ok(())
 }
+
+/// Stores decision contexts (id, text), skipping stored ones.
+pub async fn insert_contexts(
+    db: &PgPool,
+    ids: &[Vec<u8>],
+    bodies: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO decision_contexts (id, body)
+         SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING",
+        ids,
+        bodies
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// `count` decisions numbered from `first` of `total`, evenly spread from `from` over `span_secs`,
+/// each made on one of `contexts` (the device `bench-<n>` of context n, its owner's role the
+/// context's), one in five a deny.
+pub async fn insert_replayable_records(
+    db: &PgPool,
+    contexts: &[Vec<u8>],
+    from: time::OffsetDateTime,
+    span_secs: f64,
+    first: i64,
+    count: i64,
+    total: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
+             service, method, path, decision, reasons, policy_version, latency_us, context)
+         SELECT gen_random_uuid(), $2::timestamptz + make_interval(secs => $3::float8 * i / $6::float8), 'authorization',
+             'check', 'bench-' || (i % cardinality($1::bytea[])),
+             'owner-' || (i % cardinality($1::bytea[])), 'developer',
+             (ARRAY['api', 'database', 'storage', 'analytics'])[1 + i % 4], 'GET',
+             '/api/items/' || i, CASE WHEN i % 5 = 0 THEN 'deny' ELSE 'allow' END,
+             CASE WHEN i % 5 = 0 THEN ARRAY['antivirus is not enabled'] ELSE '{}'::text[] END,
+             'bench', 80, ($1::bytea[])[1 + i % cardinality($1::bytea[])]
+         FROM generate_series($4::bigint, $4::bigint + $5::bigint - 1) AS i",
+        contexts,
+        from,
+        span_secs,
+        first,
+        count,
+        total as f64
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -6,6 +6,7 @@
 mod attack;
 mod audit_bench;
 mod bench;
+mod chain_bench;
 mod console_bench;
 mod db;
 mod fleet;
@@ -94,6 +95,17 @@ enum Command {
     /// Requests through Envoy on the same route with no authorizer, the do-nothing one and EdgeMesh's
     /// (three listeners of the bench Envoy), interleaved in rounds.
     BenchProxy(ProxyArgs),
+    /// The tamper-evident audit: ROWS replayable decisions stored in bulk into a fresh bench database,
+    /// chained by the sequencer, then verified; writes the newest million's window (for
+    /// `edgemeshctl policy replay`) to WINDOW_FILE.
+    BenchChain {
+        #[arg(long, env = "EDGEMESH_CHAIN_BENCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        #[arg(long)]
+        window_file: PathBuf,
+    },
     /// The ext-authz audit writer alone, into a bench database: its drain rate with a full queue,
     /// then the queue depth at half that rate.
     BenchAuditWriter {
@@ -223,6 +235,11 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     match command {
+        Command::BenchChain {
+            ref database_url,
+            rows,
+            ref window_file,
+        } => chain_bench::run(database_url, rows, window_file).await,
         Command::BenchAuditWriter {
             ref database_url,
             records,
