@@ -147,6 +147,7 @@ start bench-envoy "curl -sf http://127.0.0.1:9902/ready" \
 # Each process's CPU per request, by authorizer (PostgreSQL: the postmaster and its backends).
 run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 4 --phase-secs 5 \
   --watch "envoy=$(cat "$PIDS/bench-envoy.pid")" --watch "ext-authz=$(cat "$PIDS/ext-authz.pid")" \
+  --watch "control-api (the audit sequencer)=$(cat "$PIDS/control-api.pid")" \
   --watch "do-nothing authz=$(cat "$PIDS/bench-noop-authz.pid")" \
   --watch "upstream=$(cat "$PIDS/bench-upstream.pid")" \
   --watch "postgres=$(head -1 "$STATE/pg/data/postmaster.pid")"

@@ -9,6 +9,7 @@
 //! candidate policies on every core, and compares with what was enforced.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -174,6 +175,8 @@ impl Counts {
     }
 }
 
+/// The report's summary: everything but the list of changed decisions, which goes to the report
+/// file as it is found.
 #[derive(Debug, Serialize)]
 struct Report {
     candidate: String,
@@ -202,8 +205,13 @@ struct Report {
     reasons_added: BTreeMap<String, u64>,
     reasons_removed: BTreeMap<String, u64>,
     seconds: f64,
-    changes: Vec<Changed>,
+    /// The first few changes of each direction (the report file lists them all).
+    #[serde(skip)]
+    examples: Vec<Changed>,
 }
+
+/// Records evaluated per round: read, evaluated on every core, folded into the report, dropped.
+const ROUND: usize = 20_000;
 
 pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitCode, Failure> {
     let started = Instant::now();
@@ -238,10 +246,7 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
             .ok_or(());
         contexts.insert(id.to_owned(), parsed);
     }
-
-    query.push(("event_type", "authorization".to_owned()));
-    query.push(("format", "ndjson".to_owned()));
-    let records = read_ndjson(api, "/audit", &query).await?;
+    drop(listed);
 
     let mut report = Report {
         candidate: args.candidate.display().to_string(),
@@ -249,7 +254,7 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
         since: args.since.clone(),
         until,
         filters,
-        decisions: records.len() as u64,
+        decisions: 0,
         replayed: 0,
         unchanged: 0,
         changed: Counts::default(),
@@ -262,10 +267,45 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
         reasons_added: BTreeMap::new(),
         reasons_removed: BTreeMap::new(),
         seconds: 0.0,
-        changes: Vec::new(),
+        examples: Vec::new(),
     };
+    let mut file = ReportFile::create(&args.report)?;
+    query.push(("event_type", "authorization".to_owned()));
+    query.push(("format", "ndjson".to_owned()));
+    let mut lines = Lines::open(api, "/audit", &query).await?;
+    let mut round: Vec<Stored> = Vec::with_capacity(ROUND);
+    loop {
+        let more = lines.read(&mut round, ROUND).await?;
+        fold(&mut report, &mut file, &candidate, &contexts, &round)?;
+        round.clear();
+        if !more {
+            break;
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    file.finish(&report)?;
+    match out {
+        Output::Json => file.print()?,
+        Output::Table => show(&report, &args.report),
+    }
+    Ok(if args.fail_on_change && report.changed.total() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Evaluates `records` with the candidate and adds them to the report (each change to the file).
+fn fold(
+    report: &mut Report,
+    file: &mut ReportFile,
+    candidate: &PolicySet,
+    contexts: &HashMap<String, Result<Value, ()>>,
+    records: &[Stored],
+) -> Result<(), Failure> {
+    report.decisions += records.len() as u64;
     let mut work = Vec::with_capacity(records.len());
-    for record in &records {
+    for record in records {
         match record.context.as_deref().map(|id| contexts.get(id)) {
             None => report.before_the_policies += 1,
             Some(None) => report.context_missing += 1,
@@ -273,7 +313,7 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
             Some(Some(Ok(context))) => work.push((record, context)),
         }
     }
-    let outcomes = evaluate_all(&candidate, &work);
+    let outcomes = evaluate_all(candidate, &work);
     for ((record, _), outcome) in work.iter().zip(outcomes) {
         let decision = match outcome {
             Ok(decision) => decision,
@@ -306,7 +346,7 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
         for reason in record.reasons.iter().filter(|r| !after.contains(r)) {
             *report.reasons_removed.entry(reason.clone()).or_default() += 1;
         }
-        report.changes.push(Changed {
+        let changed = Changed {
             id: record.id.clone(),
             occurred_at: record.occurred_at.clone(),
             change,
@@ -319,20 +359,80 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
                 "decision": if decision.allow { "allow" } else { "deny" },
                 "reasons": after,
             }),
-        });
+        };
+        file.change(&changed)?;
+        if report
+            .examples
+            .iter()
+            .filter(|c| c.change == change)
+            .count()
+            < EXAMPLES
+        {
+            report.examples.push(changed);
+        }
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::Usage(e.to_string()))?;
-    write_report(&args.report, &text)?;
-    match out {
-        Output::Json => println!("{text}"),
-        Output::Table => show(&report, &args.report),
+    Ok(())
+}
+
+/// The report file, written as the replay goes: `{"changes": [ … ], <the summary's fields>}`.
+struct ReportFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    first: bool,
+}
+
+impl ReportFile {
+    fn create(path: &Path) -> Result<Self, Failure> {
+        let file = std::fs::File::create(path).map_err(|e| {
+            Failure::Usage(format!("cannot write the report {}: {e}", path.display()))
+        })?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(b"{\"changes\": [")
+            .map_err(|e| Self::failed(path, &e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            out,
+            first: true,
+        })
     }
-    Ok(if args.fail_on_change && report.changed.total() > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+
+    fn failed(path: &Path, e: &dyn std::fmt::Display) -> Failure {
+        Failure::Usage(format!("cannot write the report {}: {e}", path.display()))
+    }
+
+    fn change(&mut self, change: &Changed) -> Result<(), Failure> {
+        let separator: &[u8] = if self.first { b"\n  " } else { b",\n  " };
+        self.first = false;
+        self.out
+            .write_all(separator)
+            .and_then(|()| serde_json::to_writer(&mut self.out, change).map_err(Into::into))
+            .map_err(|e| Self::failed(&self.path, &e))
+    }
+
+    fn finish(&mut self, report: &Report) -> Result<(), Failure> {
+        let summary = serde_json::to_value(report).map_err(|e| Self::failed(&self.path, &e))?;
+        let mut text = String::from("\n],\n");
+        if let Value::Object(fields) = summary {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
+                .collect();
+            text.push_str(&fields.join(",\n"));
+        }
+        text.push_str("\n}\n");
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|e| Self::failed(&self.path, &e))
+    }
+
+    /// The whole report on standard output (`--output json`).
+    fn print(&self) -> Result<(), Failure> {
+        let mut file = std::fs::File::open(&self.path).map_err(|e| Self::failed(&self.path, &e))?;
+        std::io::copy(&mut file, &mut std::io::stdout().lock())
+            .map(|_| ())
+            .map_err(|e| Self::failed(&self.path, &e))
+    }
 }
 
 /// The candidate's decision for each record, on every core; a decision repeated within its second
@@ -417,49 +517,61 @@ fn failed(policies: &PolicySet, message: &str) -> Decision {
     }
 }
 
-/// Every line of an NDJSON answer, parsed.
-async fn read_ndjson(
-    api: &Admin,
-    path: &str,
-    query: &[(&str, String)],
-) -> Result<Vec<Stored>, Failure> {
-    let mut response = api.stream(path, query).await?;
-    let mut records = Vec::new();
-    let mut pending: Vec<u8> = Vec::new();
-    let bad = |e: &dyn std::fmt::Display| Failure::Unreachable(format!("{path}: {e}"));
-    loop {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| bad(&crate::client::error_chain(&e)))?;
-        let last = chunk.is_none();
-        if let Some(chunk) = chunk {
-            pending.extend_from_slice(&chunk);
-        }
-        let complete = if last {
-            pending.len()
-        } else {
-            pending
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i + 1)
-        };
-        for line in pending[..complete].split(|b| *b == b'\n') {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            records.push(serde_json::from_slice(line).map_err(|e| bad(&e))?);
-        }
-        pending.drain(..complete);
-        if last {
-            return Ok(records);
-        }
-    }
+/// The lines of an NDJSON answer, parsed as they arrive.
+struct Lines {
+    response: reqwest::Response,
+    pending: Vec<u8>,
+    path: String,
+    done: bool,
 }
 
-fn write_report(path: &Path, text: &str) -> Result<(), Failure> {
-    std::fs::write(path, format!("{text}\n"))
-        .map_err(|e| Failure::Usage(format!("cannot write the report {}: {e}", path.display())))
+impl Lines {
+    async fn open(api: &Admin, path: &str, query: &[(&str, String)]) -> Result<Self, Failure> {
+        Ok(Self {
+            response: api.stream(path, query).await?,
+            pending: Vec::new(),
+            path: path.to_owned(),
+            done: false,
+        })
+    }
+
+    /// Parses lines into `into` until it holds `max` or the answer ends; `false` once it ended.
+    async fn read(&mut self, into: &mut Vec<Stored>, max: usize) -> Result<bool, Failure> {
+        let path = self.path.clone();
+        let bad = |e: &dyn std::fmt::Display| Failure::Unreachable(format!("{path}: {e}"));
+        let parse = |line: &[u8], into: &mut Vec<Stored>| -> Result<(), Failure> {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                into.push(serde_json::from_slice(line).map_err(|e| bad(&e))?);
+            }
+            Ok(())
+        };
+        loop {
+            // The complete lines buffered, up to `max`; the rest stays for the next call.
+            let mut start = 0;
+            while into.len() < max {
+                let Some(end) = self.pending[start..].iter().position(|b| *b == b'\n') else {
+                    break;
+                };
+                parse(&self.pending[start..start + end], into)?;
+                start += end + 1;
+            }
+            self.pending.drain(..start);
+            if into.len() >= max {
+                return Ok(true);
+            }
+            if self.done {
+                parse(&self.pending, into)?;
+                self.pending.clear();
+                return Ok(false);
+            }
+            match self.response.chunk().await.map_err(|e| {
+                Failure::Unreachable(format!("{}: {}", self.path, crate::client::error_chain(&e)))
+            })? {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None => self.done = true,
+            }
+        }
+    }
 }
 
 fn show(report: &Report, path: &Path) {
@@ -532,10 +644,9 @@ fn show(report: &Report, path: &Path) {
     reasons("reasons the candidate drops", &report.reasons_removed);
     for change in [Change::AllowToDeny, Change::DenyToAllow, Change::Reasons] {
         let examples: Vec<_> = report
-            .changes
+            .examples
             .iter()
             .filter(|c| c.change == change)
-            .take(EXAMPLES)
             .collect();
         if examples.is_empty() {
             continue;

@@ -146,7 +146,10 @@ pub async fn run(database_url: &str, rows: u64, window_file: &Path) -> anyhow::R
         format!("{} {}\n", since.format(&Rfc3339)?, until.format(&Rfc3339)?),
     )
     .with_context(|| format!("cannot write {}", window_file.display()))?;
-    println!("replay window: the newest {replayed} decisions, in {}", window_file.display());
+    println!(
+        "replay window: the newest {replayed} decisions, in {}",
+        window_file.display()
+    );
     std::fs::remove_dir_all(&keys).ok();
     Ok(())
 }

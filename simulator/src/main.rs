@@ -99,7 +99,11 @@ enum Command {
     /// chained by the sequencer, then verified; writes the newest million's window (for
     /// `edgemeshctl policy replay`) to WINDOW_FILE.
     BenchChain {
-        #[arg(long, env = "EDGEMESH_CHAIN_BENCH_DATABASE_URL", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "EDGEMESH_CHAIN_BENCH_DATABASE_URL",
+            hide_env_values = true
+        )]
         database_url: String,
         #[arg(long, default_value_t = 10_000_000)]
         rows: u64,

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,6 +32,10 @@ const LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('edgemesh_audit_sequenc
 pub struct Signer {
     key: SigningKey,
     dir: PathBuf,
+    /// The newest checkpoint this key signed (its sequence number and hash), as far as this process
+    /// and the checkpoint files know: a chain that is shorter, or holds another hash there, was cut or
+    /// rewritten, and is not signed.
+    signed: Mutex<(i64, String)>,
 }
 
 impl Signer {
@@ -66,6 +70,7 @@ impl Signer {
         Ok(Self {
             key,
             dir: dir.to_owned(),
+            signed: Mutex::new(last_signed(dir)),
         })
     }
 
@@ -95,6 +100,62 @@ impl Signer {
     }
 }
 
+/// The newest checkpoint of `dir`'s files, (seq, hash): the highest of the newest file that has one;
+/// (0, "") if none.
+fn last_signed(dir: &Path) -> (i64, String) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, String::new());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for file in files.iter().rev() {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let newest = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<SignedCheckpoint>(line).ok())
+            .filter_map(|signed| serde_json::from_str::<Checkpoint>(&signed.body).ok())
+            .max_by_key(|checkpoint| checkpoint.seq);
+        if let Some(checkpoint) = newest {
+            return (checkpoint.seq, checkpoint.hash);
+        }
+    }
+    (0, String::new())
+}
+
+/// Refuses a chain that ends before the newest checkpoint this key signed, or holds another hash at
+/// it: its newest records were removed, or it was rewritten. (A record retention dropped is no
+/// longer there to compare: `audit verify` checks those against the signed drops.)
+async fn check_not_cut(db: &PgPool, signer: &Signer, seq: i64) -> anyhow::Result<()> {
+    let (signed, hash) = signer
+        .signed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    anyhow::ensure!(
+        seq >= signed,
+        "the audit chain ends at record {seq}, but this key signed a checkpoint at record {signed}: \
+         records were removed; not sequencing or signing (run `edgemesh-control-api audit verify`)"
+    );
+    if signed > 0 {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT encode(hash, 'hex') FROM audit_chain WHERE seq = $1")
+                .bind(signed)
+                .fetch_optional(db)
+                .await?;
+        anyhow::ensure!(
+            stored.is_none_or(|stored| stored == hash),
+            "the audit chain's record {signed} is not the one this key signed: the chain was \
+             rewritten; not sequencing or signing (run `edgemesh-control-api audit verify`)"
+        );
+    }
+    Ok(())
+}
+
 /// Sequences and signs while this replica holds the lock; tries to take it over otherwise.
 pub async fn run(
     db: PgPool,
@@ -105,7 +166,7 @@ pub async fn run(
     loop {
         match lead(&db, &signer, &metrics, &mut stop).await {
             Ok(()) => {}
-            Err(e) => tracing::warn!(
+            Err(e) => tracing::error!(
                 error = format!("{e:#}"),
                 "the audit sequencer stopped; trying again"
             ),
@@ -131,6 +192,11 @@ async fn lead(
     if !held {
         return Ok(());
     }
+    // Nothing is added to a chain that was cut or rewritten.
+    let seq: i64 = sqlx::query_scalar("SELECT seq FROM audit_sequencer")
+        .fetch_one(db)
+        .await?;
+    check_not_cut(db, signer, seq).await?;
     tracing::info!(key_id = %signer.key_id(), "this control API sequences the audit trail");
     metrics.audit_sequencer_leader.set(1);
     let mut signed = tokio::time::Instant::now();
@@ -275,6 +341,9 @@ pub async fn checkpoint(db: &PgPool, signer: &Signer) -> anyhow::Result<Option<C
     .bind(drops_signed)
     .fetch_all(&mut *tx)
     .await?;
+    // Signing a cut or rewritten chain would vouch for it (checked every time: a cut to a checkpoint
+    // the database still has leaves nothing new to sign).
+    check_not_cut(db, signer, seq).await?;
     if dropped.is_empty() && (seq == 0 || last == Some(seq)) {
         return Ok(None);
     }
@@ -320,6 +389,10 @@ pub async fn checkpoint(db: &PgPool, signer: &Signer) -> anyhow::Result<Option<C
             .await?;
     }
     tx.commit().await?;
+    *signer
+        .signed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = (seq, body.hash.clone());
     // Outside the database too: without a copy elsewhere, deleting the newest records together with
     // their checkpoints could not be told from a quiet hour.
     if let Err(e) = signer.append(&signed, signed_at) {

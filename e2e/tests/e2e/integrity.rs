@@ -349,6 +349,39 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         "{}",
         found.out
     );
+    // The sequencer noticed too: it signs neither the cut chain nor anything added to it, and no
+    // control API leads it any more (the alert EdgeMeshAuditUnsequenced watches that).
+    let leading = || async {
+        let metrics = reqwest::get(&stack.api.metrics)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("edgemesh_control_api_audit_sequencer_leader "))
+            .map(|v| v.trim() == "1")
+            .expect("the leader gauge")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leading().await {
+        assert!(
+            Instant::now() < deadline,
+            "the sequencer still leads a cut chain"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!leading().await, "it took the cut chain up again");
+    let signed: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints")
+        .fetch_one(&pool)
+        .await
+        .expect("checkpoints");
+    assert!(
+        signed.is_none_or(|s| s <= keep),
+        "signed {signed:?} after the cut at {keep}"
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::database_url;
+use crate::helpers::{database_url, policies_dir};
 use crate::proxy::{Options, Stack};
 
 fn deploy(path: &str) -> String {
@@ -74,12 +74,24 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export(
     _pool: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let stack = Stack::start(&database_url(&db), Options::default()).await;
+    // With shadow policies (the enforced ones again), so that the shadow decisions' series exist.
+    let stack = Stack::start(
+        &database_url(&db),
+        Options {
+            ext_authz_env: vec![(
+                "EDGEMESH_SHADOW_POLICY_DIR",
+                policies_dir().display().to_string(),
+            )],
+            ..Options::default()
+        },
+    )
+    .await;
     let admin = stack.device("dana", "admin", "pi-dana").await;
     let analyst = stack.device("abe", "analyst", "pi-abe").await;
     stack.report(&admin, json!({})).await;
     stack.report(&analyst, json!({})).await;
     assert_eq!(stack.get(&admin, "/api/a").await.status, StatusCode::OK);
+    assert_eq!(stack.get(&admin, "/storage/a").await.status, StatusCode::OK);
     assert_eq!(
         stack.get(&analyst, "/database/a").await.status,
         StatusCode::FORBIDDEN
@@ -117,6 +129,9 @@ async fn dashboards_and_alerts_query_only_metrics_the_services_export(
         "edgemesh_ext_authz_audit_spool_torn_total",
         "edgemesh_ext_authz_notify_heartbeat_age_seconds",
         "edgemesh_ext_authz_audit_records_replayed_total",
+        "edgemesh_shadow_decisions_total",
+        "edgemesh_control_api_audit_sequencer_leader",
+        "edgemesh_control_api_audit_sequenced_total",
     ] {
         assert!(names.contains(name), "{name} is not exported");
     }
