@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::enforcement::WEDNESDAY_MORNING;
-use crate::helpers::{bin, database_url};
+use crate::helpers::{ControlApi, bin, database_url};
 use crate::proxy::{Options, Stack};
 
 /// What `audit verify` said: success, and its output.
@@ -478,5 +478,77 @@ async fn the_services_cannot_change_a_sequenced_record_and_retention_is_signed(
         )) && verified.out.contains("25 records dropped by retention"),
         "{}",
         verified.out
+    );
+}
+
+/// The leader gauge of a control API: whether it sequences.
+async fn leads(api: &ControlApi) -> bool {
+    let metrics = reqwest::get(&api.metrics)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgemesh_control_api_audit_sequencer_leader "))
+        .is_some_and(|v| v.trim() == "1")
+}
+
+/// Two control APIs on one database and the same key files: one sequences; when it stops, the other
+/// takes over where it left off, and the whole chain verifies, checkpoints of both included.
+#[sqlx::test(migrations = false)]
+async fn one_replica_sequences_and_another_takes_over(_pool: PgPoolOptions, db: PgConnectOptions) {
+    let url = database_url(&db);
+    let state = tempfile::tempdir().expect("state");
+    let first = ControlApi::start(&url, state.path()).await;
+    let second = ControlApi::start(&url, state.path()).await;
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let mut users = 0;
+    let mut add_users = async |api: &ControlApi, n: usize| {
+        for _ in 0..n {
+            users += 1;
+            api.admin_post(
+                "/users",
+                json!({"id": format!("u{users}"), "email": format!("u{users}@example.com"), "role": "analyst"}),
+            )
+            .await;
+        }
+    };
+    add_users(&first, 5).await;
+    add_users(&second, 5).await;
+    let before = sequenced(&pool).await;
+    assert!(before >= 10, "{before}");
+    let (a, b) = (leads(&first).await, leads(&second).await);
+    assert!(a ^ b, "exactly one sequencer: {a} {b}");
+    let (leader, other) = if a { (first, second) } else { (second, first) };
+    assert!(leader.stop().await, "a graceful stop");
+    // The other takes the lock (it tries every 2 s) and goes on from the chain's end.
+    add_users(&other, 5).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !leads(&other).await {
+        assert!(Instant::now() < deadline, "no replica took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = sequenced(&pool).await;
+    assert!(after >= before + 5, "{before} then {after}");
+    let output = std::process::Command::new(bin("edgemesh-control-api"))
+        .args(["audit", "verify", "--public-key"])
+        .arg(state.path().join("audit-signing.pub"))
+        .arg("--checkpoints")
+        .arg(state.path().join("audit-checkpoints"))
+        .env("EDGEMESH_DATABASE_URL", &url)
+        .env("EDGEMESH_LOG", "warn")
+        .output()
+        .expect("audit verify");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        out.contains(&format!("audit verified: {after} records up to {after}")),
+        "{out}"
     );
 }
