@@ -42,8 +42,9 @@ pub enum EventType {
     AgentUpdate,
 }
 
+/// Which decisions: the filters `audit query` and `policy replay` share.
 #[derive(Debug, Args)]
-pub struct QueryArgs {
+pub struct Filters {
     #[arg(long)]
     device: Option<String>,
     #[arg(long)]
@@ -52,6 +53,24 @@ pub struct QueryArgs {
     service: Option<String>,
     #[arg(long, value_enum)]
     decision: Option<Decision>,
+}
+
+impl Filters {
+    /// The query parameters of the filters that are set.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut query = Vec::new();
+        query.extend(self.device.clone().map(|v| ("device", v)));
+        query.extend(self.user.clone().map(|v| ("user", v)));
+        query.extend(self.service.clone().map(|v| ("service", v)));
+        query.extend(self.decision.map(|v| ("decision", lower(v))));
+        query
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    filters: Filters,
     #[arg(long, value_enum)]
     event_type: Option<EventType>,
     /// From this instant (RFC 3339, inclusive).
@@ -92,11 +111,7 @@ const FIELDS: [&str; 9] = [
 
 impl QueryArgs {
     fn filters(&self) -> Vec<(&'static str, String)> {
-        let mut query = Vec::new();
-        query.extend(self.device.clone().map(|v| ("device", v)));
-        query.extend(self.user.clone().map(|v| ("user", v)));
-        query.extend(self.service.clone().map(|v| ("service", v)));
-        query.extend(self.decision.map(|v| ("decision", lower(v))));
+        let mut query = self.filters.query();
         query.extend(
             self.event_type
                 .and_then(|v| v.to_possible_value())

@@ -42,15 +42,8 @@ pub struct ReplayArgs {
     /// Before this instant (RFC 3339, exclusive; default now).
     #[arg(long)]
     until: Option<String>,
-    #[arg(long)]
-    device: Option<String>,
-    #[arg(long)]
-    user: Option<String>,
-    #[arg(long)]
-    service: Option<String>,
-    /// Only decisions that were `allow` or `deny`.
-    #[arg(long, value_enum)]
-    decision: Option<crate::audit::Decision>,
+    #[command(flatten)]
+    filters: crate::audit::Filters,
     /// Where the machine-readable report goes (JSON: the counts and every changed decision).
     #[arg(long, default_value = "replay-report.json")]
     report: PathBuf,
@@ -223,11 +216,7 @@ pub async fn replay(api: &Admin, args: &ReplayArgs, out: Output) -> Result<ExitC
             .format(&Rfc3339)
             .map_err(|e| Failure::Usage(e.to_string()))?,
     };
-    let mut filters: BTreeMap<&'static str, String> = BTreeMap::new();
-    filters.extend(args.device.clone().map(|v| ("device", v)));
-    filters.extend(args.user.clone().map(|v| ("user", v)));
-    filters.extend(args.service.clone().map(|v| ("service", v)));
-    filters.extend(args.decision.map(|v| ("decision", crate::lower(v))));
+    let filters: BTreeMap<&'static str, String> = args.filters.query().into_iter().collect();
     let mut query: Vec<(&str, String)> = filters.iter().map(|(k, v)| (*k, v.clone())).collect();
     query.push(("since", args.since.clone()));
     query.push(("until", until.clone()));

@@ -110,12 +110,15 @@ fn parse_instant(field: &str, value: Option<&str>) -> Result<Option<OffsetDateTi
         .transpose()
 }
 
-/// The service and time window of a query, checked.
-fn window(
+/// The filters both queries take, checked (the event type is the caller's).
+fn filter(
+    device: Option<&DeviceId>,
+    user: Option<&UserId>,
     service: Option<&str>,
+    decision: Option<Decision>,
     since: Option<&str>,
     until: Option<&str>,
-) -> Result<(Option<OffsetDateTime>, Option<OffsetDateTime>), ApiError> {
+) -> Result<Filter, ApiError> {
     if let Some(service) = service
         && (service.is_empty()
             || service.len() > 64
@@ -138,16 +141,31 @@ fn window(
             "since must be earlier than until",
         ));
     }
-    Ok((since, until))
+    Ok(Filter {
+        device: device.map(|d| d.as_str().to_owned()),
+        user: user.map(|u| u.as_str().to_owned()),
+        service: service.map(str::to_owned),
+        decision: decision.map(|d| match d {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }),
+        event_type: None,
+        since,
+        until,
+    })
 }
 
 impl AuditQuery {
     fn validate(&self) -> Result<(Filter, Option<Cursor>, Option<i64>), ApiError> {
-        let (since, until) = window(
+        let mut filter = filter(
+            self.device.as_ref(),
+            self.user.as_ref(),
             self.service.as_deref(),
+            self.decision,
             self.since.as_deref(),
             self.until.as_deref(),
         )?;
+        filter.event_type = self.event_type.map(EventType::as_str);
         let max = if self.format == Format::Json {
             MAX_PAGE
         } else {
@@ -177,18 +195,6 @@ impl AuditQuery {
                 })
             })
             .transpose()?;
-        let filter = Filter {
-            device: self.device.as_ref().map(|d| d.as_str().to_owned()),
-            user: self.user.as_ref().map(|u| u.as_str().to_owned()),
-            service: self.service.clone(),
-            decision: self.decision.map(|d| match d {
-                Decision::Allow => "allow",
-                Decision::Deny => "deny",
-            }),
-            event_type: self.event_type.map(EventType::as_str),
-            since,
-            until,
-        };
         Ok((filter, cursor, limit))
     }
 }
@@ -280,23 +286,15 @@ async fn contexts(
     State(state): State<AppState>,
     Query(query): Query<ContextsQuery>,
 ) -> Result<axum::Json<ContextList>, ApiError> {
-    let (since, until) = window(
+    let mut filter = filter(
+        query.device.as_ref(),
+        query.user.as_ref(),
         query.service.as_deref(),
+        query.decision,
         query.since.as_deref(),
         query.until.as_deref(),
     )?;
-    let filter = Filter {
-        device: query.device.as_ref().map(|d| d.as_str().to_owned()),
-        user: query.user.as_ref().map(|u| u.as_str().to_owned()),
-        service: query.service.clone(),
-        decision: query.decision.map(|d| match d {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-        }),
-        event_type: Some("authorization"),
-        since,
-        until,
-    };
+    filter.event_type = Some("authorization");
     Ok(axum::Json(ContextList {
         contexts: audit::contexts(&state.db, &filter).await?,
     }))

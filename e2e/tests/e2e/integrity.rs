@@ -3,6 +3,7 @@
 //! files; then the log tampered with as someone with the database owner's rights would, and
 //! `edgemesh-control-api audit verify` run on it.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -20,9 +21,9 @@ struct Verdict {
     out: String,
 }
 
-/// Runs `audit verify` against the stack's database, with the checkpoint files or without.
-fn verify(stack: &Stack, superuser_url: &str, with_files: bool, from: Option<i64>) -> Verdict {
-    let state = stack.state_dir.path();
+/// Runs `audit verify` with the key and checkpoint files of the control API whose state directory is
+/// `state`, against its database, with the checkpoint files or without.
+fn verify(state: &Path, superuser_url: &str, with_files: bool, from: Option<i64>) -> Verdict {
     let mut command = std::process::Command::new(bin("edgemesh-control-api"));
     command
         .args(["audit", "verify", "--public-key"])
@@ -132,7 +133,7 @@ async fn an_untouched_log_verifies_and_each_kind_of_tampering_is_named(
 ) {
     let (stack, pool, length) = audited_stack(&db, false).await;
     let url = database_url(&db);
-    let clean = verify(&stack, &url, true, None);
+    let clean = verify(stack.state_dir.path(), &url, true, None);
     assert!(clean.ok, "{}", clean.out);
     assert!(
         clean
@@ -150,7 +151,7 @@ async fn an_untouched_log_verifies_and_each_kind_of_tampering_is_named(
             .expect("checkpoints")
             .flatten()
             .unwrap_or(length);
-    let partial = verify(&stack, &url, true, Some(first_checkpoint));
+    let partial = verify(stack.state_dir.path(), &url, true, Some(first_checkpoint));
     assert!(partial.ok, "{}", partial.out);
     assert!(
         partial.out.contains(&format!(
@@ -176,7 +177,7 @@ async fn an_untouched_log_verifies_and_each_kind_of_tampering_is_named(
         &format!("UPDATE audit_log SET reasons = array['nothing to see'] WHERE id = '{id}'"),
     )
     .await;
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok, "{}", found.out);
     assert!(
         found
@@ -190,12 +191,12 @@ async fn an_untouched_log_verifies_and_each_kind_of_tampering_is_named(
         "UPDATE audit_log l SET reasons = s.reasons FROM saved s WHERE l.id = s.id",
     )
     .await;
-    let restored = verify(&stack, &url, true, None);
+    let restored = verify(stack.state_dir.path(), &url, true, None);
     assert!(restored.ok, "{}", restored.out);
 
     // A record deleted in the middle (its chain entry left), then one deleted with its chain entry.
     tamper(&pool, &format!("DELETE FROM audit_log WHERE id = '{id}'")).await;
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok);
     assert!(
         found
@@ -205,7 +206,7 @@ async fn an_untouched_log_verifies_and_each_kind_of_tampering_is_named(
         found.out
     );
     tamper(&pool, &format!("DELETE FROM audit_chain WHERE id = '{id}'")).await;
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok);
     assert!(
         found.out.contains(&format!(
@@ -223,7 +224,7 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
 ) {
     let (stack, pool, length) = audited_stack(&db, false).await;
     let url = database_url(&db);
-    assert!(verify(&stack, &url, true, None).ok);
+    assert!(verify(stack.state_dir.path(), &url, true, None).ok);
 
     // Two records swapped in the chain's order.
     let (a, b) = (length / 3, length / 3 + 1);
@@ -238,7 +239,7 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
     // seq > 0 is checked: the swap goes through a number the check allows.
     let swap = swap(a, b).replace("-1", "999999999");
     tamper(&pool, &swap).await;
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok, "{}", found.out);
     assert!(
         found
@@ -248,7 +249,10 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         found.out
     );
     tamper(&pool, &swap).await;
-    assert!(verify(&stack, &url, true, None).ok, "swapped back");
+    assert!(
+        verify(stack.state_dir.path(), &url, true, None).ok,
+        "swapped back"
+    );
 
     // A forged record slipped in behind the sequencer (an old transaction id, so it is never
     // sequenced).
@@ -259,7 +263,7 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
                  'authorization', 'check', 'pi-ada', 'allow', '3')",
     )
     .await;
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok, "{}", found.out);
     assert!(
         found
@@ -278,7 +282,7 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         "DELETE FROM audit_log WHERE id = '00000000-0000-0000-0000-00000000f0f0'",
     )
     .await;
-    assert!(verify(&stack, &url, true, None).ok);
+    assert!(verify(stack.state_dir.path(), &url, true, None).ok);
 
     // A forged record put into the chain's middle, the later ones renumbered to keep it gap-free.
     let at = length / 2;
@@ -296,7 +300,7 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         ),
     )
     .await;
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok, "{}", found.out);
     assert!(
         found.out.contains(&format!(
@@ -315,7 +319,10 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         ),
     )
     .await;
-    assert!(verify(&stack, &url, true, None).ok, "put back");
+    assert!(
+        verify(stack.state_dir.path(), &url, true, None).ok,
+        "put back"
+    );
 
     // The newest five records removed with their chain entries and the database's checkpoints, and
     // the sequencer moved back: only the checkpoint files know.
@@ -333,13 +340,13 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         ),
     )
     .await;
-    let without_files = verify(&stack, &url, false, None);
+    let without_files = verify(stack.state_dir.path(), &url, false, None);
     assert!(
         without_files.ok,
         "without a copy outside the database it cannot be seen: {}",
         without_files.out
     );
-    let found = verify(&stack, &url, true, None);
+    let found = verify(stack.state_dir.path(), &url, true, None);
     assert!(!found.ok, "{}", found.out);
     assert!(
         found.out.contains(&format!(
@@ -351,21 +358,8 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
     );
     // The sequencer noticed too: it signs neither the cut chain nor anything added to it, and no
     // control API leads it any more (the alert EdgeMeshAuditUnsequenced watches that).
-    let leading = || async {
-        let metrics = reqwest::get(&stack.api.metrics)
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("edgemesh_control_api_audit_sequencer_leader "))
-            .map(|v| v.trim() == "1")
-            .expect("the leader gauge")
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while leading().await {
+    while leads(&stack.api).await {
         assert!(
             Instant::now() < deadline,
             "the sequencer still leads a cut chain"
@@ -373,7 +367,7 @@ async fn reordering_forging_and_removing_the_newest_records_are_named(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!leading().await, "it took the cut chain up again");
+    assert!(!leads(&stack.api).await, "it took the cut chain up again");
     let signed: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints")
         .fetch_one(&pool)
         .await
@@ -469,7 +463,7 @@ async fn the_services_cannot_change_a_sequenced_record_and_retention_is_signed(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let verified = verify(&stack, &url, true, None);
+    let verified = verify(stack.state_dir.path(), &url, true, None);
     assert!(verified.ok, "{}", verified.out);
     assert!(
         verified.out.contains(&format!(
@@ -492,7 +486,8 @@ async fn leads(api: &ControlApi) -> bool {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("edgemesh_control_api_audit_sequencer_leader "))
-        .is_some_and(|v| v.trim() == "1")
+        .map(|v| v.trim() == "1")
+        .expect("the leader gauge")
 }
 
 /// Two control APIs on one database and the same key files: one sequences; when it stops, the other
@@ -532,23 +527,13 @@ async fn one_replica_sequences_and_another_takes_over(_pool: PgPoolOptions, db: 
     }
     let after = sequenced(&pool).await;
     assert!(after >= before + 5, "{before} then {after}");
-    let output = std::process::Command::new(bin("edgemesh-control-api"))
-        .args(["audit", "verify", "--public-key"])
-        .arg(state.path().join("audit-signing.pub"))
-        .arg("--checkpoints")
-        .arg(state.path().join("audit-checkpoints"))
-        .env("EDGEMESH_DATABASE_URL", &url)
-        .env("EDGEMESH_LOG", "warn")
-        .output()
-        .expect("audit verify");
-    let out = String::from_utf8_lossy(&output.stdout);
+    let verified = verify(state.path(), &url, true, None);
+    assert!(verified.ok, "{}", verified.out);
     assert!(
-        output.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        out.contains(&format!("audit verified: {after} records up to {after}")),
-        "{out}"
+        verified
+            .out
+            .contains(&format!("audit verified: {after} records up to {after}")),
+        "{}",
+        verified.out
     );
 }
