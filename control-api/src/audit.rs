@@ -3,12 +3,10 @@
 //! Authorization decisions are written by ext-authz; the SQL is in `db::audit`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
 use time::{Date, Month, OffsetDateTime};
-use tokio::sync::watch;
 
 use crate::db;
 
@@ -186,28 +184,6 @@ pub async fn maintain(
         .await
         .context("failed to drop audit partitions past the retention")?;
     Ok(done)
-}
-
-/// Runs [`maintain`] daily until `stop` turns true (the first pass ran at start-up, in
-/// `Application::build`). A failed pass is logged and retried at the next.
-pub async fn keep_partitions(db: PgPool, retention: Retention, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        match maintain(&db, retention, OffsetDateTime::now_utc()).await {
-            Ok(done) => {
-                if !done.created.is_empty() || !done.dropped.is_empty() {
-                    tracing::info!(created = ?done.created, dropped = ?done.dropped, "audit partitions maintained");
-                }
-            }
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                "audit partition maintenance failed"
-            ),
-        }
-    }
 }
 
 fn first_of_month(date: Date) -> Date {

@@ -175,15 +175,27 @@ pub struct Config {
     )]
     pub metrics_listen: SocketAddr,
 
-    /// Monthly audit partitions created ahead of the current month (at start and daily).
+    /// Monthly audit partitions created ahead of the current month (at start and at every maintenance
+    /// run).
     #[arg(long, env = "EDGEMESH_AUDIT_MONTHS_AHEAD", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(2..=24))]
     pub audit_months_ahead: u32,
 
     /// Audit records are kept this many days; whole monthly partitions older than that are dropped
-    /// daily. 0 keeps everything.
+    /// at each maintenance run. 0 keeps everything.
     #[arg(long, env = "EDGEMESH_AUDIT_RETENTION_DAYS", default_value_t = 400)]
     pub audit_retention_days: u32,
+
+    /// Health reports (the history; not a device's latest, which stays on the device) are kept this
+    /// many days; whole daily partitions older than that are dropped. 0 keeps everything.
+    #[arg(long, env = "EDGEMESH_HEALTH_RETENTION_DAYS", default_value_t = 14)]
+    pub health_retention_days: u32,
+
+    /// How often the fleet's maintenance jobs run (partitions, retention, the certificate expiry
+    /// scan), once for all replicas: whichever takes a job's advisory lock runs it when due.
+    #[arg(long, env = "EDGEMESH_MAINTENANCE_INTERVAL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub maintenance_interval_secs: u64,
 
     /// Apply database migrations at start-up.
     #[arg(long, env = "EDGEMESH_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]

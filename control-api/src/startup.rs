@@ -26,6 +26,7 @@ use crate::ca::CertificateAuthority;
 use crate::config::Config;
 use crate::http::limit::RateLimiter;
 use crate::http::{self, AppState};
+use crate::maintenance;
 use crate::metrics::Metrics;
 use crate::server::{Limits, serve_tls};
 
@@ -39,7 +40,7 @@ pub struct Application {
     api_tls: Arc<ServerConfig>,
     device_tls: Arc<ServerConfig>,
     state: AppState,
-    retention: Retention,
+    maintenance: maintenance::Settings,
     signer: Arc<crate::chain::sequencer::Signer>,
     limits: Limits,
 }
@@ -119,14 +120,20 @@ impl Application {
             .await
             .with_context(|| format!("failed to listen on {}", config.metrics_listen))
             .config_error()?;
-        let retention = Retention {
-            months_ahead: config.audit_months_ahead,
-            keep_days: (config.audit_retention_days > 0).then_some(config.audit_retention_days),
+        let maintenance = maintenance::Settings {
+            audit: Retention {
+                months_ahead: config.audit_months_ahead,
+                keep_days: (config.audit_retention_days > 0).then_some(config.audit_retention_days),
+            },
+            health_keep_days: (config.health_retention_days > 0)
+                .then_some(config.health_retention_days),
+            expiry_warning: time::Duration::days(i64::from(config.cert_expiry_warning_days)),
+            every: std::time::Duration::from_secs(config.maintenance_interval_secs),
         };
         // The partitions exist before the first request is served.
-        crate::audit::maintain(&db, retention, time::OffsetDateTime::now_utc())
+        maintenance::prepare(&db, maintenance, &maintenance::replica_name())
             .await
-            .context("failed to prepare the audit partitions")?;
+            .context("failed to prepare the audit and health partitions")?;
 
         let state = AppState {
             db,
@@ -151,7 +158,7 @@ impl Application {
                 config.console_sign_in_burst,
                 config.console_sign_in_rate,
             )),
-            expiry_warning: time::Duration::days(i64::from(config.cert_expiry_warning_days)),
+            expiry_warning: maintenance.expiry_warning,
             console_session_lifetime: time::Duration::hours(i64::from(
                 config.console_session_hours,
             )),
@@ -180,7 +187,7 @@ impl Application {
             api_listener,
             device_listener,
             metrics_listener,
-            retention,
+            maintenance,
             signer: Arc::new(signer),
             limits: Limits {
                 max_connections: config.max_connections,
@@ -233,21 +240,17 @@ impl Application {
                 let _ = watcher_stop.wait_for(|stop| *stop).await;
             },
         ));
-        let partitions = tokio::spawn(crate::audit::keep_partitions(
+        let maintenance = tokio::spawn(maintenance::run(
             self.state.db.clone(),
-            self.retention,
+            Arc::clone(&self.state.metrics),
+            self.maintenance,
+            maintenance::replica_name(),
             stop_rx.clone(),
         ));
         let sequencer = tokio::spawn(crate::chain::sequencer::run(
             self.state.db.clone(),
             Arc::clone(&self.signer),
             Arc::clone(&self.state.metrics),
-            stop_rx.clone(),
-        ));
-        let expiry = tokio::spawn(crate::expiry::scan_daily(
-            self.state.db.clone(),
-            Arc::clone(&self.state.metrics),
-            self.state.expiry_warning,
             stop_rx.clone(),
         ));
         let mut metrics_stop = stop_rx.clone();
@@ -284,8 +287,7 @@ impl Application {
         };
         tokio::join!(api, device, metrics, stop);
         let _ = watcher.await;
-        let _ = partitions.await;
-        let _ = expiry.await;
+        let _ = maintenance.await;
         let _ = sequencer.await;
     }
 }

@@ -6,7 +6,8 @@
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
-/// A device with its owner's role.
+/// A device with its owner's role and its latest health report's facts (`health_received_at` is `None`
+/// while its enrolment has not reported).
 pub struct DeviceRow {
     pub id: String,
     pub device_type: String,
@@ -15,13 +16,25 @@ pub struct DeviceRow {
     pub os_version: String,
     pub owner_id: String,
     pub role: String,
-    pub enrolled_at: OffsetDateTime,
+    pub health_status: String,
+    pub health_received_at: Option<OffsetDateTime>,
+    pub last_health_at: Option<OffsetDateTime>,
+    pub cpu_usage: Option<f64>,
+    pub memory_usage: Option<f64>,
+    pub disk_usage: Option<f64>,
+    pub disk_encrypted: Option<bool>,
+    pub os_patches_current: Option<bool>,
+    pub antivirus_enabled: Option<bool>,
+    pub firewall_enabled: Option<bool>,
 }
 
 pub async fn device(db: impl PgExecutor<'_>, id: &str) -> Result<Option<DeviceRow>, sqlx::Error> {
     sqlx::query_as!(
         DeviceRow,
-        "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role, d.enrolled_at
+        "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role,
+                d.health_status, d.health_received_at, d.last_health_at, d.cpu_usage,
+                d.memory_usage, d.disk_usage, d.disk_encrypted, d.os_patches_current,
+                d.antivirus_enabled, d.firewall_enabled
          FROM devices d JOIN users u ON u.id = d.owner_id
          WHERE d.id = $1",
         id
@@ -49,40 +62,6 @@ pub async fn unexpired_certificates(
         device
     )
     .fetch_all(db)
-    .await
-}
-
-/// The facts of a health report that the policies read.
-pub struct HealthRow {
-    pub received_at: OffsetDateTime,
-    pub collected_at: OffsetDateTime,
-    pub cpu_usage: Option<f64>,
-    pub memory_usage: Option<f64>,
-    pub disk_usage: Option<f64>,
-    pub disk_encrypted: Option<bool>,
-    pub os_patches_current: Option<bool>,
-    pub antivirus_enabled: Option<bool>,
-    pub firewall_enabled: Option<bool>,
-    pub status: String,
-}
-
-/// The device's latest report received since `since` (its enrolment: health belongs to an enrolment,
-/// so a device id enrolled again starts as never reported).
-pub async fn latest_health(
-    db: impl PgExecutor<'_>,
-    device: &str,
-    since: OffsetDateTime,
-) -> Result<Option<HealthRow>, sqlx::Error> {
-    sqlx::query_as!(
-        HealthRow,
-        "SELECT received_at, collected_at, cpu_usage, memory_usage, disk_usage, disk_encrypted,
-                os_patches_current, antivirus_enabled, firewall_enabled, status
-         FROM health_reports WHERE device_id = $1 AND received_at >= $2
-         ORDER BY id DESC LIMIT 1",
-        device,
-        since
-    )
-    .fetch_optional(db)
     .await
 }
 

@@ -2,10 +2,14 @@
 //! certificates and its latest health), cached in memory and kept fresh by Postgres notifications.
 //!
 //! Triggers (see `migrations/`) send `device:<id>` or `user:<id>` on channel `edgemesh_changes` when a
-//! commit changes a device, its certificates, its health or its owner. A notification invalidates the
-//! affected entries, so the next request reloads them; the TTL is only a safety net. While the listening
-//! connection is down, notifications may be missed, so the cache is bypassed (every lookup reads
-//! Postgres) until it is back: a revocation is never hidden behind a stale entry.
+//! commit changes what a decision reads of a device, its certificates or its owner (a health report
+//! that only measures the same facts again notifies nobody). A notification invalidates the affected
+//! entries, so the next request reloads them; the TTL is only a safety net. Freshness is not
+//! notified: a cached device whose health measurement has turned stale is read again before it is
+//! used (at most once a second), so a device that keeps reporting stays fresh on every replica and one
+//! that stopped turns stale at the configured age, notification or not. While the listening connection
+//! is down, notifications may be missed, so the cache is bypassed (every lookup reads Postgres) until it
+//! is back: a revocation is never hidden behind a stale entry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,6 +99,17 @@ impl HealthRecord {
 /// `None`: no such device (cached too, so unknown identities do not reach Postgres every time).
 pub type Entry = Option<Arc<DeviceRecord>>;
 
+/// A cached entry and when it was read.
+#[derive(Clone)]
+struct Cached {
+    entry: Entry,
+    read: std::time::Instant,
+}
+
+/// A cached device whose health turned stale is read again at most this often: a device that stopped
+/// reporting costs one read a second, not one per request.
+const STALE_REREAD: Duration = Duration::from_secs(1);
+
 /// How the change listener proves it is alive: it notifies itself every `every` through another
 /// connection, and a heartbeat not heard within `timeout` makes the cache untrusted (exactly like a
 /// known disconnect) and the listener reconnect. A half-open connection (a NAT dropping it, a failover)
@@ -108,7 +123,9 @@ pub struct Heartbeat {
 pub struct Directory {
     db: PgPool,
     heartbeat: Heartbeat,
-    cache: Cache<String, Entry>,
+    /// The policies' maximum health age: past it, a cached measurement is read again.
+    stale_after: time::Duration,
+    cache: Cache<String, Cached>,
     stripes: Vec<AtomicU64>,
     /// True while the notification listener is connected: only then may cached entries be used.
     listening: AtomicBool,
@@ -127,6 +144,7 @@ impl Directory {
         capacity: u64,
         ttl: Duration,
         heartbeat: Heartbeat,
+        stale_after: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let cache = Cache::builder()
@@ -137,6 +155,7 @@ impl Directory {
         Arc::new(Self {
             db,
             heartbeat,
+            stale_after: time::Duration::try_from(stale_after).unwrap_or(time::Duration::MAX),
             cache,
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             listening: AtomicBool::new(false),
@@ -181,9 +200,12 @@ impl Directory {
     /// by [`LOOKUP_TIMEOUT`]).
     pub async fn lookup(&self, device: &str) -> Result<Entry, sqlx::Error> {
         let trusted = self.is_listening();
-        if trusted && let Some(entry) = self.cache.get(device).await {
-            self.metrics.cache_hits.inc();
-            return Ok(entry);
+        if trusted && let Some(cached) = self.cache.get(device).await {
+            if !self.turned_stale(&cached, OffsetDateTime::now_utc()) {
+                self.metrics.cache_hits.inc();
+                return Ok(cached.entry);
+            }
+            self.metrics.cache_stale_rereads.inc();
         }
         self.metrics.cache_misses.inc();
         // A notification for this device may arrive while it loads; the loaded entry may then predate
@@ -198,12 +220,28 @@ impl Directory {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
         if trusted && self.is_listening() && stripe.load(Ordering::SeqCst) == before {
-            self.cache.insert(device.to_owned(), entry.clone()).await;
+            let cached = Cached {
+                entry: entry.clone(),
+                read: std::time::Instant::now(),
+            };
+            self.cache.insert(device.to_owned(), cached).await;
             if stripe.load(Ordering::SeqCst) != before {
                 self.cache.invalidate(device).await;
             }
         }
         Ok(entry)
+    }
+
+    /// Whether `cached` holds a health measurement that is stale at `now` and was read more than
+    /// [`STALE_REREAD`] ago: reports since may have refreshed it without a notification.
+    fn turned_stale(&self, cached: &Cached, now: OffsetDateTime) -> bool {
+        let measured = cached
+            .entry
+            .as_ref()
+            .and_then(|d| d.health.as_ref())
+            .map(HealthRecord::measured_at);
+        measured.is_some_and(|at| now - at > self.stale_after)
+            && cached.read.elapsed() >= STALE_REREAD
     }
 
     async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
@@ -223,20 +261,21 @@ impl Directory {
                 })
             })
             .collect();
-        let health = db::latest_health(&mut *conn, device, row.enrolled_at)
-            .await?
-            .map(|h| HealthRecord {
-                received_at: h.received_at,
-                collected_at: h.collected_at,
-                cpu_usage: h.cpu_usage,
-                memory_usage: h.memory_usage,
-                disk_usage: h.disk_usage,
-                disk_encrypted: h.disk_encrypted,
-                os_patches_current: h.os_patches_current,
-                antivirus_enabled: h.antivirus_enabled,
-                firewall_enabled: h.firewall_enabled,
-                status: self.intern(h.status),
-            });
+        let health =
+            row.health_received_at
+                .zip(row.last_health_at)
+                .map(|(received_at, collected_at)| HealthRecord {
+                    received_at,
+                    collected_at,
+                    cpu_usage: row.cpu_usage,
+                    memory_usage: row.memory_usage,
+                    disk_usage: row.disk_usage,
+                    disk_encrypted: row.disk_encrypted,
+                    os_patches_current: row.os_patches_current,
+                    antivirus_enabled: row.antivirus_enabled,
+                    firewall_enabled: row.firewall_enabled,
+                    status: self.intern(row.health_status),
+                });
         Ok(Some(Arc::new(DeviceRecord {
             id: row.id,
             device_type: self.intern(row.device_type),
@@ -263,8 +302,8 @@ impl Directory {
                 let owner = id.to_owned();
                 if self
                     .cache
-                    .invalidate_entries_if(move |_, entry| {
-                        entry.as_ref().is_none_or(|d| *d.owner_id == *owner)
+                    .invalidate_entries_if(move |_, cached| {
+                        cached.entry.as_ref().is_none_or(|d| *d.owner_id == *owner)
                     })
                     .is_err()
                 {

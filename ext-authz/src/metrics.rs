@@ -16,6 +16,7 @@ pub struct Metrics {
     pub latency: Histogram,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    pub cache_stale_rereads: IntCounter,
     pub cache_invalidations: IntCounter,
     pub cache_entries: IntGauge,
     pub notify_heartbeat_age: prometheus::Gauge,
@@ -61,6 +62,11 @@ impl Metrics {
         let cache_misses = IntCounter::new(
             "edgemesh_ext_authz_cache_misses_total",
             "Device lookups that read Postgres.",
+        )?;
+        let cache_stale_rereads = IntCounter::new(
+            "edgemesh_ext_authz_cache_stale_rereads_total",
+            "Cached devices read again because their health measurement turned stale (reports that \
+             measure the same facts again notify nobody); counted in the misses too.",
         )?;
         let cache_invalidations = IntCounter::new(
             "edgemesh_ext_authz_cache_invalidations_total",
@@ -142,6 +148,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(cache_hits.clone()),
             Box::new(cache_misses.clone()),
+            Box::new(cache_stale_rereads.clone()),
             Box::new(cache_invalidations.clone()),
             Box::new(cache_entries.clone()),
             Box::new(notify_heartbeat_age.clone()),
@@ -169,6 +176,7 @@ impl Metrics {
             latency,
             cache_hits,
             cache_misses,
+            cache_stale_rereads,
             cache_invalidations,
             cache_entries,
             notify_heartbeat_age,

@@ -115,6 +115,7 @@ impl Server {
                 every: Duration::from_millis(config.notify_heartbeat_ms),
                 timeout: Duration::from_millis(3 * config.notify_heartbeat_ms),
             },
+            Duration::from_secs(config.max_health_age_secs),
             Arc::clone(&metrics),
         );
         let (stop_tx, stop_rx) = watch::channel(false);

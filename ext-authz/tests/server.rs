@@ -119,16 +119,16 @@ impl Fixture {
         .await
         .expect("certificate");
         sqlx::query(
-            "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage,
-                 memory_usage, disk_usage, os, os_version, disk_encrypted, os_patches_current,
-                 antivirus_enabled, firewall_enabled, agent_version, status)
-             VALUES ($1, $2, now(), 20, 40, 50, 'debian', '12', true, true, true, true, 'test', 'healthy')",
+            "UPDATE devices SET health_status = 'healthy', last_health_at = now(),
+                 health_received_at = now(), cpu_usage = 20, memory_usage = 40, disk_usage = 50,
+                 disk_encrypted = true, os_patches_current = true, antivirus_enabled = true,
+                 firewall_enabled = true
+             WHERE id = $1",
         )
         .bind(device)
-        .bind(&info.serial)
         .execute(&db)
         .await
-        .expect("health report");
+        .expect("health");
     }
 
     /// The configuration: both listeners on port 0, deciding on a Tuesday at 10:00 UTC.

@@ -102,24 +102,17 @@ pub async fn insert_fleet(db: &PgPool, devices: &[Seeded]) -> Result<(), sqlx::E
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query!(
-        "INSERT INTO health_reports (device_id, certificate_serial, collected_at, cpu_usage, memory_usage,
-             disk_usage, os, os_version, disk_encrypted, os_patches_current, antivirus_enabled,
-             firewall_enabled, agent_version, status)
-         SELECT d, s, now(), 20, 40, 50, 'debian', '12', true, true, true, true, 'bench', 'healthy'
-         FROM UNNEST($1::text[], $2::text[]) AS t(d, s)",
-        &ids as &[&str],
-        &serials as &[&str]
-    )
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await
 }
 
 async fn insert_devices(db: impl PgExecutor<'_>, ids: &[&str]) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "INSERT INTO devices (id, owner_id, device_type, os, os_version, health_status, last_health_at)
-         SELECT id, 'bench-admin', 'bench', 'debian', '12', 'healthy', now() FROM UNNEST($1::text[]) AS id",
+        "INSERT INTO devices (id, owner_id, device_type, os, os_version, health_status, last_health_at,
+             health_received_at, cpu_usage, memory_usage, disk_usage, disk_encrypted,
+             os_patches_current, antivirus_enabled, firewall_enabled)
+         SELECT id, 'bench-admin', 'bench', 'debian', '12', 'healthy', now(), now(), 20, 40, 50, true,
+                true, true, true
+         FROM UNNEST($1::text[]) AS id",
         ids as &[&str]
     )
     .execute(db)

@@ -1,5 +1,6 @@
 //! `devices`: enrolment, status, the latest health verdict, owners; and the fleet's counts.
 
+use edgemesh_core::api::HealthReport;
 use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::OffsetDateTime;
@@ -149,7 +150,10 @@ pub async fn admit(db: impl PgExecutor<'_>, device: &Enrolment<'_>) -> Result<bo
              device_type = excluded.device_type, os = excluded.os,
              os_version = excluded.os_version, status = 'active', enrolled_at = now(),
              last_seen_at = NULL, revoked_at = NULL, health_status = 'unknown',
-             health_reasons = '{}', last_health_at = NULL, health_sequence = NULL
+             health_reasons = '{}', last_health_at = NULL, health_sequence = NULL,
+             health_received_at = NULL, cpu_usage = NULL, memory_usage = NULL, disk_usage = NULL,
+             disk_encrypted = NULL, os_patches_current = NULL, antivirus_enabled = NULL,
+             firewall_enabled = NULL
          WHERE devices.status = 'revoked' AND devices.owner_id = excluded.owner_id
          RETURNING id",
         device.id,
@@ -224,6 +228,9 @@ pub struct Reporting {
     pub os_version: String,
     /// The channel whose rollout it follows.
     pub update_channel: String,
+    /// The verdict in force (`unknown` before the first report) and its reasons.
+    pub health_status: String,
+    pub health_reasons: Vec<String>,
 }
 
 /// The device, locked for a health report: `None` when it is revoked or unknown.
@@ -233,8 +240,9 @@ pub async fn lock_active(
 ) -> Result<Option<Reporting>, sqlx::Error> {
     sqlx::query_as!(
         Reporting,
-        "SELECT health_sequence, device_type, os, os_version, update_channel FROM devices
-         WHERE id = $1 AND status = 'active' FOR UPDATE",
+        "SELECT health_sequence, device_type, os, os_version, update_channel, health_status,
+                health_reasons
+         FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
         id
     )
     .fetch_optional(db)
@@ -246,35 +254,43 @@ pub struct Verdict<'a> {
     pub sequence: i64,
     pub status: &'a str,
     pub reasons: &'a [String],
-    pub collected_at: OffsetDateTime,
-    pub os: Option<&'a str>,
-    pub os_version: Option<&'a str>,
-    pub agent_version: &'a str,
-    pub agent_target: Option<&'a str>,
+    pub report: &'a HealthReport,
 }
 
-/// Keeps the latest verdict on the device. Its health is as old as its measurement: a report
-/// collected long ago is not fresh (and one dated ahead counts from now).
+/// Keeps the latest report's facts and verdict on the device, which is all a decision reads of its
+/// health. Its health is as old as its measurement: a report collected long ago is not fresh (and one
+/// dated ahead counts from now). The database notifies ext-authz only if something a decision reads
+/// changed (see the `devices_notify_decision_change` trigger).
 pub async fn record_verdict(
     db: impl PgExecutor<'_>,
     id: &str,
     verdict: &Verdict<'_>,
 ) -> Result<(), sqlx::Error> {
+    let report = verdict.report;
     sqlx::query!(
         "UPDATE devices SET health_status = $2, health_reasons = $3,
-             last_health_at = LEAST($4, now()), last_seen_at = now(),
+             last_health_at = LEAST($4, now()), health_received_at = now(), last_seen_at = now(),
              os = COALESCE($5, os), os_version = COALESCE($6, os_version), health_sequence = $7,
-             agent_version = $8, agent_target = COALESCE($9, agent_target)
+             agent_version = $8, agent_target = COALESCE($9, agent_target),
+             cpu_usage = $10, memory_usage = $11, disk_usage = $12, disk_encrypted = $13,
+             os_patches_current = $14, antivirus_enabled = $15, firewall_enabled = $16
          WHERE id = $1",
         id,
         verdict.status,
         verdict.reasons,
-        verdict.collected_at,
-        verdict.os,
-        verdict.os_version,
+        report.collected_at,
+        report.os.as_deref(),
+        report.os_version.as_deref(),
         verdict.sequence,
-        verdict.agent_version,
-        verdict.agent_target
+        report.agent_version,
+        report.agent_target.as_deref(),
+        report.cpu_usage,
+        report.memory_usage,
+        report.disk_usage,
+        report.disk_encrypted,
+        report.os_patches_current,
+        report.antivirus_enabled,
+        report.firewall_enabled
     )
     .execute(db)
     .await?;

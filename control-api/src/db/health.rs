@@ -81,7 +81,7 @@ pub async fn history(
         "SELECT received_at, collected_at, certificate_serial, cpu_usage, memory_usage, disk_usage,
                 os, os_version, kernel, uptime_seconds, disk_encrypted, os_patches_current,
                 antivirus_enabled, firewall_enabled, agent_version, status, reasons
-         FROM health_reports WHERE device_id = $1 ORDER BY id DESC LIMIT $2",
+         FROM health_reports WHERE device_id = $1 ORDER BY received_at DESC, id DESC LIMIT $2",
         device,
         limit
     )

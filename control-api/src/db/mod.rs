@@ -7,6 +7,7 @@ pub mod audit;
 pub mod certificates;
 pub mod devices;
 pub mod health;
+pub mod jobs;
 pub mod releases;
 pub mod sessions;
 pub mod tokens;

@@ -203,28 +203,33 @@ async fn report(
         sequence,
         status,
         reasons: &reasons,
-        collected_at: report.collected_at,
-        os: report.os.as_deref(),
-        os_version: report.os_version.as_deref(),
-        agent_version: &report.agent_version,
-        agent_target: report.agent_target.as_deref(),
+        report: &report,
     };
     devices::record_verdict(&mut *tx, caller.device.as_str(), &verdict).await?;
-    Event::new(EventType::Health, "reported")
-        .device(caller.device.as_str())
-        .serial(&caller.serial)
-        .peer(peer)
-        .reasons(reasons.clone())
-        .details(serde_json::json!({ "status": status }))
-        .record(&mut tx)
-        .await?;
+    // The history keeps every report; the audit trail keeps every change of verdict (the first report
+    // of an enrolment included), not the fleet's every report.
+    let changed = stored.health_status != status || stored.health_reasons != reasons;
+    if changed {
+        Event::new(EventType::Health, "verdict")
+            .device(caller.device.as_str())
+            .serial(&caller.serial)
+            .peer(peer)
+            .reasons(reasons.clone())
+            .details(serde_json::json!({ "status": status, "previous": stored.health_status }))
+            .record(&mut tx)
+            .await?;
+    }
     tx.commit().await?;
     state
         .metrics
         .health_checks
         .with_label_values(&[status])
         .inc();
-    tracing::info!(device = %caller.device, status, ?reasons, "health report");
+    if changed {
+        tracing::info!(device = %caller.device, status, previous = stored.health_status, ?reasons, "health verdict changed");
+    } else {
+        tracing::debug!(device = %caller.device, status, "health report");
+    }
     let update = releases::offer_for(
         &state.db,
         &caller.device,

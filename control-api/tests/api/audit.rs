@@ -78,7 +78,7 @@ async fn every_change_is_audited_with_its_transaction(db: PgPool) {
         ("revocation", "revoked"),
         ("enrollment", "refused"),
         ("enrollment", "refused"),
-        ("health", "reported"),
+        ("health", "verdict"),
         ("enrollment", "created"),
         ("token", "created"),
         ("user", "created"),

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod console;
 mod enroll;
+mod fleet;
 mod health;
 mod helpers;
 mod listeners;

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::database_url;
+use crate::helpers::{database_url, metric};
 use crate::postgres::Cluster;
 use crate::proxy::{Answer, Options, Stack};
 
@@ -45,14 +45,6 @@ async fn authorization_ids(db: &PgPool, n: usize) -> Vec<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A metric's value in a Prometheus exposition (0 if absent).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[sqlx::test(migrations = false)]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::Command;
 
-use crate::helpers::{ControlApi, Process, agent, agent_enroll, bin, database_url};
+use crate::helpers::{ControlApi, Process, agent, agent_enroll, bin, database_url, metric};
 use crate::proxy::{Options, Stack};
 
 /// `df -P /`'s capacity of the root filesystem, in percent.
@@ -208,4 +208,81 @@ async fn the_agent_rides_out_an_outage_longer_than_its_back_off_cap(
     );
     assert!(daemon.stop().await, "a clean stop on SIGTERM");
     let _: Value = api.admin_get("/devices/pi-sam").await;
+}
+
+#[sqlx::test(migrations = false)]
+/// Reports that measure the same facts again notify nobody, yet freshness holds on ext-authz: a device
+/// that keeps reporting stays allowed past the maximum health age (ext-authz reads a measurement that
+/// turned stale again), and one that stops is denied as stale at that age, with no notification.
+async fn freshness_is_enforced_without_notifications(_pool: PgPoolOptions, db: PgConnectOptions) {
+    let max_age = Duration::from_secs(3);
+    let options = Options {
+        ext_authz_env: vec![(
+            "EDGEMESH_MAX_HEALTH_AGE_SECS",
+            max_age.as_secs().to_string(),
+        )],
+        ..Options::default()
+    };
+    let stack = Stack::start(&database_url(&db), options).await;
+    let device = stack.device("una", "admin", "pi-una").await;
+    stack.report(&device, json!({})).await;
+    assert_eq!(
+        stack
+            .get_after_change(&device, "/api/x", StatusCode::OK)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let counters = |text: &str| {
+        (
+            metric(text, "edgemesh_ext_authz_cache_invalidations_total"),
+            metric(text, "edgemesh_ext_authz_cache_stale_rereads_total"),
+        )
+    };
+    let (invalidations, rereads) = counters(&stack.ext_authz_metrics().await);
+
+    // Twice the maximum age of the same facts reported every second: allowed throughout.
+    let until = Instant::now() + max_age * 2;
+    let mut next_report = Instant::now();
+    while Instant::now() < until {
+        if Instant::now() >= next_report {
+            stack.report(&device, json!({})).await;
+            next_report += Duration::from_secs(1);
+        }
+        let answer = stack.get(&device, "/api/x").await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (quiet_invalidations, reread) = counters(&stack.ext_authz_metrics().await);
+    assert_eq!(
+        quiet_invalidations, invalidations,
+        "no notification was applied"
+    );
+    assert!(
+        reread > rereads,
+        "freshness came from reading the device again"
+    );
+
+    // Reports stop: denied as stale once the last one is older than the maximum age, unnotified.
+    let stopped = Instant::now();
+    let answer = loop {
+        let answer = stack.get(&device, "/api/x").await;
+        if answer.status == StatusCode::FORBIDDEN || stopped.elapsed() > max_age * 3 {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{:?}", answer.body);
+    assert!(
+        answer.reasons().iter().any(|r| r.contains("stale")),
+        "{:?}",
+        answer.body
+    );
+    assert!(
+        stopped.elapsed() >= max_age - Duration::from_secs(1),
+        "not before the maximum age: {:?}",
+        stopped.elapsed()
+    );
+    let (after, _) = counters(&stack.ext_authz_metrics().await);
+    assert_eq!(after, invalidations, "no notification was applied");
 }

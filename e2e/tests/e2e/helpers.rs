@@ -352,3 +352,11 @@ pub async fn agent_enroll(
     )
     .await
 }
+
+/// A metric's value in a Prometheus exposition (0 if absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
