@@ -18,6 +18,7 @@ mod postgres;
 mod privileges;
 mod proxy;
 mod replay;
+mod replicas;
 mod shadow;
 mod simulator;
 mod update;

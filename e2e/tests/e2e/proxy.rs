@@ -218,10 +218,18 @@ pub async fn grpc_health(port: u16) -> Option<ServingStatus> {
     ServingStatus::try_from(response.into_inner().status).ok()
 }
 
+/// The template's one ext-authz endpoint, repeated once per replica.
+const EXT_AUTHZ_ENDPOINT: &str = "        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: @EXT_AUTHZ_PORT@ }
+";
+
 /// The whole request path.
 pub struct Stack {
     pub api: ControlApi,
     pub ext_authz: ExtAuthz,
+    /// The other replicas, if more than one was asked for (`Options::ext_authz_replicas`).
+    pub replicas: Vec<ExtAuthz>,
     _envoy: Process,
     pub envoy_url: String,
     pub envoy_admin: String,
@@ -246,6 +254,8 @@ pub struct Options<'a> {
     /// roles of their least-privilege roles (`edgemesh_control_api`, `edgemesh_ext_authz`), as in
     /// `make up`.
     pub least_privilege: bool,
+    /// ext-authz replicas behind Envoy's one cluster (each with its own spool): 1 unless set.
+    pub ext_authz_replicas: usize,
 }
 
 impl Default for Options<'_> {
@@ -257,6 +267,7 @@ impl Default for Options<'_> {
             ext_authz_env: Vec::new(),
             audit_spool_files: Vec::new(),
             least_privilege: false,
+            ext_authz_replicas: 1,
         }
     }
 }
@@ -300,6 +311,26 @@ impl Stack {
             &options.ext_authz_env,
         )
         .await;
+        let mut replicas = Vec::new();
+        for n in 1..options.ext_authz_replicas.max(1) {
+            let dir = state.join(format!("ext-authz-{n}"));
+            std::fs::create_dir_all(&dir).expect("replica dir");
+            std::fs::copy(state.join("ca.pem"), dir.join("ca.pem")).expect("CA certificate");
+            replicas.push(
+                ExtAuthz::start(
+                    options
+                        .ext_authz_database_url
+                        .as_deref()
+                        .unwrap_or(&authz_url),
+                    free_port(),
+                    &options.policy_dir,
+                    options.clock,
+                    &dir,
+                    &options.ext_authz_env,
+                )
+                .await,
+            );
+        }
 
         let upstream_port = free_port();
         let upstream = Process::spawn(
@@ -342,11 +373,21 @@ impl Stack {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml.in"),
         )
         .expect("envoy template");
+        assert!(
+            template.contains(EXT_AUTHZ_ENDPOINT),
+            "the template's ext-authz endpoint is not the one the replicas repeat"
+        );
         let config = template
             .replace("@ADMIN_PORT@", &admin_port.to_string())
             .replace("@STATS_PORT@", &stats_port.to_string())
             .replace("@LISTEN_PORT@", &listen_port.to_string())
-            .replace("@EXT_AUTHZ_PORT@", &ext_authz.port.to_string())
+            .replace(
+                EXT_AUTHZ_ENDPOINT,
+                &std::iter::once(&ext_authz)
+                    .chain(&replicas)
+                    .map(|r| EXT_AUTHZ_ENDPOINT.replace("@EXT_AUTHZ_PORT@", &r.port.to_string()))
+                    .collect::<String>(),
+            )
             .replace("@UPSTREAM_PORT@", &upstream_port.to_string())
             .replace("@TRUST_DOMAIN@", "edgemesh.local")
             .replace("@SERVER_CERT@", cert.to_str().expect("utf-8"))
@@ -376,6 +417,7 @@ impl Stack {
         Self {
             api,
             ext_authz,
+            replicas,
             _envoy: envoy,
             envoy_url: format!("https://127.0.0.1:{listen_port}"),
             envoy_admin,
