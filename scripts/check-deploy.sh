@@ -136,3 +136,87 @@ PY
 else
   missing "envoy or the built binaries" "make test builds and installs them first"
 fi
+
+# The Kubernetes manifests: the base and the example overlay render (kubectl kustomize), every
+# resource is valid and has no unknown field (kubernetes-validate --strict), the Envoy configuration
+# in the ConfigMap is envoy/envoy.yaml.in as render-envoy.sh makes it and one Envoy accepts, and the
+# properties the README promises hold.
+kvalidate=$ROOT/.venv/bin/kubernetes-validate
+if command -v kubectl >/dev/null && [ -x "$kvalidate" ]; then
+  ktmp=$(mktemp -d)
+  kubectl kustomize deploy/kubernetes/base >"$ktmp/base.yaml"
+  kubectl kustomize deploy/kubernetes/overlays/example >"$ktmp/example.yaml"
+  "$kvalidate" --strict --quiet "$ktmp/base.yaml" "$ktmp/example.yaml"
+  deploy/kubernetes/render-envoy.sh "$ktmp/envoy.yaml"
+  cmp -s "$ktmp/envoy.yaml" deploy/kubernetes/base/envoy.yaml || {
+    echo "check-deploy: deploy/kubernetes/base/envoy.yaml is not what render-envoy.sh makes of envoy/envoy.yaml.in; run deploy/kubernetes/render-envoy.sh" >&2
+    exit 1
+  }
+  python3 - "$ktmp" <<'PY'
+import sys, yaml
+tmp = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(f"{tmp}/example.yaml")) if d]
+by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+deploy = lambda n: by[("Deployment", n)]
+assert deploy("ext-authz")["spec"]["replicas"] == 3 and deploy("control-api")["spec"]["replicas"] == 2
+svc = by[("Service", "ext-authz")]["spec"]
+assert svc.get("clusterIP") == "None", "ext-authz's Service is not headless: Envoy would see one address"
+envoy = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap"
+                            and d["metadata"]["name"].startswith("envoy-config"))["data"]["envoy.yaml"])
+cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "ext_authz")
+assert cluster["type"] == "STRICT_DNS", cluster["type"]
+addr = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+assert addr["address"] == "ext-authz", addr
+assert cluster["health_checks"][0]["grpc_health_check"], "ext-authz is not health-checked over gRPC"
+assert envoy["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+for kind, name in by:
+    if kind not in ("Deployment", "Job"):
+        continue
+    pod = (by[(kind, name)]["spec"]["template"]["spec"])
+    assert pod["securityContext"].get("runAsNonRoot") is True, f"{name} may run as root"
+    assert pod.get("automountServiceAccountToken") is False, f"{name} mounts an API token"
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        assert sc.get("readOnlyRootFilesystem") is True, f"{name}/{c['name']} writes its root filesystem"
+        assert sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]
+        r = c.get("resources", {})
+        assert r.get("requests") and r.get("limits"), f"{name}/{c['name']} has no requests and limits"
+        if kind == "Deployment":
+            assert "readinessProbe" in c, f"{name}/{c['name']} has no readiness probe"
+assert deploy("ext-authz")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] == 9191
+for name in ("ext-authz", "control-api", "envoy"):
+    assert ("PodDisruptionBudget", name) in by, f"no PodDisruptionBudget for {name}"
+hpa = by[("HorizontalPodAutoscaler", "ext-authz")]["spec"]["scaleTargetRef"]
+assert hpa["kind"] == "Deployment" and hpa["name"] == "ext-authz"
+# Only Envoy reaches ext-authz's Check; nothing else is admitted (default deny).
+assert by[("NetworkPolicy", "default-deny")]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+rules = by[("NetworkPolicy", "ext-authz")]["spec"]["ingress"]
+check = [r for r in rules if any(p["port"] == 9191 for p in r["ports"])]
+assert check == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "envoy"}}}],
+                  "ports": [{"protocol": "TCP", "port": 9191}]}], check
+# Only the services and the migrations reach PostgreSQL.
+clients = {name for (kind, name), d in by.items() if kind in ("Deployment", "Job")
+           and d["spec"]["template"]["metadata"]["labels"].get("edgemesh.io/database-client") == "true"}
+assert clients == {"control-api", "ext-authz", "edgemesh-migrate"}, clients
+db_egress = [(n, p) for (k, n), d in by.items() if k == "NetworkPolicy"
+             for e in d["spec"].get("egress", []) for p in e.get("ports", []) if p.get("port") == 5432]
+assert [n for n, _ in db_egress] == ["database-clients"], db_egress
+with open(f"{tmp}/configmap-envoy.yaml", "w") as f:
+    yaml.safe_dump(envoy, f)
+PY
+  if [ -x "$envoy" ] && [ -x target/debug/edgemesh-control-api ]; then
+    # Envoy loads the certificates it names even to validate: test ones at the mounted paths.
+    mkdir "$ktmp/state"
+    EDGEMESH_STATE_DIR="$ktmp/state" EDGEMESH_LOG=warn target/debug/edgemesh-control-api issue-server-cert \
+      --names localhost --cert-out "$ktmp/tls.crt" --key-out "$ktmp/tls.key" >/dev/null
+    sed -e "s|/etc/envoy/tls/|$ktmp/|g; s|/etc/envoy/ca/ca.pem|$ktmp/state/ca.pem|" \
+      "$ktmp/configmap-envoy.yaml" >"$ktmp/validate.yaml"
+    "$envoy" --mode validate -c "$ktmp/validate.yaml" --log-level error >/dev/null
+  else
+    missing "envoy or the built binaries" "make test builds and installs them first"
+  fi
+  rm -rf "$ktmp"
+  echo "check-deploy: the Kubernetes manifests render, validate strictly, and their Envoy configuration validates"
+else
+  missing "kubectl or kubernetes-validate" "kubectl from the machine, kubernetes-validate: scripts/stack.sh test-tools-install"
+fi

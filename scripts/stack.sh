@@ -146,7 +146,7 @@ envoy_install() {
 # independent check that EdgeMesh's certificates are valid X.509-SVIDs.
 # The tests' Python tools, pinned: py-spiffe (a second SPIFFE implementation reads our certificates),
 # schemathesis (fuzzes the control API against its OpenAPI document) and openapi-spec-validator.
-TEST_TOOLS=('spiffe==0.3.2' 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0')
+TEST_TOOLS=('spiffe==0.3.2' 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' 'kubernetes-validate==1.37.0')
 
 test_tools_install() {
   envoy_install
