@@ -59,8 +59,10 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_CACHE_CAPACITY", default_value_t = 200_000)]
     pub cache_capacity: u64,
 
-    /// Safety net: a cached device is reloaded at least this often even without a notification.
-    #[arg(long, env = "EDGEMESH_CACHE_TTL_SECS", default_value_t = 60,
+    /// Safety net: a cached device is reloaded at least this often even without a notification (the
+    /// notifications carry every change, the heartbeat proves they are heard, and a measurement that
+    /// turns stale is read again anyway).
+    #[arg(long, env = "EDGEMESH_CACHE_TTL_SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cache_ttl_secs: u64,
 

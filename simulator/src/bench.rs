@@ -207,12 +207,12 @@ pub fn check_request(device: &str, cert_pem: &str) -> CheckRequest {
 }
 
 /// What the server says about itself, from its `/metrics`.
-struct ServerSide {
-    text: String,
+pub(crate) struct ServerSide {
+    pub(crate) text: String,
 }
 
 impl ServerSide {
-    async fn scrape(url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn scrape(url: &str) -> anyhow::Result<Self> {
         let text = reqwest::get(url)
             .await
             .with_context(|| format!("cannot scrape {url}"))?
@@ -453,7 +453,7 @@ impl ProxyArgs {
     }
 }
 
-fn parse_watch(text: &str) -> Result<(String, u32), String> {
+pub(crate) fn parse_watch(text: &str) -> Result<(String, u32), String> {
     let (name, pid) = text
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=PID, got {text:?}"))?;
@@ -585,7 +585,7 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
 /// CPU seconds (user + system) used so far by a process and its descendants: the running ones and
 /// those it has reaped (a PostgreSQL backend or autovacuum worker that ended); 0 for a process that
 /// is gone.
-fn process_tree_cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn process_tree_cpu_seconds(pid: u32) -> f64 {
     // Linux reports them in clock ticks, 100 per second on every platform it supports.
     const TICKS: f64 = 100.0;
     let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -10,6 +10,7 @@ mod chain_bench;
 mod console_bench;
 mod db;
 mod fleet;
+mod fleet_bench;
 mod memory_bench;
 mod noop_authz;
 mod run;
@@ -95,6 +96,10 @@ enum Command {
     /// Requests through Envoy on the same route with no authorizer, the do-nothing one and EdgeMesh's
     /// (three listeners of the bench Envoy), interleaved in rounds.
     BenchProxy(ProxyArgs),
+    /// Health at fleet rate: --devices enrolled through the CSR flow report at --rate reports/s in all,
+    /// each over its own mTLS connection, while Checks for them go to an ext-authz on the same
+    /// database: the rate, latency, notifications per report, cache hit rate and CPU per report.
+    BenchFleetHealth(fleet_bench::FleetHealthArgs),
     /// The tamper-evident audit: ROWS replayable decisions stored in bulk into a fresh bench database,
     /// chained by the sequencer, then verified; writes the newest million's window (for
     /// `edgemeshctl policy replay`) to WINDOW_FILE.
@@ -309,6 +314,10 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         Command::BenchCheck(ref args) => {
             let token = admin_token()?;
             bench::check(&control(&token), args).await
+        }
+        Command::BenchFleetHealth(ref args) => {
+            let token = admin_token()?;
+            fleet_bench::fleet_health(&control(&token), args).await
         }
         Command::BenchProxy(ref args) => {
             let token = admin_token()?;
