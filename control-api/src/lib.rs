@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod csr;
 pub mod db;
+pub mod health_writer;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 use sqlx::PgPool;
 
 use crate::db::devices;
@@ -18,6 +21,8 @@ pub struct Metrics {
     pub renewals: IntCounter,
     /// Accepted health reports by verdict: `healthy`, `unhealthy`.
     pub health_checks: IntCounterVec,
+    /// Reports stored per statement of the health writer.
+    pub health_batch: Histogram,
     devices: IntGaugeVec,
     unhealthy_devices: IntGauge,
     database_up: IntGauge,
@@ -51,6 +56,13 @@ impl Metrics {
                 "Health reports accepted, by the compliance verdict (healthy, unhealthy).",
             ),
             &["status"],
+        )?;
+        let health_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "edgemesh_control_api_health_batch_reports",
+                "Health reports stored by each statement of the health writer (the reports that arrived while the previous one ran).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
         )?;
         let devices = IntGaugeVec::new(
             Opts::new(
@@ -100,6 +112,7 @@ impl Metrics {
             Box::new(enrollments.clone()),
             Box::new(renewals.clone()),
             Box::new(health_checks.clone()),
+            Box::new(health_batch.clone()),
             Box::new(devices.clone()),
             Box::new(unhealthy_devices.clone()),
             Box::new(database_up.clone()),
@@ -123,6 +136,7 @@ impl Metrics {
             enrollments,
             renewals,
             health_checks,
+            health_batch,
             devices,
             unhealthy_devices,
             database_up,

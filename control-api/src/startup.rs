@@ -135,7 +135,12 @@ impl Application {
             .await
             .context("failed to prepare the audit and health partitions")?;
 
+        let metrics = Metrics::new()?;
         let state = AppState {
+            health_writer: crate::health_writer::HealthWriter::start(
+                db.clone(),
+                metrics.health_batch.clone(),
+            ),
             db,
             ca: Arc::new(ca),
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
@@ -165,7 +170,7 @@ impl Application {
             max_health_age: time::Duration::seconds(
                 i64::try_from(config.max_health_age_secs).unwrap_or(i64::MAX),
             ),
-            metrics: Metrics::new()?,
+            metrics,
         };
         // Sessions opened with an earlier admin token end with it.
         let ended = crate::console::session::end_other_tokens(&state)

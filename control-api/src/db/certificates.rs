@@ -82,11 +82,14 @@ pub async fn of_device(
 }
 
 /// What is on record of a presented certificate: whose it is, whether it is revoked (or retired)
-/// now, and its device's status.
+/// now, and its device's status, type and OS (what its health is judged with).
 pub struct Presented {
     pub device_id: String,
     pub revoked: bool,
     pub device_status: String,
+    pub device_type: String,
+    pub os: String,
+    pub os_version: String,
 }
 
 /// The certificate with this serial and fingerprint, if one is on record.
@@ -98,7 +101,7 @@ pub async fn presented(
     sqlx::query_as!(
         Presented,
         r#"SELECT c.device_id, coalesce(c.revoked_at <= now(), false) AS "revoked!",
-                  d.status AS device_status
+                  d.status AS device_status, d.device_type, d.os, d.os_version
            FROM certificates c JOIN devices d ON d.id = c.device_id
            WHERE c.serial = $1 AND c.fingerprint = $2"#,
         serial,

@@ -1,6 +1,5 @@
 //! `devices`: enrolment, status, the latest health verdict, owners; and the fleet's counts.
 
-use edgemesh_core::api::HealthReport;
 use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use time::OffsetDateTime;
@@ -215,85 +214,6 @@ pub async fn transfer(db: impl PgExecutor<'_>, id: &str, owner: &str) -> Result<
     sqlx::query!("UPDATE devices SET owner_id = $2 WHERE id = $1", id, owner)
         .execute(db)
         .await?;
-    Ok(())
-}
-
-/// What a health report is judged with: an active device's type and the OS it was enrolled with (or
-/// last reported).
-pub struct Reporting {
-    /// The sequence of the last report accepted from this enrolment.
-    pub health_sequence: Option<i64>,
-    pub device_type: String,
-    pub os: String,
-    pub os_version: String,
-    /// The channel whose rollout it follows.
-    pub update_channel: String,
-    /// The verdict in force (`unknown` before the first report) and its reasons.
-    pub health_status: String,
-    pub health_reasons: Vec<String>,
-}
-
-/// The device, locked for a health report: `None` when it is revoked or unknown.
-pub async fn lock_active(
-    db: impl PgExecutor<'_>,
-    id: &str,
-) -> Result<Option<Reporting>, sqlx::Error> {
-    sqlx::query_as!(
-        Reporting,
-        "SELECT health_sequence, device_type, os, os_version, update_channel, health_status,
-                health_reasons
-         FROM devices WHERE id = $1 AND status = 'active' FOR UPDATE",
-        id
-    )
-    .fetch_optional(db)
-    .await
-}
-
-/// A health report's verdict, on the device.
-pub struct Verdict<'a> {
-    pub sequence: i64,
-    pub status: &'a str,
-    pub reasons: &'a [String],
-    pub report: &'a HealthReport,
-}
-
-/// Keeps the latest report's facts and verdict on the device, which is all a decision reads of its
-/// health. Its health is as old as its measurement: a report collected long ago is not fresh (and one
-/// dated ahead counts from now). The database notifies ext-authz only if something a decision reads
-/// changed (see the `devices_notify_decision_change` trigger).
-pub async fn record_verdict(
-    db: impl PgExecutor<'_>,
-    id: &str,
-    verdict: &Verdict<'_>,
-) -> Result<(), sqlx::Error> {
-    let report = verdict.report;
-    sqlx::query!(
-        "UPDATE devices SET health_status = $2, health_reasons = $3,
-             last_health_at = LEAST($4, now()), health_received_at = now(), last_seen_at = now(),
-             os = COALESCE($5, os), os_version = COALESCE($6, os_version), health_sequence = $7,
-             agent_version = $8, agent_target = COALESCE($9, agent_target),
-             cpu_usage = $10, memory_usage = $11, disk_usage = $12, disk_encrypted = $13,
-             os_patches_current = $14, antivirus_enabled = $15, firewall_enabled = $16
-         WHERE id = $1",
-        id,
-        verdict.status,
-        verdict.reasons,
-        report.collected_at,
-        report.os.as_deref(),
-        report.os_version.as_deref(),
-        verdict.sequence,
-        report.agent_version,
-        report.agent_target.as_deref(),
-        report.cpu_usage,
-        report.memory_usage,
-        report.disk_usage,
-        report.disk_encrypted,
-        report.os_patches_current,
-        report.antivirus_enabled,
-        report.firewall_enabled
-    )
-    .execute(db)
-    .await?;
     Ok(())
 }
 

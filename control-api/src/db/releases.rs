@@ -155,24 +155,6 @@ pub async fn rollouts(db: impl PgExecutor<'_>) -> Result<Vec<Rollout>, sqlx::Err
     .await
 }
 
-/// The rollout of `channel`, if its version has a build for `target`.
-pub async fn offer(
-    db: impl PgExecutor<'_>,
-    channel: &str,
-    target: &str,
-) -> Result<Option<Rollout>, sqlx::Error> {
-    sqlx::query_as!(
-        Rollout,
-        "SELECT o.channel, o.version, o.percent, o.updated_at FROM agent_rollouts o
-         WHERE o.channel = $1
-           AND EXISTS (SELECT 1 FROM agent_releases r WHERE r.version = o.version AND r.target = $2)",
-        channel,
-        target
-    )
-    .fetch_optional(db)
-    .await
-}
-
 /// An active device of a channel, with the version it last reported and its last update step.
 pub struct Member {
     pub id: String,

@@ -52,6 +52,10 @@ pub const CERTIFICATE_403: &str =
 pub struct AuthenticatedDevice {
     pub device: DeviceId,
     pub serial: String,
+    /// The device's type and the OS it was enrolled with (or last reported).
+    pub device_type: String,
+    pub os: String,
+    pub os_version: String,
 }
 
 impl FromRequestParts<AppState> for AuthenticatedDevice {
@@ -107,9 +111,12 @@ impl FromRequestParts<AppState> for AuthenticatedDevice {
                 "device_revoked",
                 "the device is revoked",
             )),
-            Some(_) => Ok(Self {
+            Some(c) => Ok(Self {
                 device,
                 serial: info.serial,
+                device_type: c.device_type,
+                os: c.os,
+                os_version: c.os_version,
             }),
         }
     }

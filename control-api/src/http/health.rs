@@ -18,9 +18,9 @@ use super::admin::ADMIN_401;
 use super::device::{AuthenticatedDevice, CERTIFICATE_401};
 use super::extract::{Json, Path, Peer, Query};
 use super::{ApiError, AppState, bounded_text, releases};
-use crate::audit::{Event, EventType};
 use crate::db::devices;
-use crate::db::health::{self, StoredReport};
+use crate::db::health::{self, Judged, StoredReport};
+use crate::health_writer::Outcome;
 
 /// A report may be dated at most this far ahead of the server's clock.
 const MAX_CLOCK_AHEAD: time::Duration = time::Duration::minutes(5);
@@ -128,34 +128,15 @@ async fn report(
     let now = OffsetDateTime::now_utc();
     validate(&report, &caller.device, now)?;
 
-    let mut tx = state.db.begin().await?;
-    let Some(stored) = devices::lock_active(&mut *tx, caller.device.as_str()).await? else {
-        return Err(ApiError::forbidden(
-            "device_revoked",
-            "the device is revoked",
-        ));
-    };
-    // One report per sequence number, in increasing order: one sent again (recorded on the way, say)
-    // is refused, whoever sends it.
     let sequence = i64::try_from(report.sequence).unwrap_or(i64::MAX);
-    if let Some(last) = stored.health_sequence
-        && sequence <= last
-    {
-        return Err(ApiError::conflict(
-            "stale_sequence",
-            format!(
-                "report sequence {sequence} is not above {last}, the last one accepted from this device"
-            ),
-        ));
-    }
     // The compliance rules read the same device and health objects as every decision does.
     let input = input::compliance(
         input::device(input::Device {
             id: Value::from(caller.device.as_str()),
-            device_type: Value::from(stored.device_type.as_str()),
+            device_type: Value::from(caller.device_type.as_str()),
             status: Value::from("active"),
-            os: Value::from(report.os.as_deref().unwrap_or(&stored.os)),
-            os_version: Value::from(report.os_version.as_deref().unwrap_or(&stored.os_version)),
+            os: Value::from(report.os.as_deref().unwrap_or(&caller.os)),
+            os_version: Value::from(report.os_version.as_deref().unwrap_or(&caller.os_version)),
         }),
         input::health(input::Health {
             age_seconds: (now - report.collected_at).whole_seconds().max(0),
@@ -189,58 +170,60 @@ async fn report(
     } else {
         decision.messages()
     };
-    health::insert(
-        &mut *tx,
-        caller.device.as_str(),
-        &caller.serial,
-        &report,
+    // Stored with the reports that arrive meanwhile, in one transaction; the history keeps every
+    // report, the audit trail every change of verdict (the first report of an enrolment included),
+    // not the fleet's every report.
+    let judged = Judged {
+        device: caller.device.to_string(),
+        serial: caller.serial,
+        report,
         sequence,
         status,
-        &reasons,
-    )
-    .await?;
-    let verdict = devices::Verdict {
-        sequence,
-        status,
-        reasons: &reasons,
-        report: &report,
+        reasons,
     };
-    devices::record_verdict(&mut *tx, caller.device.as_str(), &verdict).await?;
-    // The history keeps every report; the audit trail keeps every change of verdict (the first report
-    // of an enrolment included), not the fleet's every report.
-    let changed = stored.health_status != status || stored.health_reasons != reasons;
-    if changed {
-        Event::new(EventType::Health, "verdict")
-            .device(caller.device.as_str())
-            .serial(&caller.serial)
-            .peer(peer)
-            .reasons(reasons.clone())
-            .details(serde_json::json!({ "status": status, "previous": stored.health_status }))
-            .record(&mut tx)
-            .await?;
-    }
-    tx.commit().await?;
+    let outcome = state.health_writer.write(judged.clone(), peer).await?;
+    let (previous, changed, rollout) = match outcome {
+        Outcome::Stored {
+            previous_status,
+            changed,
+            rollout,
+        } => (previous_status, changed, rollout),
+        Outcome::Revoked => {
+            return Err(ApiError::forbidden(
+                "device_revoked",
+                "the device is revoked",
+            ));
+        }
+        // One report per sequence number, in increasing order: one sent again (recorded on the way,
+        // say) is refused, whoever sends it.
+        Outcome::Stale { last } => {
+            return Err(ApiError::conflict(
+                "stale_sequence",
+                format!(
+                    "report sequence {sequence} is not above {last}, the last one accepted from this device"
+                ),
+            ));
+        }
+    };
     state
         .metrics
         .health_checks
         .with_label_values(&[status])
         .inc();
     if changed {
-        tracing::info!(device = %caller.device, status, previous = stored.health_status, ?reasons, "health verdict changed");
+        tracing::info!(device = %caller.device, status, previous, reasons = ?judged.reasons, "health verdict changed");
     } else {
         tracing::debug!(device = %caller.device, status, "health report");
     }
     let update = releases::offer_for(
-        &state.db,
+        rollout,
         &caller.device,
-        &stored.update_channel,
-        &report.agent_version,
-        report.agent_target.as_deref(),
-    )
-    .await?;
+        &judged.report.agent_version,
+        judged.report.agent_target.as_deref(),
+    );
     Ok(axum::Json(HealthVerdict {
         status: status.to_owned(),
-        reasons,
+        reasons: judged.reasons,
         update,
     }))
 }

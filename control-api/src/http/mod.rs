@@ -45,6 +45,8 @@ pub struct AppState {
     /// The policies; control-api evaluates the compliance rules on every health report.
     pub policies: Arc<PolicyStore>,
     pub health_limiter: Arc<limit::RateLimiter>,
+    /// Stores accepted health reports, in batches.
+    pub health_writer: crate::health_writer::HealthWriter,
     /// Refused enrolments per source address: beyond it, refusals are neither processed nor audited.
     pub enroll_refusals: Arc<limit::RateLimiter>,
     /// Enrolment requests per source address, and per token (by its SHA-256).

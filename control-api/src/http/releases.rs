@@ -377,35 +377,29 @@ async fn set_channel(
     Ok(axum::Json(body))
 }
 
-/// The update a device is offered: its channel's version, if the device is in the rollout's share,
-/// runs another (lower) version, and a build for its target is published.
-pub async fn offer_for(
-    db: &sqlx::PgPool,
+/// The update a device is offered: its channel's `rollout` (of a version with a build for its
+/// target), if the device is in the rollout's share and runs another (lower) version.
+pub fn offer_for(
+    rollout: Option<Rollout>,
     device: &DeviceId,
-    channel: &str,
     running: &str,
     target: Option<&str>,
-) -> Result<Option<UpdateOffer>, sqlx::Error> {
-    let Some(target) = target else {
-        return Ok(None);
-    };
-    let Some(rollout) = releases::offer(db, channel, target).await? else {
-        return Ok(None);
-    };
+) -> Option<UpdateOffer> {
+    let (rollout, target) = (rollout?, target?);
     let percent = u8::try_from(rollout.percent).unwrap_or(0);
     if !release::in_rollout(device.as_str(), percent)
         || !release::is_newer(&rollout.version, running)
     {
-        return Ok(None);
+        return None;
     }
     let path = format!("/api/v1/releases/{}/{target}", rollout.version);
-    Ok(Some(UpdateOffer {
+    Some(UpdateOffer {
         binary_path: format!("{path}/binary"),
         manifest_path: path,
         version: rollout.version,
         target: target.to_owned(),
         channel: rollout.channel,
-    }))
+    })
 }
 
 /// A release's signed manifest, as the operator signed it.

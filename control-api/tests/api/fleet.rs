@@ -254,3 +254,91 @@ async fn a_maintenance_job_runs_once_however_many_replicas_look(db: PgPool) {
             .expect("row");
     assert_eq!(json!({ "by": ran_by }), *found);
 }
+
+/// The histogram's `_sum` and `_count` in `/metrics`.
+async fn batches(app: &crate::helpers::TestApp) -> (f64, f64) {
+    let text = app
+        .http
+        .get(&app.metrics)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    (
+        sample("edgemesh_control_api_health_batch_reports_sum"),
+        sample("edgemesh_control_api_health_batch_reports_count"),
+    )
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn reports_arriving_together_are_stored_together_each_with_its_own_answer(db: PgPool) {
+    let app = spawn_app(db.clone()).await;
+    const DEVICES: usize = 30;
+    let mut clients = Vec::new();
+    for n in 0..DEVICES {
+        clients.push(device(&app, &format!("owner-{n}"), &format!("pi-batch-{n}")).await);
+    }
+    let (sum_before, _) = batches(&app).await;
+    // Every device at once; the first also sends its report twice (a retry racing the original),
+    // and the last an unhealthy one.
+    let mut bodies: Vec<(usize, Value)> = (0..DEVICES).map(|n| (n, healthy_report())).collect();
+    bodies.push((0, bodies[0].1.clone()));
+    bodies[DEVICES - 1].1["os_patches_current"] = json!(false);
+    let answers = futures_util::future::join_all(bodies.iter().map(|(n, body)| {
+        let client = clients[*n].clone();
+        let url = format!("{}/api/v1/health", app.device_api);
+        async move {
+            let response = client.post(url).json(body).send().await.expect("report");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    }))
+    .await;
+    for (n, (status, body)) in answers.iter().enumerate().take(DEVICES).skip(1) {
+        assert_eq!(*status, StatusCode::OK, "device {n}: {body}");
+    }
+    assert_eq!(answers[DEVICES - 1].1["status"], "unhealthy");
+    assert_eq!(answers[1].1["status"], "healthy");
+    // Of the two copies of the first device's report, one is stored and the other refused.
+    let mut first: Vec<_> = [&answers[0], &answers[DEVICES]]
+        .iter()
+        .map(|(status, body)| (*status, body["error"].as_str().map(str::to_owned)))
+        .collect();
+    first.sort_by_key(|(status, _)| status.as_u16());
+    assert_eq!(
+        first,
+        [
+            (StatusCode::OK, None),
+            (StatusCode::CONFLICT, Some("stale_sequence".to_owned()))
+        ]
+    );
+
+    let (reports, healthy, unhealthy): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM health_reports),
+                count(*) FILTER (WHERE health_status = 'healthy'),
+                count(*) FILTER (WHERE health_status = 'unhealthy')
+         FROM devices",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("counts");
+    assert_eq!((reports, healthy, unhealthy), (DEVICES as i64, 29, 1));
+    let verdicts: (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit_log WHERE event_type = 'health' AND action = 'verdict'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("audit");
+    assert_eq!(verdicts.0, DEVICES as i64, "one verdict change per device");
+    // Every report went through the writer, the refused copy included.
+    let (sum, count) = batches(&app).await;
+    assert_eq!(sum - sum_before, DEVICES as f64 + 1.0);
+    eprintln!("{} reports in {count} statements", sum - sum_before);
+}

@@ -298,8 +298,11 @@ async fn killing_an_ext_authz_replica_under_load_fails_only_checks_in_flight(
         served_after > 100,
         "only {served_after} served after the kill"
     );
+    // Every request served after the kill was decided by the survivor, but for those in flight
+    // around the two snapshots (at most one per client at each): decided by the killed replica
+    // before it went, or by the survivor before its count was read.
     assert!(
-        survivor >= served_after as f64,
+        survivor + 2.0 * CLIENTS as f64 >= served_after as f64,
         "the survivor decided {survivor} of {served_after}"
     );
 }
