@@ -6,8 +6,9 @@
 use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 
-/// A device with its owner's role and its latest health report's facts (`health_received_at` is `None`
-/// while its enrolment has not reported).
+/// A device with its owner's role, its latest health report's facts (`health_received_at` is `None`
+/// while its enrolment has not reported), and its certificates that have not expired (a revoked or
+/// retired one included, with when): one round trip, one snapshot.
 pub struct DeviceRow {
     pub id: String,
     pub device_type: String,
@@ -26,42 +27,33 @@ pub struct DeviceRow {
     pub os_patches_current: Option<bool>,
     pub antivirus_enabled: Option<bool>,
     pub firewall_enabled: Option<bool>,
+    /// The certificates' serials, fingerprints (SHA-256 of the DER, hexadecimal) and revocation
+    /// times, in one order.
+    pub serials: Vec<String>,
+    pub fingerprints: Vec<String>,
+    pub revoked_at: Vec<Option<OffsetDateTime>>,
 }
 
 pub async fn device(db: impl PgExecutor<'_>, id: &str) -> Result<Option<DeviceRow>, sqlx::Error> {
     sqlx::query_as!(
         DeviceRow,
-        "SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role,
+        r#"SELECT d.id, d.device_type, d.status, d.os, d.os_version, d.owner_id, u.role,
                 d.health_status, d.health_received_at, d.last_health_at, d.cpu_usage,
                 d.memory_usage, d.disk_usage, d.disk_encrypted, d.os_patches_current,
-                d.antivirus_enabled, d.firewall_enabled
+                d.antivirus_enabled, d.firewall_enabled,
+                coalesce(c.serials, '{}') AS "serials!",
+                coalesce(c.fingerprints, '{}') AS "fingerprints!",
+                coalesce(c.revoked_at, '{}') AS "revoked_at!: Vec<Option<OffsetDateTime>>"
          FROM devices d JOIN users u ON u.id = d.owner_id
-         WHERE d.id = $1",
+         LEFT JOIN LATERAL (
+             SELECT array_agg(serial) AS serials, array_agg(fingerprint) AS fingerprints,
+                    array_agg(revoked_at) AS revoked_at
+             FROM certificates WHERE device_id = d.id AND not_after > now()
+         ) c ON true
+         WHERE d.id = $1"#,
         id
     )
     .fetch_optional(db)
-    .await
-}
-
-/// A certificate of the device that has not expired (a revoked or retired one included, with when).
-pub struct CertificateRow {
-    pub serial: String,
-    /// SHA-256 of the DER, hexadecimal.
-    pub fingerprint: String,
-    pub revoked_at: Option<OffsetDateTime>,
-}
-
-pub async fn unexpired_certificates(
-    db: impl PgExecutor<'_>,
-    device: &str,
-) -> Result<Vec<CertificateRow>, sqlx::Error> {
-    sqlx::query_as!(
-        CertificateRow,
-        "SELECT serial, fingerprint, revoked_at FROM certificates
-         WHERE device_id = $1 AND not_after > now()",
-        device
-    )
-    .fetch_all(db)
     .await
 }
 

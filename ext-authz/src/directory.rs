@@ -245,19 +245,20 @@ impl Directory {
     }
 
     async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
-        let mut conn = self.db.acquire().await?;
-        let Some(row) = db::device(&mut *conn, device).await? else {
+        let Some(row) = db::device(&self.db, device).await? else {
             return Ok(None);
         };
-        let certificates = db::unexpired_certificates(&mut *conn, device)
-            .await?
+        let certificates = row
+            .serials
             .into_iter()
+            .zip(row.fingerprints)
+            .zip(row.revoked_at)
             // A fingerprint that is not 64 hex digits matches no presented certificate.
-            .filter_map(|c| {
+            .filter_map(|((serial, fingerprint), revoked_at)| {
                 Some(CertificateRecord {
-                    fingerprint: Fingerprint::from_hex(&c.fingerprint)?,
-                    serial: c.serial,
-                    revoked_at: c.revoked_at,
+                    fingerprint: Fingerprint::from_hex(&fingerprint)?,
+                    serial,
+                    revoked_at,
                 })
             })
             .collect();

@@ -18,6 +18,80 @@ use crate::db::{self, Seeded};
 use crate::fleet::run_id;
 use crate::stats::sample;
 
+/// The CA in `ca_cert` and `ca_key` (the one the bench's ext-authz trusts: it checks the
+/// certificates' signature, Envoy is not in these benches).
+pub fn read_issuer(
+    ca_cert: &std::path::Path,
+    ca_key: &std::path::Path,
+) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    Issuer::from_ca_cert_pem(&read(ca_cert)?, KeyPair::from_pem(&read(ca_key)?)?)
+        .context("the bench CA is not usable")
+}
+
+/// `count` devices `<prefix>-<n>`, each with a certificate of `ca` for one shared key and a serial
+/// unique to the run `run` (hexadecimal), issued on every core.
+pub fn issue_fleet(
+    ca: &Issuer<'static, KeyPair>,
+    prefix: &str,
+    run: &str,
+    count: u32,
+) -> anyhow::Result<Vec<Seeded>> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let run_tag = u64::from_str_radix(run, 16).unwrap_or_default();
+    let issue = |i: u32| -> anyhow::Result<Seeded> {
+        let id = format!("{prefix}-{i:07}");
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, &id);
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://edgemesh.local/device/{id}").try_into()?,
+        )];
+        // Unique across runs too: the run's tag, then the index.
+        let mut serial = [0x40u8; 16];
+        serial[1..8].copy_from_slice(&run_tag.to_be_bytes()[1..]);
+        serial[8..].copy_from_slice(&u64::from(i).to_be_bytes());
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let cert = params.signed_by(&key, ca)?;
+        let info = CertInfo::from_der(cert.der())?;
+        Ok(Seeded {
+            id,
+            cert_pem: cert.pem(),
+            info,
+        })
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from) as u32;
+    std::thread::scope(|scope| {
+        let shares: Vec<_> = (0..threads)
+            .map(|t| {
+                let issue = &issue;
+                scope.spawn(move || {
+                    (0..count)
+                        .filter(|i| i % threads == t)
+                        .map(issue)
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut shares = shares
+            .into_iter()
+            .map(|share| {
+                share
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("an issuing thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Back in index order: device n is element n.
+        let mut devices = Vec::with_capacity(count as usize);
+        let mut iters: Vec<_> = shares.iter_mut().map(|s| s.drain(..)).collect();
+        for i in 0..count {
+            devices.extend(iters[(i % threads) as usize].next());
+        }
+        Ok(devices)
+    })
+}
+
 pub async fn memory(
     database_url: &str,
     ext_authz: &str,
@@ -34,37 +108,9 @@ pub async fn memory(
         .context("cannot connect to the bench database")?;
     let run = run_id();
 
-    // Certificates of the CA the bench's ext-authz trusts (it checks their signature; Envoy is not in
-    // this bench): one key, a distinct serial and identity each.
     let started = Instant::now();
-    let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let ca = Issuer::from_ca_cert_pem(&read(ca_cert)?, KeyPair::from_pem(&read(ca_key)?)?)
-        .context("the bench CA is not usable")?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let run_tag = u64::from_str_radix(&run, 16).unwrap_or_default();
-    let mut devices = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let id = format!("mem-{run}-{i:06}");
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, &id);
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://edgemesh.local/device/{id}").try_into()?,
-        )];
-        // Unique across runs too: the run's tag, then the index.
-        let mut serial = [0x40u8; 16];
-        serial[1..8].copy_from_slice(&run_tag.to_be_bytes()[1..]);
-        serial[8..].copy_from_slice(&u64::from(i).to_be_bytes());
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        let cert = params.signed_by(&key, &ca)?;
-        let info = CertInfo::from_der(cert.der())?;
-        devices.push(Seeded {
-            id,
-            cert_pem: cert.pem(),
-            info,
-        });
-    }
+    let ca = read_issuer(ca_cert, ca_key)?;
+    let devices = issue_fleet(&ca, &format!("mem-{run}"), &run, total)?;
     eprintln!(
         "issued {total} certificates in {:.1} s",
         started.elapsed().as_secs_f64()
