@@ -53,8 +53,7 @@ pgpass() { printf '%s/pgpass%s' "$(pg_base)" "${1:+-$1}"; }
 export PGPASSFILE=${PGPASSFILE:-$(pgpass)}
 
 # A database URL for `role` (default: the superuser) over the cluster's Unix socket: no TCP stack on the
-# path, and no wait for acknowledgements between the pieces of the audit's streamed COPY (sqlx 0.9.0
-# leaves Nagle's algorithm on for TCP).
+# path (a database on another host is reached over TCP, where sqlx sets TCP_NODELAY).
 db_url() { printf 'postgres://%s@localhost/%s?host=%s/run&port=%s' "${1:-postgres}" "${2:-edgemesh}" "$(pg_base)" "$PG_PORT"; }
 export EDGEMESH_DATABASE_URL=${EDGEMESH_DATABASE_URL:-$(db_url)}
 

@@ -235,9 +235,8 @@ fn first_gap(batch: &[Entry], shipped: u64) -> Option<usize> {
 /// batch (a gap: the queue was full) ends the batch and is `held` for the next. Sending as records
 /// come spreads PostgreSQL's work over the window instead of a burst at its end (a burst takes a core
 /// from Envoy on a small machine): the table's volatile `written_at` default makes PostgreSQL insert
-/// each row as it arrives (the migration that adds it says why). Over TCP, sqlx 0.9.0 leaves Nagle's
-/// algorithm on, so the pieces reach PostgreSQL only as fast as it acknowledges them (up to 40 ms);
-/// over a Unix socket they do not wait.
+/// each row as it arrives (the migration that adds it says why). Over TCP the pieces do not wait for
+/// acknowledgements: sqlx (since 0.9.1) sets `TCP_NODELAY` on its connections.
 async fn stream(
     db: &PgPool,
     rx: &mut mpsc::Receiver<Entry>,
@@ -297,8 +296,8 @@ async fn stream(
     }
     // The contexts the batch carries, stored (on another connection) before its records commit.
     bounded(insert_contexts(db, batch.iter().map(|e| &e.record))).await?;
-    // The trailer goes with the last rows: a message of its own would wait for the previous one's
-    // acknowledgement (Nagle's algorithm; sqlx's connections do not set TCP_NODELAY).
+    // The trailer goes with the last rows: one message fewer (it once waited for the previous one's
+    // acknowledgement, when sqlx 0.9.0 left Nagle's algorithm on).
     rows.extend_from_slice(COPY_TRAILER);
     bounded(copy.send(rows.as_slice())).await?;
     bounded(copy.finish()).await
