@@ -561,12 +561,7 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
         cpu / edgemesh_checks.max(1.0) * 1e6
     );
     println!("CPU per request (µs)      none   do-nothing   edgemesh");
-    let names = args
-        .watch
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .chain(["load generator"]);
-    for (name, seconds) in names.zip(&watched) {
+    for (name, seconds) in watched_names(&args.watch).zip(&watched) {
         let per = |i: usize| seconds[i] / (latencies[i].len().max(1) as f64) * 1e6;
         println!(
             "{name:<22} {:>7.1} {:>12.1} {:>10.1}",
@@ -585,6 +580,15 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
 /// CPU seconds (user + system) used so far by a process and its descendants: the running ones and
 /// those it has reaped (a PostgreSQL backend or autovacuum worker that ended); 0 for a process that
 /// is gone.
+/// The names of the `--watch` processes, then the load generator's (this process): the rows of a
+/// CPU-per-request table, in the order their CPU is read.
+pub(crate) fn watched_names(watch: &[(String, u32)]) -> impl Iterator<Item = &str> {
+    watch
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .chain(["load generator"])
+}
+
 pub(crate) fn process_tree_cpu_seconds(pid: u32) -> f64 {
     // Linux reports them in clock ticks, 100 per second on every platform it supports.
     const TICKS: f64 = 100.0;

@@ -167,15 +167,16 @@ impl ExtAuthz {
             .context("ext-authz did not stop")??;
         Ok(())
     }
+}
 
-    async fn counters(&self) -> anyhow::Result<(f64, f64, f64)> {
-        let text = reqwest::get(&self.metrics).await?.text().await?;
-        Ok((
-            sample(&text, "edgemesh_ext_authz_cache_hits_total").unwrap_or(0.0),
-            sample(&text, "edgemesh_ext_authz_cache_misses_total").unwrap_or(0.0),
-            sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) / 1_048_576.0,
-        ))
-    }
+/// ext-authz's cache hits and misses so far, and its resident memory (MiB), from its `metrics`.
+async fn counters(metrics: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let text = reqwest::get(metrics).await?.text().await?;
+    Ok((
+        sample(&text, "edgemesh_ext_authz_cache_hits_total").unwrap_or(0.0),
+        sample(&text, "edgemesh_ext_authz_cache_misses_total").unwrap_or(0.0),
+        sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) / 1_048_576.0,
+    ))
 }
 
 /// Checks at `rate` for `duration`, each of a device drawn by `popularity`.
@@ -274,16 +275,12 @@ pub async fn directory(args: &DirectoryArgs) -> anyhow::Result<()> {
         let metrics = ext_authz.metrics.clone();
         async move {
             tokio::time::sleep(duration / 2).await;
-            let text = reqwest::get(&metrics).await?.text().await?;
-            anyhow::Ok((
-                sample(&text, "edgemesh_ext_authz_cache_hits_total").unwrap_or(0.0),
-                sample(&text, "edgemesh_ext_authz_cache_misses_total").unwrap_or(0.0),
-            ))
+            counters(&metrics).await
         }
     });
     let samples = traffic(&ext_authz.client, &fleet, &popularity, args.rate, duration).await?;
-    let (hits_half, misses_half) = half.await??;
-    let (hits, misses, rss) = ext_authz.counters().await?;
+    let (hits_half, misses_half, _) = half.await??;
+    let (hits, misses, rss) = counters(&ext_authz.metrics).await?;
     let (hits, misses) = (hits - hits_half, misses - misses_half);
     let allowed = samples.iter().filter(|s| s.allowed).count();
     let firsts: Vec<_> = samples.iter().filter(|s| s.first).collect();

@@ -17,7 +17,9 @@ use futures_util::StreamExt;
 use sqlx::postgres::PgListener;
 use tokio::sync::Mutex;
 
-use crate::bench::{ControlPlane, ServerSide, check_request, process_tree_cpu_seconds};
+use crate::bench::{
+    ControlPlane, ServerSide, check_request, process_tree_cpu_seconds, watched_names,
+};
 use crate::fleet::{Admin, enroll_all, healthy_report, run_id};
 use crate::stats::{percentile, sample};
 
@@ -232,12 +234,8 @@ pub async fn fleet_health(
         );
     }
     println!("CPU per report (µs; Checks included where they ran)");
-    let names = args
-        .watch
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .chain(["load generator"]);
-    for (name, (after, before)) in names.zip(cpu_after.iter().zip(&cpu_before)) {
+    for (name, (after, before)) in watched_names(&args.watch).zip(cpu_after.iter().zip(&cpu_before))
+    {
         println!(
             "  {name:<20} {:>8.1}",
             (after - before) / stored.max(1.0) * 1e6

@@ -61,32 +61,27 @@ pub fn issue_fleet(
             info,
         })
     };
+    // Each thread a contiguous share, joined in order: device n is element n.
     let threads = std::thread::available_parallelism().map_or(1, usize::from) as u32;
+    let share = count.div_ceil(threads);
     std::thread::scope(|scope| {
         let shares: Vec<_> = (0..threads)
             .map(|t| {
                 let issue = &issue;
                 scope.spawn(move || {
-                    (0..count)
-                        .filter(|i| i % threads == t)
+                    (t * share..((t + 1) * share).min(count))
                         .map(issue)
                         .collect::<anyhow::Result<Vec<_>>>()
                 })
             })
             .collect();
-        let mut shares = shares
-            .into_iter()
-            .map(|share| {
+        let mut devices = Vec::with_capacity(count as usize);
+        for share in shares {
+            devices.extend(
                 share
                     .join()
-                    .map_err(|_| anyhow::anyhow!("an issuing thread panicked"))?
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // Back in index order: device n is element n.
-        let mut devices = Vec::with_capacity(count as usize);
-        let mut iters: Vec<_> = shares.iter_mut().map(|s| s.drain(..)).collect();
-        for i in 0..count {
-            devices.extend(iters[(i % threads) as usize].next());
+                    .map_err(|_| anyhow::anyhow!("an issuing thread panicked"))??,
+            );
         }
         Ok(devices)
     })
