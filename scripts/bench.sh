@@ -178,6 +178,47 @@ run "$BIN/edgemesh-simulator" bench-directory --devices 1000000 --rate 2000 --du
   --spool-dir "$STATE/bench/directory-audit-spool"
 pg_sql -d postgres -c "DROP DATABASE edgemesh_directory WITH (FORCE)"
 
+echo "== PostgreSQL on another host: in a network namespace, 4 ms of round trip away (scripts/remote-postgres.sh)"
+# A cluster of its own in a namespace, reached over TCP across a veth pair and a delaying relay. A
+# control API and an ext-authz on it, as in a deployment with a database on another machine: the audit
+# writer's rate, Checks with a warm cache (their audit records cross the network), then cache misses.
+# Revocation propagation in this layout is the e2e test remote::revocations_reach_every_replica_….
+REMOTE_PG="$STATE/bench/remote-postgres"
+remote_cleanup() { stop bench-ext-authz; stop bench-control-api; scripts/remote-postgres.sh stop "$REMOTE_PG"; }
+trap 'remote_cleanup; cleanup' EXIT
+scripts/remote-postgres.sh stop "$REMOTE_PG"; rm -rf "$REMOTE_PG"
+REMOTE_URL=$(scripts/remote-postgres.sh start "$REMOTE_PG" 4)
+echo "\$ psql $REMOTE_URL -c 'SELECT 1' (10 times)"
+/usr/bin/env time -f "10 connections and queries: %e s" \
+  bash -c "for i in \$(seq 10); do '$PG_BIN/psql' '$REMOTE_URL' -qtAc 'SELECT 1' >/dev/null; done"
+EDGEMESH_DATABASE_URL=$REMOTE_URL "$BIN/edgemesh-control-api" migrate
+run "$BIN/edgemesh-simulator" bench-audit-writer --database-url "$REMOTE_URL" --records 200000 --steady-secs 10
+rm -rf "$STATE/bench/remote-control-api" "$STATE/bench/remote-audit-spool"
+start bench-control-api \
+  "curl -sf --cacert '$STATE/bench/remote-control-api/ca.pem' https://127.0.0.1:18444/healthz" \
+  env EDGEMESH_DATABASE_URL="$REMOTE_URL" EDGEMESH_STATE_DIR="$STATE/bench/remote-control-api" \
+    EDGEMESH_API_LISTEN=127.0.0.1:18444 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18443 \
+    EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19190 EDGEMESH_LOG=warn \
+    EDGEMESH_ADMIN_BURST=100000 EDGEMESH_ADMIN_RATE=10000 EDGEMESH_ENROLL_BURST=100000 EDGEMESH_ENROLL_RATE=100000 \
+    "$BIN/edgemesh-control-api"
+start bench-ext-authz "curl -sf http://127.0.0.1:19192/metrics" \
+  env EDGEMESH_DATABASE_URL="$REMOTE_URL" EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
+    EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 \
+    EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/remote-audit-spool" EDGEMESH_CA_CERT="$STATE/bench/remote-control-api/ca.pem" \
+    EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve
+run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 --device-api https://127.0.0.1:18443 \
+  --admin-token-file "$STATE/bench/remote-control-api/admin-token" bench-check --ext-authz http://127.0.0.1:19191 \
+  --metrics http://127.0.0.1:19192/metrics --devices 100 --rate 1000 --duration-secs 10 --concurrency 16
+stop bench-ext-authz
+stop bench-control-api
+rm -rf "$STATE/bench/remote-directory-audit-spool"
+run "$BIN/edgemesh-simulator" bench-directory --database-url "$REMOTE_URL" --devices 100000 --rate 1000 \
+  --duration-secs 30 --restart-secs 15 --ext-authz-bin "$BIN/edgemesh-ext-authz" \
+  --ca-cert "$STATE/bench/control-api/ca.pem" --ca-key "$STATE/bench/control-api/ca-key.pem" \
+  --spool-dir "$STATE/bench/remote-directory-audit-spool"
+remote_cleanup
+trap cleanup EXIT
+
 echo "== revocation propagation: 50 revocations during traffic through Envoy (the simulator's scenario)"
 run "$BIN/edgemesh-simulator" --devices 400 --duration 60s --rate 50 --scenario revocation --revocations 50
 

@@ -55,6 +55,13 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_CLOCK", value_parser = parse_instant)]
     pub clock: Option<OffsetDateTime>,
 
+    /// Connections to PostgreSQL, at most: cache misses, the audit writer and the policy poller share
+    /// them (the change listener has its own). A miss holds one for a round trip, so a database
+    /// further away needs more for the same rate of misses.
+    #[arg(long, env = "EDGEMESH_DATABASE_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_connections: u32,
+
     /// Devices kept in the cache.
     #[arg(long, env = "EDGEMESH_CACHE_CAPACITY", default_value_t = 200_000)]
     pub cache_capacity: u64,

@@ -245,7 +245,16 @@ impl Directory {
     }
 
     async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
-        let Some(row) = db::device(&self.db, device).await? else {
+        let row = match db::device(&self.db, device).await {
+            // The pool does not ping a connection before lending it: one that broke while idle (a
+            // restarted server, a dropped NAT entry) fails here, is dropped, and another is asked.
+            Err(sqlx::Error::Io(e)) => {
+                tracing::debug!(error = %e, "a pooled connection was broken; asking another");
+                db::device(&self.db, device).await?
+            }
+            row => row?,
+        };
+        let Some(row) = row else {
             return Ok(None);
         };
         let certificates = row

@@ -93,9 +93,13 @@ impl Server {
             None => None,
         };
         let ca_der: Arc<[u8]> = read_ca(&config.ca_cert).config_error()?.into();
+        // No ping before each use (sqlx's default): with the database a few milliseconds away it would
+        // double a cache miss's round trips. A connection found broken in use is dropped and the
+        // lookup retried once on another (Directory::load).
         let db = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(config.database_connections)
             .acquire_timeout(Duration::from_secs(2))
+            .test_before_acquire(false)
             .connect_lazy_with(connect_options(&config.database_url).config_error()?);
         let metrics = Metrics::new()?;
         // Bound here, so a taken port is a start-up error.

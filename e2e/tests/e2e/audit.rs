@@ -52,7 +52,13 @@ async fn every_decision_through_envoy_is_audited_once_and_found_by_the_audit_api
     _pool: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let stack = Stack::start(&database_url(&db), Options::default()).await;
+    audited_once_and_found(&database_url(&db)).await;
+}
+
+/// 60 decisions through Envoy, each stored once, found page by page and in the export; the audit
+/// writer's metrics moved with them. Also run with PostgreSQL across a network (remote.rs).
+pub async fn audited_once_and_found(url: &str) {
+    let stack = Stack::start(url, Options::default()).await;
     let admin = stack.device("ada", "admin", "pi-ada").await;
     let analyst = stack.device("ann", "analyst", "pi-ann").await;
     stack.report(&admin, json!({})).await;
@@ -71,7 +77,7 @@ async fn every_decision_through_envoy_is_audited_once_and_found_by_the_audit_api
     let until = OffsetDateTime::now_utc() + time::Duration::seconds(1);
 
     // Exactly the decisions the clients saw, each once.
-    let pool = PgPool::connect_with(db).await.expect("connect");
+    let pool = PgPool::connect(url).await.expect("connect");
     let stored = authorization_ids(&pool, 60).await;
     let made: HashSet<&String> = allowed.iter().chain(&denied).collect();
     assert_eq!(stored.len(), 60, "one record per decision");

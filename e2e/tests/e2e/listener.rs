@@ -13,9 +13,9 @@ use tokio::process::Command;
 use crate::helpers::{Process, database_url, free_port};
 use crate::proxy::{Options, Stack};
 
-/// The relay process (e2e/tests/tools/relay.py) from `listen` to PostgreSQL's `target` port.
+/// The relay process (scripts/relay.py) from `listen` to PostgreSQL's `target` port.
 async fn relay(listen: u16, target: u16) -> (Process, u32) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/relay.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/relay.py");
     let mut child = Command::new("python3")
         .arg(script)
         .args([listen.to_string(), target.to_string()])

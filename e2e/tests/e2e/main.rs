@@ -17,6 +17,7 @@ mod observability;
 mod postgres;
 mod privileges;
 mod proxy;
+mod remote;
 mod replay;
 mod replicas;
 mod shadow;

@@ -141,3 +141,48 @@ impl Drop for Cluster {
         );
     }
 }
+
+/// PostgreSQL on another host: a cluster of the test's own in a network namespace, reached across a
+/// veth pair through a relay that adds `rtt_ms` of round-trip delay (scripts/remote-postgres.sh).
+pub struct Remote {
+    dir: tempfile::TempDir,
+    /// `postgres://postgres@<address in the namespace>:5432/edgemesh`.
+    pub url: String,
+}
+
+impl Remote {
+    pub fn start(rtt_ms: u32) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = Command::new(script())
+            .args([
+                "start".as_ref(),
+                dir.path().as_os_str(),
+                rtt_ms.to_string().as_ref(),
+            ])
+            .output()
+            .expect("scripts/remote-postgres.sh");
+        let remote = Self {
+            url: String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            dir,
+        };
+        assert!(
+            output.status.success() && remote.url.starts_with("postgres://"),
+            "PostgreSQL in a network namespace (needs root and iproute2): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        remote
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+fn script() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/remote-postgres.sh")
+}

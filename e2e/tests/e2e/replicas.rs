@@ -107,11 +107,17 @@ async fn every_ext_authz_replica_takes_traffic_and_hears_every_revocation(
     _pool: PgPoolOptions,
     db: PgConnectOptions,
 ) {
+    revocations_reach_every_replica(&database_url(&db)).await;
+}
+
+/// Two replicas behind one Envoy both take traffic; 50 revocations, each timed to the first deny by
+/// each replica. Also run with PostgreSQL across a network (remote.rs).
+pub async fn revocations_reach_every_replica(url: &str) {
     let options = Options {
         ext_authz_replicas: 2,
         ..Options::default()
     };
-    let stack = Stack::start(&database_url(&db), options).await;
+    let stack = Stack::start(url, options).await;
     let replicas: Vec<&ExtAuthz> = std::iter::once(&stack.ext_authz)
         .chain(&stack.replicas)
         .collect();
