@@ -116,7 +116,8 @@ impl Authorizer {
                 .inc();
         }
         let http = request.http();
-        tracing::info!(
+        // At debug: every decision is audited, and startup.rs logs a summary at info.
+        tracing::debug!(
             decision_id = %verdict.decision_id,
             allow = verdict.decision.allow,
             device = verdict.device.as_deref().unwrap_or("-"),

@@ -29,6 +29,8 @@ use crate::metrics::{self, Metrics};
 /// Decisions remembered by their facts. The facts hold the time to the second, so what matters is the
 /// requests of one second from distinct devices and routes; a few kilobytes per hundred entries.
 const DECISIONS: usize = 4096;
+/// How often the decisions made are summed up in the log at info (each one is logged at debug).
+const DECISION_SUMMARY: Duration = Duration::from_secs(60);
 
 /// How ext-authz connects to PostgreSQL. Over TCP, the server probes each connection (TCP keepalive
 /// after 10 s idle, every 5 s, 3 probes), so a connection whose ext-authz side vanished (a NAT drop, a
@@ -227,6 +229,11 @@ impl Server {
             self.metrics_listener,
             stopped(stop_rx.clone()),
         ));
+        let summary = tokio::spawn(metrics::summarise(
+            Arc::clone(&self.metrics),
+            DECISION_SUMMARY,
+            stopped(stop_rx.clone()),
+        ));
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter
             .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)
@@ -247,7 +254,7 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         grpc::serve(self.listener, self.authorizer, health_service, signal).await;
-        for task in [listening, watcher, metrics_server, readiness, versions]
+        for task in [listening, watcher, metrics_server, readiness, versions, summary]
             .into_iter()
             .chain(shadow_watcher)
         {
