@@ -239,4 +239,4 @@ run "$BIN/edgemesh-simulator" bench-proxy --connections 16 --rounds 4 --phase-se
   --watch "control-api (the audit sequencer)=$(cat "$PIDS/control-api.pid")" \
   --watch "do-nothing authz=$(cat "$PIDS/bench-noop-authz.pid")" \
   --watch "upstream=$(cat "$PIDS/bench-upstream.pid")" \
-  --watch "postgres=$(head -1 "$STATE/pg/data/postmaster.pid")"
+  --watch "postgres=$(head -1 "$STATE/pg/data/postmaster.pid")" --audit-rows 10000000

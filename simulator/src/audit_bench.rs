@@ -137,7 +137,7 @@ pub async fn query(
     queries: u32,
 ) -> anyhow::Result<()> {
     let db = bench_pool(database_url).await?;
-    seed(&db, rows, devices).await?;
+    seed(&db, rows, devices, OffsetDateTime::now_utc() - time::Duration::days(90)).await?;
     let token = std::fs::read_to_string(admin_token_file)
         .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
     let admin = Admin::connect(control_api, token.trim()).await?;
@@ -175,8 +175,8 @@ pub async fn query(
     Ok(())
 }
 
-async fn seed(db: &PgPool, rows: u64, devices: u32) -> anyhow::Result<()> {
-    let have = db::bench_records(db).await?;
+async fn seed(db: &PgPool, rows: u64, devices: u32, since: OffsetDateTime) -> anyhow::Result<()> {
+    let have = db::bench_records(db, since).await?;
     if u64::try_from(have)? >= rows {
         println!("bench database already holds {have} records");
         return Ok(());
@@ -193,6 +193,7 @@ async fn seed(db: &PgPool, rows: u64, devices: u32) -> anyhow::Result<()> {
             i64::try_from(done)?,
             i64::from(devices),
             i64::try_from(n)?,
+            since,
         )
         .await?;
         done += n;
@@ -203,4 +204,43 @@ async fn seed(db: &PgPool, rows: u64, devices: u32) -> anyhow::Result<()> {
     }
     db::analyze_audit(db).await?;
     Ok(())
+}
+
+/// Fills the audit of `database_url` (the stack's: through-Envoy benches measure its services) to at
+/// least `rows` records in this month's partition, the one the decisions measured go to, as at the
+/// end of a busy month: 10,000 devices, the time since the month began. Waits for the sequencer (a
+/// control API on that database) to chain them and vacuums, so that neither runs during the
+/// measurement.
+pub async fn fill_this_month(database_url: &str, rows: u64) -> anyhow::Result<()> {
+    let db = bench_pool(database_url).await?;
+    let now = OffsetDateTime::now_utc();
+    let month = now
+        .replace_day(1)?
+        .replace_time(time::Time::MIDNIGHT);
+    seed(&db, rows, 10_000, month).await?;
+    let (records, _, _) = db::audit_size(&db).await?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let sequenced = db::sequenced(&db).await?;
+        if sequenced >= records {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the audit sequencer chained {sequenced} of {records} records in 15 minutes: is a control API running on this database?"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    db::vacuum_audit(&db).await?;
+    Ok(())
+}
+
+/// The audit's size, as a line of a bench's report.
+pub async fn describe(database_url: &str) -> anyhow::Result<String> {
+    let db = bench_pool(database_url).await?;
+    let (records, bytes, current) = db::audit_size(&db).await?;
+    Ok(format!(
+        "{records} records ({current} in this month's partition), {:.2} GiB with indexes",
+        bytes as f64 / f64::from(1u32 << 30)
+    ))
 }

@@ -444,6 +444,13 @@ pub struct ProxyArgs {
     /// children's: a PostgreSQL postmaster counts its backends); repeatable.
     #[arg(long, value_parser = parse_watch)]
     pub watch: Vec<(String, u32)>,
+    /// The database of the ext-authz measured (the stack's), for the audit's size.
+    #[arg(long, env = "EDGEMESH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Before measuring, fill that audit to at least this many records in this month's partition (with
+    /// synthetic decisions of devices `bench-*`), chained and vacuumed; 0 leaves it as it is.
+    #[arg(long, default_value_t = 0)]
+    pub audit_rows: u64,
 }
 
 impl ProxyArgs {
@@ -468,6 +475,13 @@ const AUTHORIZERS: [&str; 3] = ["none", "do-nothing", "edgemesh"];
 /// Requests through Envoy with each device's own certificate, the three authorizers interleaved in
 /// rounds (each round in a rotated order) so that the machine's noise falls on all three alike.
 pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Result<()> {
+    if args.audit_rows > 0 {
+        crate::audit_bench::fill_this_month(&args.database_url, args.audit_rows).await?;
+    }
+    println!(
+        "audit          {} (before)",
+        crate::audit_bench::describe(&args.database_url).await?
+    );
     let devices = healthy_fleet(control, args.connections as u32).await?;
     let clients = devices
         .iter()
@@ -570,6 +584,10 @@ pub async fn proxy(control: &ControlPlane<'_>, args: &ProxyArgs) -> anyhow::Resu
             per(2)
         );
     }
+    println!(
+        "audit          {} (after)",
+        crate::audit_bench::describe(&args.database_url).await?
+    );
     ensure!(
         errors.iter().all(|e| *e == 0),
         "requests failed: {errors:?}"

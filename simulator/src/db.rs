@@ -3,15 +3,46 @@
 
 use edgemesh_core::cert::CertInfo;
 use sqlx::{PgExecutor, PgPool};
+use time::OffsetDateTime;
 
 /// The synthetic decisions already stored (their policy version is `bench`).
-pub async fn bench_records(db: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn bench_records(db: &PgPool, since: OffsetDateTime) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM audit_log
-           WHERE event_type = 'authorization' AND policy_version = 'bench'"#
+           WHERE event_type = 'authorization' AND policy_version = 'bench' AND occurred_at >= $1"#,
+        since
     )
     .fetch_one(db)
     .await
+}
+
+/// The audit's size: (records, bytes of every partition with its indexes), and the records of the
+/// partition that today's decisions go to.
+pub async fn audit_size(db: &PgPool) -> Result<(i64, i64, i64), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM audit_log) AS "records!",
+                  (SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint
+                   FROM pg_inherits i WHERE i.inhparent = 'audit_log'::regclass) AS "bytes!",
+                  (SELECT count(*) FROM audit_log
+                   WHERE occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+                   AS "current!""#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.records, row.bytes, row.current))
+}
+
+/// Records the audit sequencer has chained.
+pub async fn sequenced(db: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!("SELECT seq FROM audit_sequencer")
+        .fetch_one(db)
+        .await
+}
+
+/// VACUUM ANALYZE of the audit, as autovacuum leaves a table that has been filled over weeks.
+pub async fn vacuum_audit(db: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM (ANALYZE) audit_log").execute(db).await?;
+    Ok(())
 }
 
 /// The partitions of this month and the three before it, as production would have them.
@@ -26,17 +57,19 @@ pub async fn recent_partitions(db: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// `count` synthetic decisions numbered from `first`, spread over `devices` devices, 500 owners, four
-/// services and the last 90 days; one in five a deny.
+/// services and the time from `since` to now; one in five a deny.
 pub async fn insert_bench_records(
     db: &PgPool,
     first: i64,
     devices: i64,
     count: i64,
+    since: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO audit_log (id, occurred_at, event_type, action, device_id, user_id, role,
              service, method, path, decision, reasons, policy_version, latency_us)
-         SELECT gen_random_uuid(), now() - random() * interval '90 days', 'authorization', 'check',
+         SELECT gen_random_uuid(), $4::timestamptz + random() * (now() - $4::timestamptz),
+             'authorization', 'check',
              'bench-' || (i % $2), 'owner-' || (i % 500), 'developer',
              (ARRAY['api', 'database', 'storage', 'analytics'])[1 + i % 4], 'GET',
              '/api/items/' || i, CASE WHEN i % 5 = 0 THEN 'deny' ELSE 'allow' END,
@@ -45,7 +78,8 @@ pub async fn insert_bench_records(
          FROM generate_series($1::bigint, $1::bigint + $3::bigint - 1) AS i",
         first,
         devices,
-        count
+        count,
+        since
     )
     .execute(db)
     .await?;
