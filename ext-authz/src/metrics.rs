@@ -256,7 +256,11 @@ impl Metrics {
 /// Logs, at info, how many decisions were made in each `every` that had any: each decision is logged
 /// at debug only (it is audited, and a line per decision at info cost about 4% of the throughput
 /// through Envoy).
-pub async fn summarise(metrics: Arc<Metrics>, every: std::time::Duration, stop: impl Future<Output = ()>) {
+pub async fn summarise(
+    metrics: Arc<Metrics>,
+    every: std::time::Duration,
+    stop: impl Future<Output = ()>,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;

@@ -254,9 +254,16 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         grpc::serve(self.listener, self.authorizer, health_service, signal).await;
-        for task in [listening, watcher, metrics_server, readiness, versions, summary]
-            .into_iter()
-            .chain(shadow_watcher)
+        for task in [
+            listening,
+            watcher,
+            metrics_server,
+            readiness,
+            versions,
+            summary,
+        ]
+        .into_iter()
+        .chain(shadow_watcher)
         {
             let _ = task.await;
         }

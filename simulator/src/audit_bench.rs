@@ -137,7 +137,13 @@ pub async fn query(
     queries: u32,
 ) -> anyhow::Result<()> {
     let db = bench_pool(database_url).await?;
-    seed(&db, rows, devices, OffsetDateTime::now_utc() - time::Duration::days(90)).await?;
+    seed(
+        &db,
+        rows,
+        devices,
+        OffsetDateTime::now_utc() - time::Duration::days(90),
+    )
+    .await?;
     let token = std::fs::read_to_string(admin_token_file)
         .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
     let admin = Admin::connect(control_api, token.trim()).await?;
@@ -214,9 +220,7 @@ async fn seed(db: &PgPool, rows: u64, devices: u32, since: OffsetDateTime) -> an
 pub async fn fill_this_month(database_url: &str, rows: u64) -> anyhow::Result<()> {
     let db = bench_pool(database_url).await?;
     let now = OffsetDateTime::now_utc();
-    let month = now
-        .replace_day(1)?
-        .replace_time(time::Time::MIDNIGHT);
+    let month = now.replace_day(1)?.replace_time(time::Time::MIDNIGHT);
     seed(&db, rows, 10_000, month).await?;
     let (records, _, _) = db::audit_size(&db).await?;
     let deadline = Instant::now() + Duration::from_secs(900);

@@ -41,7 +41,9 @@ pub async fn sequenced(db: &PgPool) -> Result<i64, sqlx::Error> {
 
 /// VACUUM ANALYZE of the audit, as autovacuum leaves a table that has been filled over weeks.
 pub async fn vacuum_audit(db: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("VACUUM (ANALYZE) audit_log").execute(db).await?;
+    sqlx::query("VACUUM (ANALYZE) audit_log")
+        .execute(db)
+        .await?;
     Ok(())
 }
 
