@@ -365,4 +365,19 @@ mod tests {
             "a policy's own codes, alphabetically"
         );
     }
+
+    #[test]
+    fn the_summary_sums_allows_and_denies_over_services_and_reasons() {
+        let metrics = Metrics::new().expect("metrics");
+        assert_eq!(metrics.decision_totals(), (0, 0));
+        for (labels, n) in [
+            (["allow", "api", "none"], 3),
+            (["allow", "database", "none"], 2),
+            (["deny", "api", "role"], 4),
+            (["deny", "storage", "antivirus"], 1),
+        ] {
+            metrics.decisions.with_label_values(&labels).inc_by(n);
+        }
+        assert_eq!(metrics.decision_totals(), (5, 5));
+    }
 }
