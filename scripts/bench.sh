@@ -130,6 +130,25 @@ echo "== the console's pages with the bench database's devices (the bench contro
 run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 \
   --admin-token-file "$STATE/bench/control-api/admin-token" bench-console --requests 100
 
+# start_bench_services NAME URL: a bench control API (state in .edgemesh/bench/NAME-control-api, a
+# connection per device, no rate limits on enrolment or admin calls) and an ext-authz with its default
+# cache settings, both on the database at URL.
+start_bench_services() {
+  start bench-control-api \
+    "curl -sf --cacert '$STATE/bench/$1-control-api/ca.pem' https://127.0.0.1:18444/healthz" \
+    env EDGEMESH_DATABASE_URL="$2" EDGEMESH_STATE_DIR="$STATE/bench/$1-control-api" \
+      EDGEMESH_API_LISTEN=127.0.0.1:18444 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18443 \
+      EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19190 EDGEMESH_LOG=warn \
+      EDGEMESH_ADMIN_BURST=100000 EDGEMESH_ADMIN_RATE=10000 EDGEMESH_MAX_CONNECTIONS=16000 \
+      EDGEMESH_ENROLL_BURST=100000 EDGEMESH_ENROLL_RATE=100000 \
+      "$BIN/edgemesh-control-api"
+  start bench-ext-authz "curl -sf http://127.0.0.1:19192/metrics" \
+    env EDGEMESH_DATABASE_URL="$2" EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
+      EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 \
+      EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/$1-audit-spool" EDGEMESH_CA_CERT="$STATE/bench/$1-control-api/ca.pem" \
+      EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve
+}
+
 echo "== health at fleet rate: 10,000 devices enrolled, 3,500 reports/s for 60 s on their own connections, Checks meanwhile"
 # A database of its own, fresh each time (the audit and memory benches' rows are not in its way), a
 # control API on it holding a connection per device (its default is 4,096 per listener) and enrolling
@@ -140,19 +159,7 @@ EDGEMESH_DATABASE_URL=$EDGEMESH_FLEET_BENCH_DATABASE_URL "$BIN/edgemesh-control-
 rm -rf "$STATE/bench/fleet-control-api" "$STATE/bench/fleet-audit-spool"
 stop bench-control-api
 stop bench-ext-authz
-start bench-control-api \
-  "curl -sf --cacert '$STATE/bench/fleet-control-api/ca.pem' https://127.0.0.1:18444/healthz" \
-  env EDGEMESH_DATABASE_URL="$EDGEMESH_FLEET_BENCH_DATABASE_URL" EDGEMESH_STATE_DIR="$STATE/bench/fleet-control-api" \
-    EDGEMESH_API_LISTEN=127.0.0.1:18444 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18443 \
-    EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19190 EDGEMESH_LOG=warn \
-    EDGEMESH_ADMIN_BURST=100000 EDGEMESH_ADMIN_RATE=10000 EDGEMESH_MAX_CONNECTIONS=16000 \
-    EDGEMESH_ENROLL_BURST=100000 EDGEMESH_ENROLL_RATE=100000 \
-    "$BIN/edgemesh-control-api"
-start bench-ext-authz "curl -sf http://127.0.0.1:19192/metrics" \
-  env EDGEMESH_DATABASE_URL="$EDGEMESH_FLEET_BENCH_DATABASE_URL" EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
-    EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 \
-    EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/fleet-audit-spool" EDGEMESH_CA_CERT="$STATE/bench/fleet-control-api/ca.pem" \
-    EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve
+start_bench_services fleet "$EDGEMESH_FLEET_BENCH_DATABASE_URL"
 # It fails when a report fails; the benches after it run all the same.
 for rate in 3500 2000; do
   run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 --device-api https://127.0.0.1:18443 \
@@ -194,18 +201,7 @@ echo "\$ psql $REMOTE_URL -c 'SELECT 1' (10 times)"
 EDGEMESH_DATABASE_URL=$REMOTE_URL "$BIN/edgemesh-control-api" migrate
 run "$BIN/edgemesh-simulator" bench-audit-writer --database-url "$REMOTE_URL" --records 200000 --steady-secs 10
 rm -rf "$STATE/bench/remote-control-api" "$STATE/bench/remote-audit-spool"
-start bench-control-api \
-  "curl -sf --cacert '$STATE/bench/remote-control-api/ca.pem' https://127.0.0.1:18444/healthz" \
-  env EDGEMESH_DATABASE_URL="$REMOTE_URL" EDGEMESH_STATE_DIR="$STATE/bench/remote-control-api" \
-    EDGEMESH_API_LISTEN=127.0.0.1:18444 EDGEMESH_DEVICE_LISTEN=127.0.0.1:18443 \
-    EDGEMESH_CONTROL_API_METRICS_LISTEN=127.0.0.1:19190 EDGEMESH_LOG=warn \
-    EDGEMESH_ADMIN_BURST=100000 EDGEMESH_ADMIN_RATE=10000 EDGEMESH_ENROLL_BURST=100000 EDGEMESH_ENROLL_RATE=100000 \
-    "$BIN/edgemesh-control-api"
-start bench-ext-authz "curl -sf http://127.0.0.1:19192/metrics" \
-  env EDGEMESH_DATABASE_URL="$REMOTE_URL" EDGEMESH_EXT_AUTHZ_LISTEN=127.0.0.1:19191 \
-    EDGEMESH_EXT_AUTHZ_METRICS_LISTEN=127.0.0.1:19192 \
-    EDGEMESH_AUDIT_SPOOL_DIR="$STATE/bench/remote-audit-spool" EDGEMESH_CA_CERT="$STATE/bench/remote-control-api/ca.pem" \
-    EDGEMESH_LOG=warn "$BIN/edgemesh-ext-authz" serve
+start_bench_services remote "$REMOTE_URL"
 run "$BIN/edgemesh-simulator" --control-api https://127.0.0.1:18444 --device-api https://127.0.0.1:18443 \
   --admin-token-file "$STATE/bench/remote-control-api/admin-token" bench-check --ext-authz http://127.0.0.1:19191 \
   --metrics http://127.0.0.1:19192/metrics --devices 100 --rate 1000 --duration-secs 10 --concurrency 16
