@@ -57,6 +57,18 @@ pub async fn device(db: impl PgExecutor<'_>, id: &str) -> Result<Option<DeviceRo
     .await
 }
 
+/// Whether `error` says only that the connection it came on is gone (its socket broke, or the server
+/// ended the session: `admin_shutdown`, `crash_shutdown`), so the same query on another connection may
+/// well succeed. The pool does not ping a connection before lending it, so after a server restart
+/// every idle one fails once like this, and is then dropped.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => matches!(e.code().as_deref(), Some("57P01" | "57P02")),
+        _ => false,
+    }
+}
+
 /// Sends `payload` on `channel`.
 pub async fn notify(db: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query!("SELECT pg_notify($1, $2)", channel, payload)

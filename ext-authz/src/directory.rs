@@ -245,14 +245,19 @@ impl Directory {
     }
 
     async fn load(&self, device: &str) -> Result<Entry, sqlx::Error> {
-        let row = match db::device(&self.db, device).await {
-            // The pool does not ping a connection before lending it: one that broke while idle (a
-            // restarted server, a dropped NAT entry) fails here, is dropped, and another is asked.
-            Err(sqlx::Error::Io(e)) => {
-                tracing::debug!(error = %e, "a pooled connection was broken; asking another");
-                db::device(&self.db, device).await?
+        // The pool does not ping a connection before lending it: one that broke while idle (a
+        // restarted server, a dropped NAT entry) fails here and is dropped, and another is asked. After
+        // a restart every idle connection is broken, so as many as the pool holds, and one more (a new
+        // connection), may be asked.
+        let mut broken = 0;
+        let row = loop {
+            match db::device(&self.db, device).await {
+                Err(e) if db::connection_lost(&e) && broken <= self.db.size() => {
+                    broken += 1;
+                    tracing::debug!(error = %e, "a pooled connection was broken; asking another");
+                }
+                row => break row?,
             }
-            row => row?,
         };
         let Some(row) = row else {
             return Ok(None);
@@ -348,6 +353,7 @@ impl Directory {
         // This process's heartbeats, told apart from other replicas' on the shared channel.
         let beat_payload = format!("{HEARTBEAT_PREFIX}{}", uuid::Uuid::new_v4());
         let mut backoff = Duration::from_millis(100);
+        let mut broken = 0;
         loop {
             let connected = async {
                 let mut listener = PgListener::connect_with(&self.db).await?;
@@ -358,7 +364,15 @@ impl Directory {
             let listener = tokio::select! {
                 result = connected => match result {
                     Ok(listener) => listener,
+                    // A broken idle connection from the pool (the server restarted): the next one
+                    // may be sound, or new. Asked at once, at most as many times as the pool holds.
+                    Err(e) if db::connection_lost(&e) && broken <= self.db.size() => {
+                        broken += 1;
+                        tracing::debug!(error = %e, "a pooled connection was broken; asking another");
+                        continue;
+                    }
                     Err(e) => {
+                        broken = 0;
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                             "cannot listen for changes; the cache is bypassed");
                         tokio::select! {
@@ -375,6 +389,7 @@ impl Directory {
             self.forget_all();
             self.listening.store(true, Ordering::SeqCst);
             backoff = Duration::from_millis(100);
+            broken = 0;
             tracing::info!(channel = CHANNEL, "listening for changes");
             let started = std::time::Instant::now();
             // Milliseconds after `started` when our last heartbeat arrived.

@@ -21,8 +21,12 @@ use crate::metrics::Metrics;
 pub const BATCH: i64 = 10_000;
 /// How often a checkpoint is signed (when the chain moved on or retention dropped something).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// How long the sequencer waits when it has caught up.
-const IDLE: Duration = Duration::from_millis(100);
+/// How long the sequencer waits when it has caught up. Each step has a fixed cost in PostgreSQL
+/// (planning a query over every audit partition, a transaction of five statements) whether it finds
+/// ten records or ten thousand: at a step every 100 ms that was about 1.6 ms of PostgreSQL CPU each,
+/// a sixth of its work per audited decision through Envoy (BENCHMARKS.md). Once a second, records
+/// are sequenced about a second after they are stored, as the README says.
+const IDLE: Duration = Duration::from_secs(1);
 /// How often a replica that is not the sequencer tries to become it.
 const ELECTION_EVERY: Duration = Duration::from_secs(2);
 /// The advisory lock whose holder sequences.

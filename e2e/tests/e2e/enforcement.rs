@@ -482,6 +482,40 @@ async fn a_broken_policy_does_not_replace_the_working_one(
     );
 }
 
+/// PostgreSQL restarted under a running ext-authz (a failover, an upgrade): every pooled connection is
+/// broken while idle, and the pool does not ping before lending one. The first cache miss after the
+/// restart, for a device never looked up before, is still an allow: a lookup that meets a broken
+/// connection asks another, and no device is denied for the restart.
+#[tokio::test]
+async fn a_restarted_database_costs_no_deny() {
+    let cluster = crate::postgres::Cluster::start();
+    let stack = Stack::start(&cluster.url(), Options::default()).await;
+    let warm = stack.device("vera", "admin", "pi-warm").await;
+    stack.report(&warm, json!({})).await;
+    let mut fresh = Vec::new();
+    for n in 0..3 {
+        let device = stack
+            .device(&format!("vera-{n}"), "admin", &format!("pi-fresh-{n}"))
+            .await;
+        stack.report(&device, json!({})).await;
+        fresh.push(device);
+    }
+    // Several lookups at once, so that the pool holds several connections.
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| stack.get(&warm, "/api/ping"))).await;
+    assert!(
+        answers.iter().all(|a| a.status == StatusCode::OK),
+        "{answers:?}"
+    );
+
+    cluster.stop_server();
+    cluster.start_server();
+    for device in &fresh {
+        let answer = stack.get(device, "/api/ping").await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn ext_authz_is_not_serving_without_its_database(_pool: PgPoolOptions, db: PgConnectOptions) {
     let url = database_url(&db);
