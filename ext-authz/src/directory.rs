@@ -304,6 +304,36 @@ impl Directory {
         })))
     }
 
+    /// Opens every connection of the pool and prepares the lookup on each (its first use does), so
+    /// that a freshly started replica's first burst of misses, when every Check is one, waits for no
+    /// connection's authentication (a SCRAM exchange costs milliseconds of CPU on both sides) and no
+    /// statement's planning. A connection that cannot be opened is left to the lookups that need it.
+    pub async fn warm_pool(&self) {
+        // The change listener holds one of the pool's connections for as long as it listens: asking
+        // for the whole pool would wait out the acquire timeout for the last one.
+        let in_use = self.db.size() - u32::try_from(self.db.num_idle()).unwrap_or(u32::MAX);
+        let free = self
+            .db
+            .options()
+            .get_max_connections()
+            .saturating_sub(in_use);
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..free {
+            let db = self.db.clone();
+            opening.spawn(async move { db.acquire().await });
+        }
+        let mut held = Vec::new();
+        while let Some(opened) = opening.join_next().await {
+            if let Ok(Ok(connection)) = opened {
+                held.push(connection);
+            }
+        }
+        for connection in &mut held {
+            // No device has an empty id: the answer is `None`, the statement prepared.
+            let _ = db::device(&mut **connection, "").await;
+        }
+    }
+
     /// Applies one notification payload.
     pub async fn invalidate(&self, payload: &str) {
         self.metrics.cache_invalidations.inc();

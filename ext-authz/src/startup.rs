@@ -333,7 +333,8 @@ fn read_ca(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The gRPC health service says SERVING only while decisions can be trusted: policies loaded (always,
-/// once started) and the directory listening for changes.
+/// once started) and the directory listening for changes; the first time, only once the pool's
+/// connections are open too.
 async fn report_readiness(
     reporter: tonic_health::server::HealthReporter,
     directory: Arc<Directory>,
@@ -341,11 +342,17 @@ async fn report_readiness(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut serving = None;
+    let mut warmed = false;
     loop {
         metrics
             .cache_entries
             .set(i64::try_from(directory.cached_entries()).unwrap_or(i64::MAX));
         let now = directory.is_listening();
+        if now && !warmed {
+            // Before the first Serving: the Checks a load balancer then sends are all misses.
+            directory.warm_pool().await;
+            warmed = true;
+        }
         if serving != Some(now) {
             let status = if now {
                 ServingStatus::Serving

@@ -203,6 +203,66 @@ fn allowed(answer: &CheckResponse) -> (Vec<(String, String, i32)>, Vec<String>) 
     (set, ok.headers_to_remove.clone())
 }
 
+/// A channel to the server at `addr`, once its gRPC health says SERVING (the directory listens for
+/// changes).
+async fn serving(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..100 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "envoy.service.auth.v3.Authorization".into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the health service never said SERVING");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_started_server_has_its_pool_open_before_it_serves(
+    pool: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    // A restarted replica's first Checks are all misses: none may wait for a new connection.
+    let fixture = Fixture::new(&db).await;
+    let server = Server::build(&fixture.config(&["--database-connections=6"]), policies())
+        .await
+        .expect("builds");
+    let addr = server.addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run_until_stopped(async {
+        let _ = stop_rx.await;
+    }));
+    serving(addr).await;
+    let observer = pool
+        .max_connections(1)
+        .connect_with(db)
+        .await
+        .expect("connect");
+    let (open,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&observer)
+    .await
+    .expect("pg_stat_activity");
+    // The pool's six, the change listener's among them.
+    assert!(open >= 6, "{open} connections open when it said SERVING");
+    let _ = stop_tx.send(());
+    running.await.expect("stops");
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn an_in_process_server_answers_check_and_health_over_grpc(
     _pool: PgPoolOptions,
@@ -219,30 +279,7 @@ async fn an_in_process_server_answers_check_and_health_over_grpc(
         let _ = stop_rx.await;
     }));
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    // SERVING once the directory listens for changes.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let mut serving = false;
-    for _ in 0..100 {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "envoy.service.auth.v3.Authorization".into(),
-            })
-            .await
-            .expect("health answers")
-            .into_inner()
-            .status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-            serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(serving, "the health service never said SERVING");
+    let channel = serving(addr).await;
 
     let mut client = AuthorizationClient::new(channel);
     let answer = client
