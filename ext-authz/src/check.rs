@@ -17,8 +17,8 @@ use tonic::Status;
 
 use crate::audit::{AuditLog, ContextRef, Record, Shadow};
 use crate::config::Settings;
-use crate::directory::Directory;
-use crate::identity::Peer;
+use crate::directory::{CertificateRecord, DeviceRecord, Directory};
+use crate::identity::{NOT_ISSUED, Peer, issued_by_ca};
 use crate::input::{Facts, context, document};
 use crate::memo::Bounded;
 use crate::metrics::{Metrics, reason_label};
@@ -196,7 +196,15 @@ impl Authorizer {
             Ok(peer) => peer,
             Err(reason) => return deny(reason, None),
         };
-        let record = match self.directory.lookup(peer.device.as_str()).await {
+        // Until the directory vouches for the certificate, a deny names the device only if the CA
+        // signed it (crate::identity).
+        let looked = self.directory.lookup(peer.device.as_str()).await;
+        if !matches!(&looked, Ok(Some(record)) if on_record(record, &peer).is_some())
+            && !issued_by_ca(request.certificate(), &self.settings.ca_der)
+        {
+            return deny(Reason::new(NO_IDENTITY, NOT_ISSUED), None);
+        }
+        let record = match looked {
             Ok(Some(record)) => record,
             Ok(None) => {
                 return deny(
@@ -218,11 +226,7 @@ impl Authorizer {
                 );
             }
         };
-        let Some(certificate) = record
-            .certificates
-            .iter()
-            .find(|c| c.serial == peer.serial && c.fingerprint == peer.fingerprint)
-        else {
+        let Some(certificate) = on_record(&record, &peer) else {
             return deny(
                 Reason::new(
                     "unknown_certificate",
@@ -347,13 +351,20 @@ impl Authorizer {
         if let Some(peer) = self.peers.get(&key) {
             return Ok(peer);
         }
-        let settings = &self.settings;
-        let peer = Peer::from_envoy(encoded, &settings.ca_der, &settings.trust_domain)
+        let peer = Peer::from_envoy(encoded, &self.settings.trust_domain)
             .map_err(|message| Reason::new(NO_IDENTITY, message))?;
         let peer = Arc::new(peer);
         self.peers.insert(key, Arc::clone(&peer));
         Ok(peer)
     }
+}
+
+/// The certificate of `record` that `peer` presented: the same serial and the same fingerprint.
+fn on_record<'a>(record: &'a DeviceRecord, peer: &Peer) -> Option<&'a CertificateRecord> {
+    record
+        .certificates
+        .iter()
+        .find(|c| c.serial == peer.serial && c.fingerprint == peer.fingerprint)
 }
 
 /// The service label: the known services, or `other` (route configuration is not metric cardinality).

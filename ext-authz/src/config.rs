@@ -38,7 +38,7 @@ pub struct Config {
     #[arg(long, env = "EDGEMESH_TRUST_DOMAIN", default_value = "edgemesh.local")]
     pub trust_domain: TrustDomain,
 
-    /// The EdgeMesh CA certificate (PEM): every peer certificate must carry its signature.
+    /// The EdgeMesh CA certificate (PEM): a peer certificate not on record must carry its signature.
     #[arg(long, env = "EDGEMESH_CA_CERT", default_value = ".edgemesh/ca.pem")]
     pub ca_cert: std::path::PathBuf,
 
@@ -119,7 +119,7 @@ pub struct Config {
 pub struct Settings {
     pub trust_domain: TrustDomain,
     /// The DER of the EdgeMesh CA certificate. Envoy verifies the client's chain; ext-authz checks the
-    /// signature again (see [`crate::identity`]).
+    /// signature again of a certificate the directory does not vouch for (see [`crate::identity`]).
     pub ca_der: Arc<[u8]>,
     pub max_health_age_seconds: u64,
     pub timezone: String,

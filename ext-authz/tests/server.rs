@@ -400,6 +400,18 @@ async fn decisions_without_envoy_name_what_they_checked(
             "the client certificate is not issued by the EdgeMesh CA"
         )]
     );
+    assert_eq!(verdict.device, None, "a forgery is not decided as pi-1's");
+    // ... and naming a device that is not enrolled, it is still a forgery, not a stranger.
+    let forged = decoded(&check_request(&leaf(&rogue, "pi-2"), &[]));
+    let verdict = authorizer.decide(&forged).await;
+    assert_eq!(
+        verdict.decision.reasons,
+        [Reason::new(
+            "no_identity",
+            "the client certificate is not issued by the EdgeMesh CA"
+        )]
+    );
+    assert_eq!(verdict.device, None);
 
     // Our CA's certificate for a device that is not enrolled.
     let stranger = decoded(&check_request(&leaf(&fixture.ca, "pi-2"), &[]));

@@ -199,6 +199,7 @@ struct Scrape {
     hits: f64,
     misses: f64,
     rss: f64,
+    cpu_seconds: f64,
     latency: Vec<(f64, f64)>,
 }
 
@@ -209,6 +210,7 @@ impl Scrape {
             hits: sample(&text, "edgemesh_ext_authz_cache_hits_total").unwrap_or(0.0),
             misses: sample(&text, "edgemesh_ext_authz_cache_misses_total").unwrap_or(0.0),
             rss: sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) / 1_048_576.0,
+            cpu_seconds: sample(&text, "process_cpu_seconds_total").unwrap_or(0.0),
             latency: buckets(&text, "edgemesh_ext_authz_decision_latency_seconds"),
         })
     }
@@ -376,6 +378,10 @@ pub async fn directory(args: &DirectoryArgs) -> anyhow::Result<()> {
     println!(
         "resident       {:.1} MiB (ext-authz, after the run)",
         end.rss
+    );
+    println!(
+        "CPU            ext-authz {:.1} µs per Check over the run (process_cpu_seconds_total)",
+        end.cpu_seconds * 1e6 / (samples.len().max(1) as f64)
     );
     ensure!(
         allowed * 1000 >= samples.len() * 999,
