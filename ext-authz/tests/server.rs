@@ -203,6 +203,40 @@ fn allowed(answer: &CheckResponse) -> (Vec<(String, String, i32)>, Vec<String>) 
     (set, ok.headers_to_remove.clone())
 }
 
+/// A server built from `config` with the repository's policies, running in this process.
+struct Running {
+    addr: std::net::SocketAddr,
+    metrics_addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(config: &Config) -> Self {
+        let server = Server::build(config, policies()).await.expect("builds");
+        let (addr, metrics_addr) = (server.addr(), server.metrics_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            metrics_addr,
+            stop,
+            task,
+        }
+    }
+
+    /// Shuts it down and waits until it has stopped, every task with it.
+    async fn stop(self) {
+        self.stop.send(()).expect("still running");
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops on shutdown, every task with it")
+            .expect("no panic");
+    }
+}
+
 /// A channel to the server at `addr`, once its gRPC health says SERVING (the directory listens for
 /// changes).
 async fn serving(addr: std::net::SocketAddr) -> tonic::transport::Channel {
@@ -236,15 +270,8 @@ async fn a_started_server_has_its_pool_open_before_it_serves(
 ) {
     // A restarted replica's first Checks are all misses: none may wait for a new connection.
     let fixture = Fixture::new(&db).await;
-    let server = Server::build(&fixture.config(&["--database-connections=6"]), policies())
-        .await
-        .expect("builds");
-    let addr = server.addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
-    serving(addr).await;
+    let server = Running::start(&fixture.config(&["--database-connections=6"])).await;
+    serving(server.addr).await;
     let observer = pool
         .max_connections(1)
         .connect_with(db)
@@ -259,8 +286,7 @@ async fn a_started_server_has_its_pool_open_before_it_serves(
     .expect("pg_stat_activity");
     // The pool's six, the change listener's among them.
     assert!(open >= 6, "{open} connections open when it said SERVING");
-    let _ = stop_tx.send(());
-    running.await.expect("stops");
+    server.stop().await;
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -269,15 +295,9 @@ async fn an_in_process_server_answers_check_and_health_over_grpc(
     db: PgConnectOptions,
 ) {
     let fixture = Fixture::new(&db).await;
-    let server = Server::build(&fixture.config(&[]), policies())
-        .await
-        .expect("builds");
-    let (addr, metrics_addr) = (server.addr(), server.metrics_addr());
+    let server = Running::start(&fixture.config(&[])).await;
+    let (addr, metrics_addr) = (server.addr, server.metrics_addr);
     assert_ne!(addr.port(), 0, "bound to a real port");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
 
     let channel = serving(addr).await;
 
@@ -350,11 +370,7 @@ async fn an_in_process_server_answers_check_and_health_over_grpc(
     };
     assert_eq!((counted("allow"), counted("deny")), (1.0, 1.0), "{metrics}");
 
-    stop_tx.send(()).expect("still running");
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops on shutdown, every task with it")
-        .expect("no panic");
+    server.stop().await;
 }
 
 #[sqlx::test(migrations = "../migrations")]

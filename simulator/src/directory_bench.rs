@@ -221,8 +221,8 @@ impl Scrape {
     }
 }
 
-/// Scrapes `metrics` once a second, from now until `duration` has passed.
-/// A second's number and what the scrape at its start said.
+/// Scrapes `metrics` once a second, from now until `duration` has passed: each second's number and
+/// what the scrape at its start said.
 fn scrape_every_second(
     metrics: String,
     duration: Duration,
